@@ -1,0 +1,318 @@
+"""CLIP backbones through open_clip: zoo names and tags, hf-hub:, local weight files, custom configs,
+and the shipped demo CLIP. Offline, missing weights fail in about a second with the fix in one line."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+from cbmctl.network import offline_requested, reachable
+
+DEMO_MODEL = "demo"
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_CONFIG = DEMO_DIR / "cbmctl-demo.json"
+DEMO_WEIGHTS = DEMO_DIR / "cbmctl-demo.safetensors"
+DEFAULT_MODEL = "ViT-L-14"
+HF_HOST = "huggingface.co"
+
+
+@dataclass
+class Backbone:
+    """A loaded CLIP: the model in eval mode, its image preprocessing and its tokenizer."""
+
+    name: str
+    pretrained: str
+    model: object
+    preprocess: object
+    tokenizer: object
+    weights_sha256: str
+    preprocess_cfg: dict
+    device: object
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        if "embed_dim" not in self.extra:
+            # towers differ in where they keep the projection width; one tiny forward is always right
+            self.extra["embed_dim"] = int(self.encode_texts(["a"]).shape[1])
+        return self.extra["embed_dim"]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().item())
+
+    def identity(self) -> dict:
+        """What a cache records to refuse mixing two backbones."""
+        return {
+            "backbone_model": self.name,
+            "backbone_pretrained": self.pretrained,
+            "backbone_source": self.source,
+            "weights_sha256": self.weights_sha256,
+            "preprocess": json.dumps(self.preprocess_cfg, sort_keys=True),
+        }
+
+    def _autocast(self):
+        import contextlib
+        import torch
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return contextlib.nullcontext()
+
+    def encode_images(self, pixels):
+        """L2-normalised float32 image embeddings for a preprocessed batch."""
+        import torch
+        import torch.nn.functional as F
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256):
+        """L2-normalised float32 text embeddings (a CPU tensor), one row per text."""
+        import torch
+        import torch.nn.functional as F
+        rows = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+                rows.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+    def encode_prompts(self, names: list[str], templates: list[str]):
+        """One embedding per name: the normalised mean over prompt templates ("a photo of a {}.")."""
+        import torch.nn.functional as F
+        texts = [template.format(name) for name in names for template in templates]
+        embeddings = self.encode_texts(texts).reshape(len(names), len(templates), -1)
+        return F.normalize(embeddings.mean(dim=1), dim=-1)
+
+
+def resolve_device(spec: str | None = "auto"):
+    import torch
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise CbmctlError(f"--device {spec!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CbmctlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a weights file, remembered per (path, size, mtime) so large checkpoints hash once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_file = Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl")) / "weights-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    memo[key] = digest.hexdigest()
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass
+    return memo[key]
+
+
+def _state_dict_sha256(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def list_models() -> dict[str, list[str]]:
+    """open_clip's zoo, name -> pretrained tags, plus the shipped demo model."""
+    import open_clip
+    tags: dict[str, list[str]] = {DEMO_MODEL: ["(shipped)"]}
+    for name in open_clip.list_models():
+        tags.setdefault(name, [])
+    for name, tag in open_clip.list_pretrained():
+        tags.setdefault(name, []).append(tag)
+    return tags
+
+
+def _offline_fix(what: str, where: str) -> CbmctlError:
+    reason = "HF_HUB_OFFLINE is set" if offline_requested() else f"{HF_HOST} is unreachable"
+    return CbmctlError(f"{what} is not in the HF cache and {reason}: go online once, or place {where} in the "
+                       f"HF cache ($HF_HOME/hub), or pass --pretrained /path/to/weights.safetensors")
+
+
+def _cached_hub_file(repo_id: str, filenames) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _tag_weights(name: str, tag_cfg: dict, tag: str) -> str:
+    """A local file for a zoo tag: the HF cache or open_clip's URL cache first, the network only if reachable."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives, download_pretrained
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: 'org/repo/' means the default file name, 'org/repo/file' names it
+        repo_id, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        candidates = list(_get_safe_alternatives(filename)) + [filename]
+        found = _cached_hub_file(repo_id, candidates)
+        if found:
+            return found
+        if not reachable(HF_HOST):
+            raise _offline_fix(f"{name}/{tag}", f"{' or '.join(candidates)} of {repo_id}")
+    elif tag_cfg.get("url"):
+        cached = Path.home() / ".cache" / "clip" / os.path.basename(tag_cfg["url"])
+        if cached.is_file():
+            return str(cached)
+        host = tag_cfg["url"].split("/")[2]
+        if not reachable(host):
+            raise CbmctlError(f"{name}/{tag} weights are not in ~/.cache/clip and {host} is unreachable: go online "
+                              f"once, or place {cached.name} there, or pass --pretrained /path/to/weights")
+    try:
+        return download_pretrained(tag_cfg)
+    except Exception as error:  # network failures come in many types; the user needs one line
+        raise CbmctlError(f"could not download {name}/{tag}: {str(error).splitlines()[0]}") from None
+
+
+def _hf_hub_local_dir(repo_id: str) -> str:
+    config = _cached_hub_file(repo_id, ["open_clip_config.json"])
+    if config:
+        weights = Path(config).parent
+        if any(weights.glob("*.safetensors")) or any(weights.glob("*.bin")):
+            return f"local-dir:{weights}"
+    if not reachable(HF_HOST):
+        raise _offline_fix(f"hf-hub:{repo_id}", "open_clip_config.json and its weights")
+    return f"hf-hub:{repo_id}"
+
+
+def _register_config(path: Path) -> str:
+    import open_clip
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CbmctlError(f"{path}: not a readable open_clip model config ({error})") from None
+    open_clip.add_model_config(str(path))
+    return path.stem
+
+
+def _load_weights(model, path: str, name: str) -> None:
+    import open_clip
+    try:
+        open_clip.load_checkpoint(model, path)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), first[0] if first else "")
+        raise CbmctlError(f"{path} does not fit architecture {name}: {detail[:200]}") from None
+    except Exception as error:
+        raise CbmctlError(f"{path}: cannot read weights ({type(error).__name__}: {str(error)[:160]})") from None
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    # open_clip logs "no pretrained weights loaded" on the root logger; we load the weights ourselves
+    import logging
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_backbone(model: str | None = None, pretrained: str | None = None, device="cpu") -> Backbone:
+    """Load a CLIP for embedding.
+
+    model: an open_clip zoo name (ViT-L-14), 'hf-hub:org/repo', 'demo', or a path to an open_clip
+    model-config JSON. pretrained: a zoo tag, a local .pt/.bin/.safetensors file, or 'none' (random
+    weights, seeded, for tests and benchmarks)."""
+    import open_clip
+    import torch
+
+    model = model or DEFAULT_MODEL
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
+    create_name, weights_path, tag_cfg, source = model, None, {}, ""
+    if model == DEMO_MODEL:
+        create_name = _register_config(DEMO_CONFIG)
+        if pretrained in (None, "demo", "shipped"):
+            if not DEMO_WEIGHTS.is_file():
+                raise CbmctlError(f"the demo CLIP weights are missing ({DEMO_WEIGHTS}); reinstall cbmctl")
+            weights_path, pretrained = str(DEMO_WEIGHTS), "shipped"
+    elif model.endswith(".json"):
+        if not Path(model).is_file():
+            raise CbmctlError(f"--model {model}: no such model config file")
+        create_name = _register_config(Path(model))
+        source = f"config:{sha256_file(Path(model))[:16]}"
+    elif model.startswith("hf-hub:"):
+        if pretrained not in (None, "", "hub"):
+            raise CbmctlError("--pretrained does not apply to hf-hub: models (their repo names the weights)")
+        create_name, pretrained = _hf_hub_local_dir(model[len("hf-hub:"):].strip("/")), "hub"
+    elif model not in open_clip.list_models():
+        raise CbmctlError(f"unknown model {model!r}: see `cbmctl models` (or pass an open_clip config .json)")
+
+    if pretrained is None and weights_path is None and not create_name.startswith(("local-dir:", "hf-hub:")):
+        tags = open_clip.list_pretrained_tags_by_model(create_name)
+        if not tags:
+            raise CbmctlError(f"{model} has no pretrained tags: pass --pretrained PATH or --pretrained none")
+        pretrained = tags[0]
+    if weights_path is None and pretrained not in (None, "none", "hub"):
+        tag_cfg = open_clip.get_pretrained_cfg(create_name, pretrained)
+        if tag_cfg:
+            weights_path = _tag_weights(create_name, tag_cfg, pretrained)
+        elif Path(pretrained).expanduser().is_file():
+            weights_path = str(Path(pretrained).expanduser())
+        else:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(create_name)) or "none"
+            raise CbmctlError(f"--pretrained {pretrained!r} is neither a tag of {model} ({tags}) nor a file")
+
+    overrides = {}
+    for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                     ("resize_mode", "image_resize_mode")):
+        if key in tag_cfg:
+            overrides[arg] = tag_cfg[key]
+    with torch.random.fork_rng(devices=[]), _quiet_logging():
+        torch.manual_seed(0)  # random-weight backbones must be the same in every process
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                create_name, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                pretrained_text=False, **overrides)
+        except (RuntimeError, ValueError, FileNotFoundError) as error:
+            raise CbmctlError(f"cannot build {model}: {str(error).splitlines()[0][:200]}") from None
+    if weights_path:
+        _load_weights(clip, weights_path, model)
+        weights_sha256 = sha256_file(Path(weights_path))
+        source = source or weights_path
+    else:
+        weights_sha256 = _state_dict_sha256(clip)
+        source = source or ("hub" if pretrained == "hub" else "random-init(seed=0)")
+    clip.eval().to(device)
+    tokenizer = open_clip.get_tokenizer(create_name)
+    from open_clip.model import get_model_preprocess_cfg
+    preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in get_model_preprocess_cfg(clip).items()}
+    return Backbone(name=model, pretrained=str(pretrained or "none"), model=clip, preprocess=preprocess,
+                    tokenizer=tokenizer, weights_sha256=weights_sha256, preprocess_cfg=preprocess_cfg,
+                    device=device, source=str(source))

@@ -1,0 +1,52 @@
+"""The click root group. Subcommands are imported only when invoked, so `--help` stays instant."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from cbmctl import __version__
+from cbmctl.errors import CbmctlError
+
+# name -> (module, attribute, one-line help shown by `cbmctl --help` without importing the module)
+COMMANDS = {
+    "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
+    "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CbmctlError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cbmctl")
+def cli():
+    """Build interpretable Concept Bottleneck Models from a CLIP backbone and a concept list."""
+
+
+def main(argv=None):
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="cbmctl")

@@ -1,0 +1,43 @@
+"""Options and helpers shared by several commands."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import click
+
+
+def backbone_options(func):
+    @click.option("--model", "-m", default=None, help="open_clip name (ViT-L-14), hf-hub:org/repo, 'demo', or a "
+                  "model-config .json. Default: the dataset's cbmctl.yaml, else ViT-L-14.")
+    @click.option("--pretrained", "-p", default=None, help="Zoo tag (openai, laion2b_s34b_b79k), a local "
+                  ".pt/.safetensors file, or 'none' for random weights.")
+    @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def dataset_options(func):
+    @click.option("--format", "dataset_format", default=None,
+                  type=click.Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
+                  help="Force the on-disk format instead of detecting it.")
+    @click.option("--data-root", default=None, envvar="CBMCTL_DATA",
+                  help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")
+    @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
+                  help="Stratified share of train held out for validation (default 0.1).")
+    @click.option("--val-seed", type=int, default=None, help="Seed of the validation split (default 0).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))

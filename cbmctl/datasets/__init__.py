@@ -1,0 +1,124 @@
+"""Dataset readers, one per on-disk format, and the detection and split logic around them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cbmctl.datasets import cifar, cub, imagefolder, manifest, places365
+from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, disambiguate
+from cbmctl.datasets.config import DatasetConfig, apply_class_names, load_config
+from cbmctl.datasets.splits import carve, stratified_split
+from cbmctl.errors import CbmctlError
+
+__all__ = ["Dataset", "ImageRecord", "DatasetConfig", "load_dataset", "resolve_dataset_path", "detect_format",
+           "FORMATS", "KNOWN_DATASETS", "clean_class_name", "disambiguate", "stratified_split", "load_config"]
+
+# Detection order matters: the most specific layouts first, the generic ImageFolder last.
+READERS = {
+    "manifest": manifest,
+    "cub": cub,
+    "cifar": cifar,
+    "places365": places365,
+    "imagefolder": imagefolder,
+}
+FORMATS = tuple(READERS)
+
+# name -> folders tried under the data root, and the torchvision class that can download it
+KNOWN_DATASETS = {
+    "cifar10": (("cifar-10-batches-py", "cifar10"), "CIFAR10"),
+    "cifar100": (("cifar-100-python", "cifar100"), "CIFAR100"),
+    "cub": (("CUB_200_2011", "cub", "CUB"), None),
+    "imagenet": (("imagenet", "ImageNet", "ILSVRC2012"), None),
+    "places365": (("places365", "Places365"), None),
+}
+
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_VAL_SEED = 0
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("CBMCTL_DATA") or "data")
+
+
+def _download(name: str, root: Path, torchvision_class: str) -> None:
+    from cbmctl.network import reachable
+    if not reachable("www.cs.toronto.edu"):
+        folder = KNOWN_DATASETS[name][0][0]
+        raise CbmctlError(f"{name} is not under {root} and the download site is unreachable: "
+                          f"put the official '{folder}' folder in {root} (or set --data-root / $CBMCTL_DATA)")
+    import torchvision
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        getattr(torchvision.datasets, torchvision_class)(str(root), train=train, download=True)
+
+
+def resolve_dataset_path(spec: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """A path as given, or a known dataset name looked up (and for CIFAR downloaded) under the data root."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    key = spec.lower().replace("-", "").replace("_", "")
+    key = {"cub200": "cub", "cub2002011": "cub", "places": "places365"}.get(key, key)
+    if key not in KNOWN_DATASETS:
+        known = ", ".join(KNOWN_DATASETS)
+        raise CbmctlError(f"{spec}: no such file or directory, and not a known dataset name ({known})")
+    base = data_root(root)
+    folders, torchvision_class = KNOWN_DATASETS[key]
+    for folder in folders:
+        if (base / folder).exists():
+            return base / folder
+    if torchvision_class and download:
+        _download(key, base, torchvision_class)
+        return base / folders[0]
+    raise CbmctlError(f"{key} not found under {base}: put the official dataset folder there as "
+                      f"'{folders[0]}' (or set --data-root / $CBMCTL_DATA)")
+
+
+def detect_format(path: Path) -> str:
+    for name, reader in READERS.items():
+        if reader.detect(path):
+            return name
+    raise CbmctlError(f"{path}: unrecognised dataset layout (expected CUB_200_2011, CIFAR python batches, "
+                      "Places365, ImageFolder train/ + val/ or test/, or manifest.csv/.jsonl); "
+                      "see --format")
+
+
+def load_dataset(
+    spec: str | os.PathLike,
+    format: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    val_fraction: float | None = None,
+    val_seed: int | None = None,
+    config: DatasetConfig | None = None,
+) -> Dataset:
+    """Read a dataset in any supported format and carve a stratified validation split from train.
+
+    Splits are 'train', 'val' and 'test'; 'test' is always the dataset's official held-out split when it
+    has one (ImageNet's and Places365's official val sets play that part)."""
+    path = resolve_dataset_path(str(spec), data_root)
+    config_dir = path if path.is_dir() else path.parent
+    config = config or load_config(config_dir)
+    format = (format or config.format or detect_format(path)).lower()
+    if format in ("cifar10", "cifar100"):
+        format = "cifar"
+    if format not in READERS:
+        raise CbmctlError(f"unknown --format {format!r} (choose from {', '.join(FORMATS)})")
+    if not READERS[format].detect(path):
+        raise CbmctlError(f"{path} is not laid out as {format}")
+    dataset = READERS[format].read(path)
+    dataset.classes = apply_class_names(dataset.classes, config.class_names, config_dir / "cbmctl.yaml")
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    fraction = fraction if config.val_fraction is None or val_fraction is not None else config.val_fraction
+    seed = val_seed if val_seed is not None else (config.val_seed if config.val_seed is not None else DEFAULT_VAL_SEED)
+    if "test" not in dataset.splits:
+        carve(dataset, "train", "test", DEFAULT_TEST_FRACTION, seed)
+        dataset.notes.append(f"no official test split: a stratified {DEFAULT_TEST_FRACTION:.0%} of train "
+                             f"(seed {seed}) is held out as test")
+    if "val" not in dataset.splits:
+        carve(dataset, "train", "val", fraction, seed)
+    dataset.val_fraction, dataset.val_seed = fraction, seed
+    dataset.splits = {name: dataset.splits[name] for name in ("train", "val", "test")}
+    if not dataset.splits["train"]:
+        raise CbmctlError(f"{path}: the training split is empty")
+    return dataset

@@ -1,0 +1,106 @@
+"""What every reader returns: class names, official splits of (path, label), optional attributes."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: `path` is relative to the dataset root ("batch#row" for array-backed formats)."""
+
+    path: str
+    label: int
+
+
+class FileImages:
+    """Opens images stored as files under a root directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, path: str):
+        from PIL import Image
+        return Image.open(self.root / path)
+
+    def fingerprint_items(self, records):
+        # Size is cheap to read and catches a replaced or truncated file; hashing every byte of
+        # ImageNet is not.
+        for record in records:
+            try:
+                size = (self.root / record.path).stat().st_size
+            except OSError:
+                size = -1
+            yield f"{record.path}\t{record.label}\t{size}"
+
+
+@dataclass
+class Dataset:
+    """A dataset as cbmctl sees it, independent of its on-disk format."""
+
+    name: str
+    root: Path
+    format: str
+    classes: list[str]
+    splits: dict[str, list[ImageRecord]]
+    open_image: Callable = None
+    attribute_names: list[str] | None = None
+    # split -> (N × A) uint8 presence matrix, rows aligned with splits[split]
+    attributes: dict[str, np.ndarray] | None = None
+    val_fraction: float = 0.0
+    val_seed: int = 0
+    notes: list[str] = field(default_factory=list)
+    # extra bytes that define the content when images are not files (CIFAR's batch files)
+    content_digest: str = ""
+
+    def __post_init__(self):
+        if self.open_image is None:
+            self.open_image = FileImages(self.root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the data: format, class names, split membership, file sizes."""
+        digest = hashlib.sha256()
+        digest.update(f"{self.format}\n{self.val_fraction}\n{self.val_seed}\n".encode())
+        digest.update("\n".join(self.classes).encode())
+        digest.update(self.content_digest.encode())
+        for split in sorted(self.splits):
+            digest.update(f"\n[{split}]\n".encode())
+            items = getattr(self.open_image, "fingerprint_items", None)
+            lines = items(self.splits[split]) if items else (f"{r.path}\t{r.label}" for r in self.splits[split])
+            for line in lines:
+                digest.update(line.encode())
+                digest.update(b"\n")
+        return digest.hexdigest()
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{split} {len(records)}" for split, records in self.splits.items())
+        return f"{self.name} ({self.format}): {self.num_classes} classes; {sizes}"
+
+
+def clean_class_name(raw: str) -> str:
+    """'001.Black_footed_Albatross' -> 'black footed albatross'; '/a/apartment_building/outdoor' ->
+    'apartment building outdoor'."""
+    name = raw.strip()
+    name = re.sub(r"^\d+[._\s-]+", "", name)
+    name = re.sub(r"^/[a-z]/", "", name)
+    name = name.replace("/", " ").replace("_", " ")
+    return re.sub(r"\s+", " ", name).strip().lower()
+
+
+def disambiguate(names: list[str], keys: list[str]) -> list[str]:
+    """Keep label order; where two classes share a name, suffix each with its key (e.g. a WordNet id)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [f"{name} ({key})" if counts[name] > 1 else name for name, key in zip(names, keys)]

@@ -1,0 +1,52 @@
+"""Opening any image PIL can read as 8-bit RGB, or saying in a few words why it cannot be used."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class BadImage(Exception):
+    """The image cannot be used; the message is the reason recorded in the cache."""
+
+
+def to_rgb(image):
+    """EXIF orientation applied; CMYK, 16-bit, palette, alpha and grayscale converted to RGB."""
+    from PIL import Image, ImageOps
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit grayscale: scale the actual range to 8 bits instead of clipping at 255
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(opener, path: str):
+    """Open `path` through `opener` (a dataset's image source) and return a decoded RGB image."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        image = opener(path)
+        image.load()
+        return to_rgb(image)
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except UnidentifiedImageError:
+        try:
+            empty = opener.root is not None and (opener.root / path).stat().st_size == 0
+        except (AttributeError, OSError):
+            empty = False
+        raise BadImage("empty file" if empty else "not an image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        text = str(error).lower()
+        reason = "truncated image" if "truncat" in text else f"unreadable image ({str(error)[:80]})"
+        raise BadImage(reason) from None
