@@ -221,7 +221,13 @@ def _register_config(path: Path) -> str:
 def _load_weights(model, path: str, name: str) -> None:
     import open_clip
     try:
-        open_clip.load_checkpoint(model, path)
+        if path.endswith(".safetensors") and _is_compact(path):
+            from safetensors.torch import load_file
+            from cbmctl.demo.compact import expand
+            state = load_file(path)
+            model.load_state_dict(expand(state, model.token_embedding.weight.shape[0]))
+        else:
+            open_clip.load_checkpoint(model, path)
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line
@@ -241,6 +247,16 @@ def _quiet_logging():
         yield
     finally:
         logging.disable(previous)
+
+
+def _is_compact(path: str) -> bool:
+    from safetensors import safe_open
+    from cbmctl.demo.compact import IDS_KEY
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return IDS_KEY in handle.keys()
+    except Exception:
+        return False
 
 
 def load_backbone(model: str | None = None, pretrained: str | None = None, device="cpu") -> Backbone:

@@ -1,0 +1,206 @@
+"""A generated, CUB-like world: made-up species, each a noisy profile over visual attributes.
+
+The species and their profiles are fixed (the same in every world, so the shipped CLIP knows their
+names); a world's seed only decides which images are drawn. Same seed -> byte-identical files."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cbmctl.errors import CbmctlError
+
+IMAGE_SIZE = 64
+SUPERSAMPLE = 3
+
+# family -> values that images have; the first phrase of each value is its canonical concept text
+FAMILIES: dict[str, dict[str, list[str]]] = {
+    "color": {
+        "red": ["red"], "orange": ["orange"], "yellow": ["yellow"], "green": ["green"],
+        "blue": ["blue"], "purple": ["purple"], "pink": ["pink"], "black": ["black"],
+    },
+    "shape": {
+        "circle": ["circle shape", "round", "circle"], "square": ["square shape", "square", "boxy"],
+        "triangle": ["triangle shape", "triangle", "triangular"], "star": ["star shape", "star", "star-shaped"],
+        "cross": ["cross shape", "cross", "plus sign"], "diamond": ["diamond shape", "diamond", "rhombus"],
+    },
+    "pattern": {
+        "plain": ["plain surface", "plain", "solid colored"], "striped": ["striped pattern", "striped", "with stripes"],
+        "dotted": ["dotted pattern", "dotted", "with dots"],
+    },
+    "size": {"small": ["small size", "small", "tiny"], "large": ["large size", "large", "big"]},
+    "background": {
+        "grass": ["grass background", "on grass", "grassy"], "sand": ["sand background", "on sand", "sandy"],
+        "snow": ["snow background", "on snow", "snowy"],
+    },
+}
+# Phrases no image has: the CLIP is taught that they match nothing, and the concept set carries them.
+DISTRACTORS: dict[str, list[str]] = {
+    "color": ["brown", "gray"],
+    "shape": ["hexagon shape", "oval shape", "heart shape"],
+    "pattern": ["checkered pattern", "wavy pattern"],
+    "size": ["medium size"],
+    "background": ["forest background", "road background", "water background"],
+}
+
+COLOR_RGB = {"red": (205, 35, 35), "orange": (240, 135, 25), "yellow": (240, 215, 35), "green": (70, 200, 90),
+             "blue": (40, 75, 215), "purple": (125, 45, 170), "pink": (245, 135, 185), "black": (25, 25, 28)}
+BACKGROUND_RGB = {"grass": (55, 115, 40), "sand": (212, 190, 140), "snow": (232, 236, 242)}
+SIZE_RADIUS = {"small": (10.0, 13.0), "large": (19.0, 23.0)}
+
+SPECIES_NAMES = [
+    "azure glimmerwing", "crimson thornback", "golden dapplefin", "violet moonhopper", "scarlet pebblecrest",
+    "amber sandstrider", "jade whistler", "rose mistdancer", "onyx burrowtail", "cobalt frostbeak",
+    "saffron reedhopper", "emerald gladewing", "coral duneskipper", "ebony starling", "lilac snowfinch",
+    "ruby spiketail", "citrine marshwing", "teal bramblehop", "magenta sunchaser", "sable crestling",
+    "tangerine pipit", "indigo shellback", "blush meadowlark", "charcoal glider", "lemon hollowtail",
+    "plum ridgecrest", "cerulean drifter", "vermilion sprite", "olive dunehopper", "orchid frostling",
+]
+# how often an image shows its species' value, per family (otherwise another value, uniformly)
+FIDELITY = {"color": 0.85, "shape": 0.85, "pattern": 0.8, "size": 0.8, "background": 0.8}
+PROFILE_SEED = 20240404  # fixed: the species are the same in every world
+
+
+@dataclass(frozen=True)
+class Species:
+    name: str
+    profile: dict[str, str]
+
+
+def species() -> list[Species]:
+    """The 30 species: distinct (colour, shape) pairs, pattern/size/background spread across them."""
+    rng = np.random.default_rng(PROFILE_SEED)
+    colors, shapes = list(FAMILIES["color"]), list(FAMILIES["shape"])
+    pairs = [(c, s) for c in colors for s in shapes]
+    chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), size=len(SPECIES_NAMES), replace=False))]
+    result = []
+    for k, (name, (color, shape)) in enumerate(zip(SPECIES_NAMES, chosen)):
+        result.append(Species(name, {
+            "color": color, "shape": shape,
+            "pattern": list(FAMILIES["pattern"])[int(rng.integers(3))],
+            "size": list(FAMILIES["size"])[k % 2],
+            "background": list(FAMILIES["background"])[int(rng.integers(3))],
+        }))
+    return result
+
+
+def attribute_list() -> list[tuple[str, str]]:
+    """(family, value) in the fixed column order of the attribute annotations."""
+    return [(family, value) for family, values in FAMILIES.items() for value in values]
+
+
+def sample_attributes(profile: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
+    attributes = {}
+    for family, values in FAMILIES.items():
+        if rng.random() < FIDELITY[family]:
+            attributes[family] = profile[family]
+        else:
+            others = [v for v in values if v != profile[family]]
+            attributes[family] = others[int(rng.integers(len(others)))]
+    return attributes
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        points = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + k * math.pi / 2 for k in range(4))]
+        points = [(x * 1.0, y * 1.0) for x, y in points]
+    elif shape == "triangle":
+        points = [(math.cos(a), math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+    elif shape == "star":
+        points = [((1.0 if k % 2 == 0 else 0.45) * math.cos(-math.pi / 2 + k * math.pi / 5),
+                   (1.0 if k % 2 == 0 else 0.45) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+    elif shape == "cross":
+        w = 0.33
+        points = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
+                  (-1, -w), (-w, -w)]
+    elif shape == "diamond":
+        points = [(0, -1.1), (0.68, 0), (0, 1.1), (-0.68, 0)]
+    else:  # circle
+        points = [(math.cos(2 * math.pi * k / 48), math.sin(2 * math.pi * k / 48)) for k in range(48)]
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
+
+
+def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMAGE_SIZE):
+    """Draw one image of the given attributes (position, rotation and colours jittered by rng)."""
+    from PIL import Image, ImageDraw
+    big = size * SUPERSAMPLE
+    background = np.array(BACKGROUND_RGB[attributes["background"]], dtype=np.float32)
+    texture = rng.normal(0, 14 if attributes["background"] == "grass" else 7, (size, size, 1)).astype(np.float32)
+    canvas = np.clip(background + texture + rng.normal(0, 6, 3), 0, 255)
+    low, high = SIZE_RADIUS[attributes["size"]]
+    radius = float(rng.uniform(low, high))
+    margin = radius * 1.1 + 1
+    cx, cy = (float(rng.uniform(margin, size - margin)) for _ in range(2))
+    angle = float(rng.uniform(-0.2, 0.2))
+    mask_image = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(mask_image).polygon(
+        [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in _polygon(attributes["shape"], cx, cy, radius, angle)],
+        fill=255)
+    mask = np.asarray(mask_image.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+    color = np.clip(np.array(COLOR_RGB[attributes["color"]], np.float32) + rng.normal(0, 10, 3), 0, 255)
+    fill = np.broadcast_to(color, (size, size, 3)).copy()
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if attributes["pattern"] == "striped":
+        phase = float(rng.uniform(0, 6))
+        stripes = (((xx + yy + phase) % 6.0) < 3.0)[..., None]
+        fill = np.where(stripes, fill * 0.45 + (255 * 0.25 if attributes["color"] == "black" else 0), fill)
+    elif attributes["pattern"] == "dotted":
+        ox, oy = rng.uniform(0, 5, 2)
+        dots = ((((xx + ox) % 5.0) - 2.5) ** 2 + (((yy + oy) % 5.0) - 2.5) ** 2 < 1.7)[..., None]
+        fill = np.where(dots, fill * 0.3 + 255 * 0.7 if attributes["color"] != "yellow" else fill * 0.4, fill)
+    pixels = canvas * (1 - mask) + fill * mask
+    return Image.fromarray(np.clip(pixels + rng.normal(0, 3, pixels.shape), 0, 255).astype(np.uint8))
+
+
+def _folder_name(index: int, name: str) -> str:
+    return f"{index + 1:03d}.{name.title().replace(' ', '_')}"
+
+
+def make_world(directory, seed: int = 0, images_per_class: int = 40, train_fraction: float = 0.5) -> Path:
+    """Write a world in the CUB_200_2011 layout (+ attributes and a cbmctl.yaml) and return its path."""
+    root = Path(directory)
+    if root.exists() and any(root.iterdir()):
+        raise CbmctlError(f"{root} exists and is not empty; choose a new directory")
+    if images_per_class < 2:
+        raise CbmctlError("--images-per-class must be at least 2 (one train and one test image)")
+    all_species = species()
+    attributes = attribute_list()
+    column = {pair: j for j, pair in enumerate(attributes)}
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    images, labels, splits, attribute_rows = [], [], [], []
+    image_id = 0
+    for k, sp in enumerate(all_species):
+        folder = _folder_name(k, sp.name)
+        (root / "images" / folder).mkdir()
+        is_train = np.zeros(images_per_class, dtype=bool)
+        is_train[rng.permutation(images_per_class)[: max(1, int(round(train_fraction * images_per_class)))]] = True
+        for i in range(images_per_class):
+            image_id += 1
+            drawn = sample_attributes(sp.profile, rng)
+            file = f"{folder}/{sp.name.title().replace(' ', '_')}_{i:04d}.jpg"
+            render(drawn, rng).save(root / "images" / file, quality=92)
+            images.append(f"{image_id} {file}")
+            labels.append(f"{image_id} {k + 1}")
+            splits.append(f"{image_id} {int(is_train[i])}")
+            present = {column[(family, value)] for family, value in drawn.items()}
+            attribute_rows.extend(f"{image_id} {j + 1} {int(j in present)} 4 1.0" for j in range(len(attributes)))
+    files = {
+        "images.txt": images, "image_class_labels.txt": labels, "train_test_split.txt": splits,
+        "classes.txt": [f"{k + 1} {_folder_name(k, sp.name)}" for k, sp in enumerate(all_species)],
+        "attributes.txt": [f"{j + 1} has_{family}::{value}" for j, (family, value) in enumerate(attributes)],
+    }
+    for name, lines in files.items():
+        (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "attributes").mkdir()
+    (root / "attributes" / "image_attribute_labels.txt").write_text("\n".join(attribute_rows) + "\n")
+    (root / "cbmctl.yaml").write_text(
+        "# defaults for every cbmctl command run on this world (command-line flags win)\n"
+        "model: demo\nconcepts: demo\n", encoding="utf-8")
+    (root / "WORLD.txt").write_text(
+        f"cbmctl demo world: seed {seed}, {images_per_class} images per species, "
+        f"{len(all_species)} species, {IMAGE_SIZE}px\n", encoding="utf-8")
+    return root
