@@ -160,10 +160,16 @@ def _offline_fix(what: str, where: str) -> CbmctlError:
                        f"HF cache ($HF_HOME/hub), or pass --pretrained /path/to/weights.safetensors")
 
 
+def hf_cache_dir() -> str:
+    # read at call time: huggingface_hub freezes its defaults when first imported
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+
+
 def _cached_hub_file(repo_id: str, filenames) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     for filename in filenames:
-        found = try_to_load_from_cache(repo_id, filename)
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
         if isinstance(found, str) and os.path.isfile(found):
             return found
     return None
@@ -192,7 +198,7 @@ def _tag_weights(name: str, tag_cfg: dict, tag: str) -> str:
             raise CbmctlError(f"{name}/{tag} weights are not in ~/.cache/clip and {host} is unreachable: go online "
                               f"once, or place {cached.name} there, or pass --pretrained /path/to/weights")
     try:
-        return download_pretrained(tag_cfg)
+        return download_pretrained(tag_cfg, cache_dir=hf_cache_dir() if hub else None)
     except Exception as error:  # network failures come in many types; the user needs one line
         raise CbmctlError(f"could not download {name}/{tag}: {str(error).splitlines()[0]}") from None
 
@@ -218,8 +224,25 @@ def _register_config(path: Path) -> str:
     return path.stem
 
 
+def _readable_checkpoint(path: str) -> bool:
+    """Cheap check of the container (safetensors header, torch zip or pickle) before loading it."""
+    import zipfile
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework="pt") as handle:
+                handle.keys()
+            return True
+        except Exception:
+            return False
+    with open(path, "rb") as handle:
+        return zipfile.is_zipfile(path) or handle.read(1) == b"\x80"
+
+
 def _load_weights(model, path: str, name: str) -> None:
     import open_clip
+    if not _readable_checkpoint(path):
+        raise CbmctlError(f"{path}: cannot read weights (not a safetensors, torch zip or pickle file)")
     try:
         if path.endswith(".safetensors") and _is_compact(path):
             from safetensors.torch import load_file
@@ -228,13 +251,11 @@ def _load_weights(model, path: str, name: str) -> None:
             model.load_state_dict(expand(state, model.token_embedding.weight.shape[0]))
         else:
             open_clip.load_checkpoint(model, path)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line
-                       or "Unexpected" in line), first[0] if first else "")
+    except Exception as error:  # size mismatches, missing keys, open_clip's own shape assertions
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        detail = next((line.strip() for line in lines if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), lines[0])
         raise CbmctlError(f"{path} does not fit architecture {name}: {detail[:200]}") from None
-    except Exception as error:
-        raise CbmctlError(f"{path}: cannot read weights ({type(error).__name__}: {str(error)[:160]})") from None
 
 
 @contextlib.contextmanager
@@ -321,10 +342,12 @@ def load_backbone(model: str | None = None, pretrained: str | None = None, devic
     if weights_path:
         _load_weights(clip, weights_path, model)
         weights_sha256 = sha256_file(Path(weights_path))
-        source = source or weights_path
+        weights_source = weights_path
     else:
         weights_sha256 = _state_dict_sha256(clip)
-        source = source or ("hub" if pretrained == "hub" else "random-init(seed=0)")
+        weights_source = create_name if pretrained == "hub" else "random-init(seed=0)"
+    # a custom config is part of the identity too: the same weights file under another config differs
+    source = f"{source} + {weights_source}" if source else weights_source
     clip.eval().to(device)
     tokenizer = open_clip.get_tokenizer(create_name)
     from open_clip.model import get_model_preprocess_cfg

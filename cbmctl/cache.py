@@ -59,7 +59,8 @@ def identity_mismatch(existing: dict, wanted: dict) -> list[str]:
 
 def describe_mismatch(path, existing: dict, wanted: dict, keys: list[str]) -> str:
     key = keys[0]
-    old, new = str(existing.get(key))[:40], str(wanted.get(key))[:40]
+    width = 12 if key in ("weights_sha256", "dataset_fingerprint") else 200
+    old, new = str(existing.get(key))[:width], str(wanted.get(key))[:width]
     return (f"{path} was made with {key}={old} but this run has {new}; pass --overwrite to replace it, "
             f"or --cache another file")
 

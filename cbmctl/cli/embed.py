@@ -18,11 +18,13 @@ from cbmctl.cli.common import backbone_options, dataset_options, default_workers
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with another backbone or dataset version.")
 @click.option("--template", "templates", multiple=True,
               help="Class prompt template(s), '{}' is the class name. Default: 'a photo of a {}.'")
+@click.option("--shard-size", type=click.IntRange(1), default=None, hidden=True,
+              help="Images per journal shard (resume granularity); default 1024.")
 @click.option("--list-models", is_flag=True, help="List open_clip names and tags, then exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_format, data_root, val_fraction,
-          val_seed, batch_size, workers, overwrite, templates, list_models, as_json, quiet):
+          val_seed, batch_size, workers, overwrite, templates, shard_size, list_models, as_json, quiet):
     """Embed DATA's images (every split) and class names into an HDF5 cache.
 
     DATA is a dataset folder (CUB_200_2011, CIFAR batches, ImageFolder, Places365), a manifest
@@ -52,7 +54,7 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
     backbone = load_backbone(model, pretrained, device)
     report = embed_dataset(dataset, backbone, cache, batch_size=batch_size,
                            workers=default_workers() if workers is None else workers, overwrite=overwrite,
-                           templates=templates, progress=not quiet and not as_json)
+                           templates=templates, progress=not quiet and not as_json, shard_size=shard_size)
     if report.status == "shards-done":
         return
     if as_json:

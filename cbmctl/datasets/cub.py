@@ -65,7 +65,7 @@ def _read_attributes(root: Path, image_ids: list[int]):
             image_id, attribute_id, present = int(fields[0]), int(fields[1]), int(fields[2])
             if image_id in row and attribute_id in column and present:
                 matrix[row[image_id], column[attribute_id]] = 1
-    names = [names_by_id[a].replace("::", ": ").replace("_", " ") for a in attribute_ids]
+    names = [names_by_id[a] for a in attribute_ids]  # verbatim, so mapping files can name them
     return names, matrix
 
 
