@@ -355,3 +355,33 @@ def load_backbone(model: str | None = None, pretrained: str | None = None, devic
     return Backbone(name=model, pretrained=str(pretrained or "none"), model=clip, preprocess=preprocess,
                     tokenizer=tokenizer, weights_sha256=weights_sha256, preprocess_cfg=preprocess_cfg,
                     device=device, source=str(source))
+
+
+def load_tokenizer(model: str | None = None):
+    """(tokenizer, context length) of a model without building it or loading weights."""
+    import open_clip
+    model = model or DEFAULT_MODEL
+    if model == DEMO_MODEL:
+        name = _register_config(DEMO_CONFIG)
+    elif model.endswith(".json"):
+        name = _register_config(Path(model))
+    elif model.startswith("hf-hub:"):
+        name = _hf_hub_local_dir(model[len("hf-hub:"):].strip("/"))
+    elif model in open_clip.list_models():
+        name = model
+    else:
+        raise CbmctlError(f"unknown model {model!r}: see `cbmctl models`")
+    tokenizer = open_clip.get_tokenizer(name)
+    return tokenizer, int(getattr(tokenizer, "context_length", 77))
+
+
+def load_backbone_of_cache(cache, device="auto") -> Backbone:
+    """The backbone a cache was made with, checked against the weights hash it recorded."""
+    attrs = cache.attrs
+    pretrained = attrs["backbone_pretrained"]
+    backbone = load_backbone(attrs["backbone_model"], None if pretrained in ("shipped", "hub") else pretrained,
+                             device)
+    if backbone.weights_sha256 != attrs["weights_sha256"]:
+        raise CbmctlError(f"{cache.path} was made with other weights for {attrs['backbone_model']} "
+                          f"(sha256 {attrs['weights_sha256'][:12]}, found {backbone.weights_sha256[:12]})")
+    return backbone

@@ -12,6 +12,7 @@ from cbmctl.errors import CbmctlError
 # name -> (module, attribute, one-line help shown by `cbmctl --help` without importing the module)
 COMMANDS = {
     "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
+    "concepts": ("cbmctl.cli.concepts", "concepts", "Concept sets: list, show, check, filter, embed, generate."),
     "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }

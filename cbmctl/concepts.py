@@ -1,0 +1,267 @@
+"""Concept sets: reading them robustly, the built-in registry, checks, Label-free-CBM filtering, and
+generation through an OpenAI-compatible chat endpoint."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+
+BUILTIN_DIR = Path(__file__).parent / "concept_sets"
+MAX_CONCEPT_CHARS = 30
+ARTICLES = ("a ", "an ", "the ")
+
+
+@dataclass
+class ConceptSet:
+    name: str
+    concepts: list[str]
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256("\n".join(self.concepts).encode()).hexdigest()
+
+    def record(self) -> dict:
+        """What caches and runs store to say which concepts they used."""
+        return {"name": self.name, "size": len(self.concepts), "sha256": self.sha256, "source": self.source}
+
+
+@dataclass
+class FileIssue:
+    line: int | None
+    severity: str  # "error" or "warning"
+    message: str
+
+
+def builtin_sets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.txt")) if not p.stem.endswith("_classes")}
+
+
+def builtin_classes(name: str) -> list[str] | None:
+    path = BUILTIN_DIR / f"{name}_classes.txt"
+    return read_lines(path)[0] if path.is_file() else None
+
+
+def normalise(text: str) -> str:
+    """The comparison key: case, surrounding space and a leading article do not make a new concept."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    for article in ARTICLES:
+        if text.startswith(article):
+            return text[len(article):]
+    return text
+
+
+def read_lines(path: Path) -> tuple[list[str], list[FileIssue]]:
+    """Entries of a one-per-line text file: UTF-8 with or without BOM, CRLF or LF, '#' comments and blank
+    lines ignored, exact duplicates (after normalising) dropped. Returns (entries, what was noticed)."""
+    raw = Path(path).read_bytes()
+    issues = []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        issues.append(FileIssue(1, "warning", "starts with a UTF-8 byte-order mark (ignored)"))
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CbmctlError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    if "\r\n" in text:
+        issues.append(FileIssue(None, "warning", "Windows line endings (CRLF; read as LF)"))
+    entries, seen = [], {}
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        stripped = line.strip()
+        if not stripped:
+            if number < text.count("\n") + 1 and line != "":
+                issues.append(FileIssue(number, "warning", "blank line (ignored)"))
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped != line.rstrip("\n"):
+            issues.append(FileIssue(number, "warning", "leading or trailing spaces (stripped)"))
+        key = normalise(stripped)
+        if key in seen:
+            issues.append(FileIssue(number, "warning", f"duplicate of line {seen[key]} {stripped!r} (dropped)"))
+            continue
+        seen[key] = number
+        entries.append(re.sub(r"\s+", " ", stripped))
+    return entries, issues
+
+
+def load_concept_set(spec: str) -> ConceptSet:
+    """A built-in set by name, or a file by path."""
+    sets = builtin_sets()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        name, source = path.stem, str(path)
+    elif spec in sets:
+        path, name, source = sets[spec], spec, f"builtin:{spec}"
+    else:
+        raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set "
+                          f"({', '.join(sets) or 'none'})")
+    concepts, issues = read_lines(path)
+    if not concepts:
+        raise CbmctlError(f"{path}: the concept set is empty")
+    return ConceptSet(name, concepts, source, [_issue_text(path, i) for i in issues])
+
+
+def load_class_list(spec: str) -> list[str]:
+    """Class names from a file (one per line, label order) or a built-in list by dataset name."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        classes, _ = read_lines(path)
+    else:
+        classes = builtin_classes(spec)
+        if classes is None:
+            raise CbmctlError(f"class list {spec!r}: no such file, and not a built-in list")
+    return classes
+
+
+def _issue_text(path, issue: FileIssue) -> str:
+    where = f"{path}:{issue.line}" if issue.line else str(path)
+    return f"{where}: {issue.message}"
+
+
+def check_class_list(classes: list[str]) -> list[FileIssue]:
+    """Errors for duplicate class names: two classes may never share a name silently."""
+    seen, issues = {}, []
+    for index, name in enumerate(classes):
+        key = normalise(name)
+        if key in seen:
+            issues.append(FileIssue(index + 1, "error", f"class {index} {name!r} has the same name as class "
+                                                        f"{seen[key]}; disambiguate it"))
+        else:
+            seen[key] = index
+    return issues
+
+
+def check_file(path: Path, classes: list[str] | None = None, tokenizer=None, context_length: int = 77
+               ) -> list[FileIssue]:
+    """Everything worth telling about a concept file. Errors: empty set, concepts longer than the text
+    encoder's context (they would be truncated), concepts that are class names (they leak the label)."""
+    raw_lines = Path(path).read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
+    concepts, issues = read_lines(path)
+    if not concepts:
+        issues.append(FileIssue(None, "error", "no concepts"))
+    line_of = {}
+    for number, line in enumerate(raw_lines, 1):
+        line_of.setdefault(re.sub(r"\s+", " ", line.strip()), number)
+    class_keys = {normalise(c): c for c in classes or []}
+    for concept in concepts:
+        number = line_of.get(concept)
+        if tokenizer is not None:
+            count = _token_count(tokenizer, concept)
+            if count > context_length:
+                issues.append(FileIssue(number, "error", f"{concept!r} is {count} tokens, over the text "
+                                                         f"encoder's context of {context_length}"))
+        if len(concept) > MAX_CONCEPT_CHARS:
+            issues.append(FileIssue(number, "warning", f"{concept!r} is over {MAX_CONCEPT_CHARS} characters "
+                                                       "(`concepts filter` drops it)"))
+        if normalise(concept) in class_keys:
+            issues.append(FileIssue(number, "error", f"{concept!r} is the class name "
+                                                     f"{class_keys[normalise(concept)]!r}"))
+    if classes:
+        issues.extend(check_class_list(classes))
+    return sorted(issues, key=lambda i: (i.line or 0, i.severity))
+
+
+def _token_count(tokenizer, text: str) -> int:
+    """Tokens including start and end markers, counted without the tokenizer's truncation."""
+    encoder = getattr(tokenizer, "encode", None)
+    if encoder is not None:
+        return len(encoder(text)) + 2
+    return len(text.split()) + 2
+
+
+@dataclass
+class FilterThresholds:
+    max_chars: int = MAX_CONCEPT_CHARS
+    class_similarity: float = 0.85
+    duplicate_similarity: float = 0.9
+    activation_cutoff: float | None = None
+    activation_top_k: int = 5
+
+
+def filter_concepts(concepts: list[str], classes: list[str], concept_vectors, class_vectors,
+                    thresholds: FilterThresholds, image_vectors=None):
+    """Label-free CBM rules in order; returns (kept, [(concept, reason)]).
+
+    concept_vectors (C×D) and class_vectors (K×D) are normalised text embeddings; image_vectors (N×D)
+    enables the activation cutoff (mean of each concept's top-k image similarities)."""
+    import numpy as np
+    concept_vectors = np.asarray(concept_vectors, np.float32)
+    class_vectors = np.asarray(class_vectors, np.float32)
+    dropped: list[tuple[str, str]] = []
+    alive = np.ones(len(concepts), dtype=bool)
+    class_keys = {normalise(c): c for c in classes}
+    for i, concept in enumerate(concepts):
+        if len(concept) > thresholds.max_chars:
+            alive[i] = False
+            dropped.append((concept, f"longer than {thresholds.max_chars} characters ({len(concept)})"))
+        elif normalise(concept) in class_keys:
+            alive[i] = False
+            dropped.append((concept, f"is the class name {class_keys[normalise(concept)]!r}"))
+    if len(classes):
+        to_class = concept_vectors @ class_vectors.T
+        for i in np.flatnonzero(alive):
+            j = int(to_class[i].argmax())
+            if to_class[i, j] >= thresholds.class_similarity:
+                alive[i] = False
+                dropped.append((concepts[i], f"similarity {to_class[i, j]:.3f} to class {classes[j]!r} "
+                                             f"≥ {thresholds.class_similarity}"))
+    similarity = concept_vectors @ concept_vectors.T
+    indices = np.flatnonzero(alive)
+    if len(indices) > 1:
+        block = similarity[np.ix_(indices, indices)]
+        mean_similarity = (block.sum(1) - np.diag(block)) / (len(indices) - 1)
+        mean_of = dict(zip(indices.tolist(), mean_similarity.tolist()))
+        pairs = [(float(similarity[a, b]), a, b) for ai, a in enumerate(indices) for b in indices[ai + 1:]
+                 if similarity[a, b] >= thresholds.duplicate_similarity]
+        for value, a, b in sorted(pairs, reverse=True):
+            if not (alive[a] and alive[b]):
+                continue
+            # of a near-duplicate pair, keep the one more distinct from the rest (lower mean similarity)
+            loser, winner = (a, b) if mean_of[a] > mean_of[b] else (b, a)
+            alive[loser] = False
+            dropped.append((concepts[loser], f"similarity {value:.3f} to {concepts[winner]!r} "
+                                             f"≥ {thresholds.duplicate_similarity}"))
+    if thresholds.activation_cutoff is not None and image_vectors is not None:
+        scores = np.asarray(image_vectors, np.float32) @ concept_vectors.T
+        k = min(thresholds.activation_top_k, len(scores))
+        top_mean = np.sort(scores, axis=0)[-k:].mean(0)
+        for i in np.flatnonzero(alive):
+            if top_mean[i] < thresholds.activation_cutoff:
+                alive[i] = False
+                dropped.append((concepts[i], f"mean top-{k} image similarity {top_mean[i]:.3f} < "
+                                             f"{thresholds.activation_cutoff}"))
+    return [c for c, keep in zip(concepts, alive) if keep], dropped
+
+
+def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
+    """Text embeddings of a concept set (C×D float32), reused from and added to a text store: the given
+    cache, or `$CBMCTL_HOME/text-embeddings.h5` when there is none. Returns (embeddings, key, created)."""
+    import os
+
+    from cbmctl.cache import store_text, text_key
+    store = Path(cache_path) if cache_path else Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl")) \
+        / "text-embeddings.h5"
+    identity = backbone.identity()
+    key = text_key(identity, concept_set.concepts)
+    existing = _stored(store, key)
+    if existing is not None:
+        return existing, key, False
+    vectors = backbone.encode_texts(concept_set.concepts).numpy()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    created = store_text(store, key, concept_set.concepts, vectors,
+                         {"kind": "concepts", "name": concept_set.name, "source": concept_set.source,
+                          "backbone_model": identity["backbone_model"], "weights_sha256": identity["weights_sha256"]})
+    return vectors, key, created
+
+
+def _stored(store: Path, key: str):
+    if not store.is_file():
+        return None
+    import h5py
+    with h5py.File(store, "r") as handle:
+        return handle[f"text/{key}/embeddings"][()] if f"text/{key}" in handle else None
