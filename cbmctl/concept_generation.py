@@ -90,7 +90,10 @@ def parse_answer(text: str, max_words: int = 6) -> list[str]:
     removed, over-long lines and sentences dropped."""
     concepts = []
     for line in text.splitlines():
-        item = re.sub(r"^\s*(?:[-*•]+|\d+[.)]|[a-z][.)])\s*", "", line).strip().strip(".,;:").strip()
+        item, previous = line, None
+        while item != previous:  # "- 2. Long tail." has two markers
+            previous, item = item, re.sub(r"^\s*(?:[-*•]+|\d+[.)]|[a-z][.)])\s+", "", item)
+        item = item.strip().strip(".,;:").strip()
         item = re.sub(r"\s+", " ", item).lower()
         if item and len(item.split()) <= max_words and not item.endswith("?"):
             concepts.append(item)

@@ -70,10 +70,11 @@ def read_lines(path: Path) -> tuple[list[str], list[FileIssue]]:
     if "\r\n" in text:
         issues.append(FileIssue(None, "warning", "Windows line endings (CRLF; read as LF)"))
     entries, seen = [], {}
-    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped:
-            if number < text.count("\n") + 1 and line != "":
+            if number < len(lines):  # the empty string after the final newline is not a line
                 issues.append(FileIssue(number, "warning", "blank line (ignored)"))
             continue
         if stripped.startswith("#"):

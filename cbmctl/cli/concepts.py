@@ -1,6 +1,7 @@
 """`cbmctl concepts`: list, show, check, filter, embed and generate concept sets."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -185,7 +186,7 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
         raise click.ClickException(f"{out} exists; pass --force to replace it")
     endpoint = Endpoint.from_options(base_url, api_key, llm_model, timeout, retries)
     classes = load_class_list(classes_spec)
-    with click.progressbar(length=3 * len(classes), label="asking", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=3 * len(classes), label="asking", file=sys.stderr) as bar:
         result = run_generation(classes, endpoint, progress=lambda: bar.update(1))
     for name, kind, reason in result.failures:
         click.echo(f"warning: {name} / {kind}: {reason}", err=True)
