@@ -14,6 +14,7 @@ COMMANDS = {
     "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
     "concepts": ("cbmctl.cli.concepts", "concepts", "Concept sets: list, show, check, filter, embed, generate."),
     "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
+    "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }
 

@@ -1,0 +1,49 @@
+"""Ground truth for concepts: which concepts each image really shows, from the dataset's attribute
+annotations (the demo world maps itself; CUB needs a concept -> attribute mapping file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cbmctl.concepts import normalise
+from cbmctl.errors import CbmctlError
+
+
+def demo_mapping(attribute_names: list[str]) -> dict[str, list[str]]:
+    """concept phrase -> attribute names, for every phrase the demo CLIP was taught for an attribute."""
+    from cbmctl.demo.world import FAMILIES
+    mapping: dict[str, list[str]] = {}
+    for name in attribute_names:
+        family, _, value = name.removeprefix("has_").partition("::")
+        for phrase in FAMILIES.get(family, {}).get(value, []):
+            mapping.setdefault(normalise(phrase), []).append(name)
+    return mapping
+
+
+def read_mapping(path) -> dict[str, list[str]]:
+    """A YAML/JSON mapping {concept: attribute name or [names]} (e.g. CUB concepts to CUB attributes)."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise CbmctlError(f"{path}: cannot read the concept map ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CbmctlError(f"{path}: the concept map must be a mapping concept -> attribute name(s)")
+    return {normalise(str(k)): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in data.items()}
+
+
+def truth_matrix(attribute_names, attributes, concepts, mapping=None):
+    """(N, C) booleans: image i shows concept j; None when there is no ground truth to map."""
+    if attribute_names is None or attributes is None:
+        return None
+    mapping = mapping if mapping is not None else demo_mapping(attribute_names)
+    column = {name: j for j, name in enumerate(attribute_names)}
+    truth = np.zeros((attributes.shape[0], len(concepts)), dtype=bool)
+    mapped = 0
+    for j, concept in enumerate(concepts):
+        names = [n for n in mapping.get(normalise(concept), []) if n in column]
+        if names:
+            mapped += 1
+            truth[:, j] = attributes[:, [column[n] for n in names]].any(axis=1)
+    return truth if mapped else None

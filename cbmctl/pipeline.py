@@ -1,0 +1,105 @@
+"""From what a user names (a dataset folder or name, or a cache file) to a ready cache and concept set;
+shared by `train`, `cms` and `explain`. Embeds first when the cache is missing (the same code as
+`cbmctl embed`); an existing cache is checked against the dataset and backbone instead of re-embedding."""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+
+
+def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=None, data_root=None,
+                  device="auto", log=None):
+    """(Cache, DatasetConfig) for DATA or CACHE."""
+    from cbmctl.cache import open_cache
+    from cbmctl.datasets import DatasetConfig, load_config
+    if not spec and not cache_path:
+        raise CbmctlError("give DATA (a dataset folder or name) or a cache file")
+    if spec and str(spec).endswith((".h5", ".hdf5")) and Path(spec).is_file():
+        cache = open_cache(spec)
+        root = Path(cache.attrs["dataset_root"])
+        return cache, load_config(root) if root.is_dir() else DatasetConfig()
+    if not spec:
+        cache = open_cache(cache_path)
+        root = Path(cache.attrs["dataset_root"])
+        return cache, load_config(root) if root.is_dir() else DatasetConfig()
+    from cbmctl.backbones import DEFAULT_MODEL, load_backbone
+    from cbmctl.datasets import load_dataset, resolve_dataset_path
+    from cbmctl.datasets.config import backbone_choice
+    from cbmctl.embed import default_cache_path, embed_dataset
+    path = resolve_dataset_path(spec, data_root)
+    config = load_config(path if path.is_dir() else path.parent)
+    dataset = load_dataset(path, config=config)
+    model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
+    cache_file = Path(cache_path or default_cache_path(dataset, model, pretrained))
+    if cache_file.is_file():
+        cache = open_cache(cache_file)
+        if cache.attrs["dataset_fingerprint"] != dataset.fingerprint():
+            raise CbmctlError(f"{cache_file} was embedded from another version of {path}; run "
+                              f"`cbmctl embed {spec} --overwrite` (or pass --cache another file)")
+        if cache.attrs["backbone_model"] != model:
+            raise CbmctlError(f"{cache_file} holds {cache.attrs['backbone_model']} embeddings, not {model}; pass "
+                              "--cache another file")
+        return cache, config
+    if log:
+        log(f"no cache yet: embedding {dataset.summary()} into {cache_file}")
+    from cbmctl.cli.common import default_workers
+    backbone = load_backbone(model, pretrained, device)
+    embed_dataset(dataset, backbone, cache_file, workers=default_workers(), templates=config.templates,
+                  progress=log is not None)
+    return open_cache(cache_file), config
+
+
+def resolve_concepts(concepts: str | None, config, cache):
+    from cbmctl.concepts import builtin_sets, load_concept_set
+    name = concepts or config.concepts
+    if name is None:
+        dataset_name = str(cache.attrs.get("dataset_name", "")).lower()
+        guess = {"cub_200_2011": "cub"}.get(dataset_name, dataset_name)
+        if guess in builtin_sets():
+            name = guess
+    if name is None:
+        raise CbmctlError("no concept set: pass --concepts NAME|PATH (see `cbmctl concepts list`) or set "
+                          "`concepts:` in the dataset's cbmctl.yaml")
+    return load_concept_set(str(name))
+
+
+def run_train(options: dict, log=None):
+    """The whole `cbmctl train` behaviour over parsed options; returns (ExperimentResult, table rows)."""
+    from cbmctl import runs
+    from cbmctl.experiment import check_resumable, run_experiment
+    from cbmctl.train import TrainConfig, prepare_data
+    config = TrainConfig(**{f.name: options[f.name] for f in fields(TrainConfig) if f.name in options})
+    if options.get("seeds"):
+        seeds = [int(x) for x in str(options["seeds"]).split(",") if x.strip()]
+    else:
+        seeds = [config.seed]
+    methods = [options["loss"]]
+    if options.get("compare"):
+        text = options["compare"]
+        methods = [m.strip() for m in ("gumbel,contrastive,l1,cos3,none,linear-probe,zero-shot"
+                                       if text == "all" else text).split(",") if m.strip()]
+    for method in methods:
+        config.loss = method
+        config.validate()
+    config.loss = methods[0]
+    cache, dataset_config = resolve_cache(options.get("data"), model=options.get("model"),
+                                          pretrained=options.get("pretrained"), cache_path=options.get("cache_path"),
+                                          data_root=options.get("data_root"), device=config.device, log=log)
+    concept_set = resolve_concepts(options.get("concepts"), dataset_config, cache)
+    data = prepare_data(cache, concept_set, bool(options.get("random_concepts")), options.get("concept_map"),
+                        config.device)
+    spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
+            if k not in ("config_file", "resume", "as_json", "quiet") and v is not None}
+    spec["cache_path"] = str(Path(cache.path).resolve())
+    spec["concepts"] = concept_set.name if concept_set.source.startswith("builtin:") else concept_set.source
+    if options.get("resume"):
+        run_dir = Path(options["resume"]).resolve()
+        check_resumable(run_dir, data)
+    else:
+        label = "compare" if len(methods) > 1 else methods[0]
+        run_dir = runs.new_run_dir(Path(options.get("out") or "runs"), str(cache.attrs["dataset_name"]), label)
+    result = run_experiment(data, config, methods, seeds, run_dir, spec, log=log)
+    runs.point_latest(run_dir.parent, run_dir)
+    return result, result.rows
