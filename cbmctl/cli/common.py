@@ -41,3 +41,12 @@ def default_workers() -> int:
 
 def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def console():
+    """A rich console; when output is not a terminal (a pipe, a file, a test) tables get room instead of
+    being squeezed to 80 columns."""
+    import sys
+
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=160)

@@ -26,12 +26,12 @@ def list_sets(as_json):
                      "classes": len(classes) if classes else None})
     if as_json:
         return print_json(rows)
-    from rich.console import Console
+    from cbmctl.cli.common import console
     from rich.table import Table
     table = Table("set", "concepts", "classes", title="built-in concept sets")
     for row in rows:
         table.add_row(row["name"], str(row["concepts"]), str(row["classes"] or "-"))
-    Console().print(table)
+    console().print(table)
 
 
 @concepts.command()

@@ -45,7 +45,7 @@ def evaluate(directory, split, cache_path, device, as_json):
     report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split)}
     if as_json:
         return print_json(report)
-    from rich.console import Console
+    from cbmctl.cli.common import console
     from rich.table import Table
     table = Table(title=f"demo CLIP on {dataset.root} ({split}, {report['images']} images)")
     for column in ("task", "accuracy", "chance"):
@@ -57,4 +57,4 @@ def evaluate(directory, split, cache_path, device, as_json):
     table.add_row(f"linear probe species (L2 {report['linear_probe_class']['l2']:g})",
                   f"{report['linear_probe_class']['accuracy']:.3f}", f"{report['zero_shot_class']['chance']:.3f}")
     table.add_row("species ceiling (Bayes, true attributes)", f"{report['class_ceiling']['expected']:.3f}", "")
-    Console().print(table)
+    console().print(table)

@@ -66,21 +66,21 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
 
 
 def _render(report, backbone):
-    from rich.console import Console
-    console = Console(stderr=False)
+    from cbmctl.cli.common import console
+    out = console()
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     if report.status == "up-to-date":
-        console.print(f"[green]up to date[/] {report.cache} ({counts}); --overwrite to redo")
+        out.print(f"[green]up to date[/] {report.cache} ({counts}); --overwrite to redo")
         return
-    console.print(f"[green]wrote[/] {report.cache}  ({counts}; {backbone.name}/{backbone.pretrained}, "
+    out.print(f"[green]wrote[/] {report.cache}  ({counts}; {backbone.name}/{backbone.pretrained}, "
                   f"dim {backbone.embed_dim})")
-    console.print(f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)")
+    out.print(f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)")
     if report.skipped:
-        console.print(f"[yellow]skipped {len(report.skipped)} image(s)[/] (recorded in the cache):")
+        out.print(f"[yellow]skipped {len(report.skipped)} image(s)[/] (recorded in the cache):")
         for split, path, reason in report.skipped[:10]:
-            console.print(f"  {split}: {path}: {reason}", markup=False)
+            out.print(f"  {split}: {path}: {reason}", markup=False)
         if len(report.skipped) > 10:
-            console.print(f"  ... and {len(report.skipped) - 10} more")
+            out.print(f"  ... and {len(report.skipped) - 10} more")
 
 
 def _print_models(as_json):

@@ -100,9 +100,9 @@ def _apply_file(ctx, options, spec, keep):
 
 
 def _render(result, rows):
-    from rich.console import Console
+    from cbmctl.cli.common import console
     from rich.table import Table
-    console = Console()
+    out = console()
     table = Table(title=f"test split — {result.run_dir}")
     keys = [("top1", "top-1"), ("top5", "top-5"), ("mean_per_class", "mean/class"), ("l0_mean", "L0"),
             ("nec", "NEC"), ("coverage90_mean", "cover@90")]
@@ -124,5 +124,5 @@ def _render(result, rows):
                 text += f" ± {100 * std:.2f}" if percent else f" ± {std:.1f}"
             cells.append(text)
         table.add_row(*cells)
-    console.print(table)
-    console.print(f"run: {result.run_dir}  (config.yaml, metrics.json, model.safetensors, curves.png, train.log)")
+    out.print(table)
+    out.print(f"run: {result.run_dir}  (config.yaml, metrics.json, model.safetensors, curves.png, train.log)")

@@ -1,0 +1,105 @@
+"""Each CBL objective against values computed by hand (plain Python loops over math.exp/log)."""
+import math
+
+import pytest
+import torch
+
+from cbmctl.errors import CbmctlError
+from cbmctl.losses import (cbl_loss, contrastive_loss, cos3_loss, gumbel_noise, gumbel_paper_loss,
+                           gumbel_reference_loss, l1_loss)
+
+Z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.5, -0.5]])  # B = 2 images, C = 3 concepts
+
+
+def log_softmax_entry(values, index):
+    return values[index] - math.log(sum(math.exp(v) for v in values))
+
+
+def hand_contrastive(z):
+    rows = z.tolist()
+    b, c = len(rows), len(rows[0])
+    m = min(b, c)
+    down = [log_softmax_entry([rows[i][k] for i in range(b)], k) for k in range(m)]
+    across = [log_softmax_entry(rows[k], k) for k in range(m)]
+    return -0.5 * (sum(down) / m + sum(across) / m)
+
+
+def test_contrastive_by_hand():
+    assert float(contrastive_loss(Z)) == pytest.approx(hand_contrastive(Z), abs=1e-6)
+    # worked on paper: columns 0, 1 give log-probs -0.1269, -0.0789; rows 0, 1 give -0.2413, -0.3063
+    # (m = min(B, C) = 2: concept 2 is never a positive)
+    assert float(contrastive_loss(Z)) == pytest.approx(0.5 * (0.1029 + 0.2738), abs=1e-3)
+
+
+def test_gumbel_paper_is_contrastive_on_noisy_scaled_logits():
+    tau = 0.5
+    noise = gumbel_noise(Z.shape, "cpu", torch.Generator().manual_seed(7))
+    expected = hand_contrastive((Z + noise) / tau)
+    got = gumbel_paper_loss(Z, tau, generator=torch.Generator().manual_seed(7))
+    assert float(got) == pytest.approx(expected, abs=1e-5)
+
+
+def test_gumbel_reference_by_hand():
+    generator = torch.Generator().manual_seed(3)
+    first = gumbel_noise(Z.shape, "cpu", generator)
+    second = gumbel_noise(Z.shape, "cpu", generator)
+    down, across = ((Z + first) / 2.0).tolist(), ((Z + second) / 2.0).tolist()
+    entries_down = [log_softmax_entry([down[i][j] for i in range(2)], i) for i in range(2) for j in range(3)]
+    entries_across = [log_softmax_entry(across[i], j) for i in range(2) for j in range(3)]
+    expected = -0.5 * (sum(entries_down) / 6 + sum(entries_across) / 6)
+    got = gumbel_reference_loss(Z, 2.0, generator=torch.Generator().manual_seed(3))
+    assert float(got) == pytest.approx(expected, abs=1e-5)
+
+
+def test_gumbel_noise_is_standard_gumbel():
+    sample = gumbel_noise((200_000,), "cpu", torch.Generator().manual_seed(0))
+    assert float(sample.mean()) == pytest.approx(0.5772, abs=0.01)  # Euler–Mascheroni
+    assert float(sample.var()) == pytest.approx(math.pi ** 2 / 6, abs=0.03)
+
+
+def test_l1_by_hand():
+    weight = torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, -0.5], [0.0, 3.0, 1.0]])
+    assert float(l1_loss(weight, 0.3)) == pytest.approx(0.3 / 3 * 8.0)
+
+
+def test_cos3_by_hand():
+    p = torch.tensor([[1.0, 0.0], [2.0, 1.0], [4.0, -1.0]])
+    q = torch.tensor([[0.5, 1.0], [1.0, 0.0], [3.0, 2.0]])
+
+    def column(x, j):
+        values = [row[j] for row in x.tolist()]
+        mean = sum(values) / len(values)
+        cubed = [(v - mean) ** 3 for v in values]
+        norm = math.sqrt(sum(v * v for v in cubed))
+        return [v / norm for v in cubed]
+
+    sims = [sum(a * b for a, b in zip(column(p, j), column(q, j))) for j in range(2)]
+    assert float(cos3_loss(p, q)) == pytest.approx(-sum(sims) / 2, abs=1e-6)
+    assert float(cos3_loss(q, q)) == pytest.approx(-1.0, abs=1e-6)  # identical columns: similarity 1
+
+
+def test_none_is_zero_and_unknown_is_refused():
+    assert float(cbl_loss("none", z=Z, scores=Z, cbl_weight=torch.eye(3))) == 0.0
+    with pytest.raises(CbmctlError, match="unknown --loss"):
+        cbl_loss("nope", z=Z, scores=Z, cbl_weight=torch.eye(3))
+
+
+def test_hard_samples_are_finite_and_only_for_the_paper_form():
+    z = (Z * 50).requires_grad_()
+    loss = gumbel_paper_loss(z, 1e-4, hard=True, generator=torch.Generator().manual_seed(0))
+    assert 0.0 <= float(loss.detach()) <= 1.0
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(CbmctlError, match="--hard applies only"):
+        cbl_loss("gumbel", z=Z, scores=Z, cbl_weight=torch.eye(3), gumbel_form="reference", hard=True)
+
+
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_tiny_tau_and_extreme_logits_stay_finite(form):
+    z = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0]], requires_grad=True)
+    loss = cbl_loss("gumbel", z=z, scores=z.detach(), cbl_weight=torch.eye(3), gumbel_form=form, tau=1e-6,
+                    generator=torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    with pytest.raises(CbmctlError, match="--tau must be positive"):
+        cbl_loss("gumbel", z=z, scores=z, cbl_weight=torch.eye(3), gumbel_form=form, tau=0.0)

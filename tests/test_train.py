@@ -1,0 +1,185 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cbmctl.cache import open_cache
+from cbmctl.concepts import ConceptSet
+from cbmctl.errors import CbmctlError
+from cbmctl.train import TrainConfig, prepare_data, train_cbm
+from makers import make_synthetic_cache
+
+CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern",
+            "hexagon shape"]
+
+
+@pytest.fixture
+def cache_file(tmp_path):
+    return make_synthetic_cache(tmp_path / "synthetic.h5", CONCEPTS)
+
+
+@pytest.fixture
+def data(cache_file):
+    return prepare_data(open_cache(cache_file), ConceptSet("synthetic", CONCEPTS, "test"))
+
+
+def quick(**changes):
+    return replace(TrainConfig(epochs=8, patience=50, device="cpu", batch_size=64), **changes)
+
+
+def test_both_layers_learn_and_the_head_changes(data):
+    result = train_cbm(data, quick(loss="gumbel"))
+    assert result.model.head.weight.abs().sum() > 0  # the head starts at zero: it must have been trained
+    assert not torch.equal(result.model.cbl.weight, torch.eye(len(CONCEPTS)))
+    assert result.metrics["test"]["top1"] > 0.5  # separable clusters, 4 classes
+    assert result.history[-1]["ce"] < result.history[0]["ce"]
+
+
+@pytest.mark.parametrize("loss", ["gumbel", "contrastive", "l1", "cos3", "none"])
+def test_every_loss_trains_and_reports_every_metric(data, loss):
+    result = train_cbm(data, quick(loss=loss, nec=2, epochs=3))
+    test = result.metrics["test"]
+    for key in ("top1", "top5", "mean_per_class", "l0_mean", "nec", "coverage90_mean", "concept_precision@5",
+                "nec2_top1"):
+        assert key in test and np.isfinite(test[key]), key
+    assert 1 <= test["coverage90_mean"] <= len(CONCEPTS) and test["top5"] == 1.0  # 4 classes ≤ 5
+
+
+def test_reference_form_and_hard_samples_train(data):
+    assert np.isfinite(train_cbm(data, quick(gumbel_form="reference", epochs=2)).metrics["test"]["top1"])
+    assert np.isfinite(train_cbm(data, quick(hard=True, tau=0.1, epochs=2)).metrics["test"]["top1"])
+    with pytest.raises(CbmctlError, match="--hard applies only"):
+        train_cbm(data, quick(gumbel_form="reference", hard=True))
+
+
+def test_deterministic_for_a_seed(data):
+    first, second = train_cbm(data, quick(seed=5)), train_cbm(data, quick(seed=5))
+    assert torch.equal(first.model.cbl.weight, second.model.cbl.weight)
+    assert first.metrics == second.metrics
+    assert not torch.equal(first.model.head.weight, train_cbm(data, quick(seed=6)).model.head.weight)
+
+
+def test_fast_path_equals_plain_path(data):
+    fast, plain = train_cbm(data, quick(fast_path="on")), train_cbm(data, quick(fast_path="off"))
+    assert torch.allclose(fast.model.cbl.weight, plain.model.cbl.weight, atol=1e-5)
+    assert torch.allclose(fast.model.head.weight, plain.model.head.weight, atol=1e-5)
+    assert fast.metrics["test"]["top1"] == plain.metrics["test"]["top1"]
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(data, tmp_path):
+    straight = train_cbm(data, quick(epochs=6))
+    checkpoint = tmp_path / "checkpoint.pt"
+    train_cbm(data, quick(epochs=3), checkpoint=checkpoint)
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["epoch"] == 3
+    resumed = train_cbm(data, quick(epochs=6), resume=state)
+    assert torch.equal(resumed.model.head.weight, straight.model.head.weight)
+    assert [h["val_top1"] for h in resumed.history] == [h["val_top1"] for h in straight.history]
+
+
+def test_concept_precision_uses_ground_truth(data):
+    # attribute "has_color::red" is true for even classes, "green" for odd ones; the others never apply
+    truth = data.truth["test"]
+    assert truth.shape == (80, len(CONCEPTS))
+    assert truth[:, 0].tolist() == (data.labels["test"] % 2 == 0).tolist() and not truth[:, 2:].any()
+
+
+def test_train_cli_run_directory_and_config_roundtrip(cli, cache_file, tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    out = tmp_path / "runs"
+    args = ["train", cache_file, "--concepts", concepts, "--epochs", "4", "--device", "cpu", "--out", out, "--quiet"]
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    latest = (out / "latest").resolve()
+    for name in ("config.yaml", "metrics.json", "model.safetensors", "model.json", "curves.png", "train.log",
+                 "record.json"):
+        assert (latest / name).is_file(), name
+    model_meta = json.loads((latest / "model.json").read_text())
+    assert model_meta["concepts"] == CONCEPTS and model_meta["classes"][0] == "class 0"
+    assert model_meta["dataset"]["dataset_fingerprint"] == "fp0" and model_meta["concept_set"]["size"] == 8
+    assert model_meta["versions"]["torch"] == torch.__version__
+    config = yaml.safe_load((latest / "config.yaml").read_text())
+    assert config["loss"] == "gumbel" and config["epochs"] == 4 and config["cache_path"] == str(cache_file.resolve())
+    replay = cli("train", "--config", latest / "config.yaml", "--json", "--quiet")
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.output)["test"] == metrics["test"]
+    assert yaml.safe_load(((out / "latest").resolve() / "config.yaml").read_text()) == config
+    overridden = cli("train", "--config", latest / "config.yaml", "--epochs", "2", "--json", "--quiet")
+    assert json.loads(overridden.output)["epochs_run"] == 2  # the command line wins over the file
+
+
+def test_compare_seeds_and_baselines_table(cli, cache_file, tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    out = tmp_path / "runs"
+    result = cli("train", cache_file, "--concepts", concepts, "--epochs", "3", "--device", "cpu", "--out", out,
+                 "--quiet", "--compare", "gumbel,none,linear-probe,zero-shot", "--seeds", "0,1")
+    assert result.exit_code == 0, result.output
+    assert "linear-probe" in result.output and "±" in result.output
+    latest = (out / "latest").resolve()
+    rows = json.loads((latest / "compare.json").read_text())
+    assert [r["loss"] for r in rows] == ["gumbel", "none", "linear-probe", "zero-shot"]
+    assert len(rows[0]["top1"]["values"]) == 2
+    assert (latest / "compare.csv").read_text().splitlines()[0].startswith("method,top1_mean,top1_std")
+    assert (latest / "gumbel" / "seed-1" / "model.safetensors").is_file() and (latest / "model.safetensors").is_file()
+
+
+def test_random_concepts_control_needs_the_backbone_and_says_so(cli, cache_file, tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    result = cli("train", cache_file, "--concepts", concepts, "--random-concepts", "--device", "cpu",
+                 "--out", tmp_path / "runs", "--quiet")
+    # the synthetic cache's backbone does not exist, so the random words cannot be embedded: one clear line
+    assert result.exit_code == 1 and "unknown model 'synthetic'" in result.output
+
+
+def test_resume_refuses_another_concept_set(cli, cache_file, tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    out = tmp_path / "runs"
+    cli("train", cache_file, "--concepts", concepts, "--epochs", "2", "--device", "cpu", "--out", out, "--quiet")
+    run = (out / "latest").resolve()
+    concepts.write_text("\n".join(CONCEPTS[:4]) + "\n")
+    make_synthetic_cache(cache_file, CONCEPTS[:4])
+    result = cli("train", "--resume", run, "--quiet")
+    assert result.exit_code == 1 and "was trained with another concept set" in result.output
+
+
+@pytest.mark.slow
+def test_cli_resume_after_sigkill(tmp_path):
+    cache_file = make_synthetic_cache(tmp_path / "big.h5", CONCEPTS, per_split=(3000, 100, 100))
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "cbmctl", "train", str(cache_file), "--concepts", str(concepts), "--epochs", "12",
+                "--patience", "100", "--device", "cpu", "--batch-size", "32", "--out", str(out), "--quiet", *extra]
+
+    process = subprocess.Popen(command(tmp_path / "killed"), env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "killed").glob("*/checkpoint.pt")):
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = next((tmp_path / "killed").glob("*-gumbel"))
+    assert (run / "checkpoint.pt").is_file() and not (run / "model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "cbmctl", "train", "--resume", str(run), "--quiet", "--json"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run(command(tmp_path / "straight", "--json"), env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert json.loads(resumed.stdout)["test"] == json.loads(straight.stdout)["test"]
+    assert "resuming after epoch" in (run / "train.log").read_text()
