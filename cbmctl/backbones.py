@@ -375,13 +375,17 @@ def load_tokenizer(model: str | None = None):
     return tokenizer, int(getattr(tokenizer, "context_length", 77))
 
 
-def load_backbone_of_cache(cache, device="auto") -> Backbone:
-    """The backbone a cache was made with, checked against the weights hash it recorded."""
-    attrs = cache.attrs
-    pretrained = attrs["backbone_pretrained"]
-    backbone = load_backbone(attrs["backbone_model"], None if pretrained in ("shipped", "hub") else pretrained,
+def load_recorded_backbone(record: dict, where, device="auto") -> Backbone:
+    """The backbone a cache or run recorded (backbone_model, backbone_pretrained, weights_sha256), refused if
+    the weights found now are not the ones it was made with."""
+    pretrained = record["backbone_pretrained"]
+    backbone = load_backbone(record["backbone_model"], None if pretrained in ("shipped", "hub") else pretrained,
                              device)
-    if backbone.weights_sha256 != attrs["weights_sha256"]:
-        raise CbmctlError(f"{cache.path} was made with other weights for {attrs['backbone_model']} "
-                          f"(sha256 {attrs['weights_sha256'][:12]}, found {backbone.weights_sha256[:12]})")
+    if backbone.weights_sha256 != record["weights_sha256"]:
+        raise CbmctlError(f"{where} was made with other weights for {record['backbone_model']} "
+                          f"(sha256 {record['weights_sha256'][:12]}, found {backbone.weights_sha256[:12]})")
     return backbone
+
+
+def load_backbone_of_cache(cache, device="auto") -> Backbone:
+    return load_recorded_backbone(cache.attrs, cache.path, device)

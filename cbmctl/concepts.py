@@ -20,6 +20,8 @@ class ConceptSet:
     concepts: list[str]
     source: str
     warnings: list[str] = field(default_factory=list)
+    # class name -> its concepts, when the set says which concepts describe which class
+    associations: dict[str, list[str]] | None = None
 
     @property
     def sha256(self) -> str:
@@ -101,10 +103,34 @@ def load_concept_set(spec: str) -> ConceptSet:
     else:
         raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set "
                           f"({', '.join(sets) or 'none'})")
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        return _load_associated(path, name, source)
     concepts, issues = read_lines(path)
     if not concepts:
         raise CbmctlError(f"{path}: the concept set is empty")
     return ConceptSet(name, concepts, source, [_issue_text(path, i) for i in issues])
+
+
+def _load_associated(path: Path, name: str, source: str) -> ConceptSet:
+    """A {class name: [concepts]} mapping (JSON or YAML): the concepts, de-duplicated in first-seen order,
+    and which class each describes (for CMS's description baseline)."""
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, yaml.YAMLError) as error:
+        raise CbmctlError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise CbmctlError(f"{path}: expected a mapping of class name -> list of concepts")
+    concepts, seen, associations = [], set(), {}
+    for class_name, items in data.items():
+        associations[str(class_name)] = [re.sub(r"\s+", " ", str(c).strip()) for c in items if str(c).strip()]
+        for concept in associations[str(class_name)]:
+            if normalise(concept) not in seen:
+                seen.add(normalise(concept))
+                concepts.append(concept)
+    if not concepts:
+        raise CbmctlError(f"{path}: the concept set is empty")
+    return ConceptSet(name, concepts, source, [], associations)
 
 
 def load_class_list(spec: str) -> list[str]:

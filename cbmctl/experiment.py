@@ -95,7 +95,8 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
 
 def _write_unit(unit: Path, data: TrainingData, config: TrainConfig, result: TrainResult) -> None:
     if result.model is not None:
-        save_model(unit, result.model, model_metadata(data, config, result))
+        save_model(unit, result.model, model_metadata(data, config, result),
+                   {"concept_vectors": data.concept_vectors, "class_vectors": data.class_vectors})
         runs.plot_curves(unit / "curves.png", result.history, f"{describe(config)} on {data.record['dataset']['dataset_name']}")
     runs.write_json(unit / runs.METRICS_FILE, {**result.metrics, "history": result.history,
                                                "train_config": asdict(config)})

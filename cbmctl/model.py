@@ -46,22 +46,29 @@ class ConceptBottleneckModel(nn.Module):
         return activations * self.head.weight[classes]
 
 
-def save_model(directory: Path, model: ConceptBottleneckModel, metadata: dict) -> None:
+def save_model(directory: Path, model: ConceptBottleneckModel, metadata: dict, vectors: dict | None = None) -> None:
+    """Weights, plus the text embeddings the model was trained with (concept_vectors, class_vectors), so a
+    run is self-contained for explanation and browsing."""
     from safetensors.torch import save_file
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, tensor in (vectors or {}).items():
+        state[name] = torch.as_tensor(tensor).detach().float().cpu().contiguous()
     save_file(state, str(directory / WEIGHTS_FILE))
     (directory / META_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
 
 
 def load_model(directory: Path) -> tuple[ConceptBottleneckModel, dict]:
+    """(model, metadata); metadata["vectors"] holds the saved text embeddings (concept_vectors, ...)."""
     from safetensors.torch import load_file
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).is_file() or not (directory / META_FILE).is_file():
         raise CbmctlError(f"{directory} holds no trained model ({WEIGHTS_FILE} + {META_FILE})")
     metadata = json.loads((directory / META_FILE).read_text())
     state = load_file(str(directory / WEIGHTS_FILE))
-    model = ConceptBottleneckModel(state["cbl.weight"].shape[0], state["head.weight"].shape[0], "random")
-    model.load_state_dict(state)
+    weights = {k: state.pop(k) for k in ("cbl.weight", "head.weight")}
+    model = ConceptBottleneckModel(weights["cbl.weight"].shape[0], weights["head.weight"].shape[0], "random")
+    model.load_state_dict(weights)
+    metadata["vectors"] = state
     return model.eval(), metadata

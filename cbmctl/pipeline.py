@@ -103,3 +103,32 @@ def run_train(options: dict, log=None):
     result = run_experiment(data, config, methods, seeds, run_dir, spec, log=log)
     runs.point_latest(run_dir.parent, run_dir)
     return result, result.rows
+
+
+def evaluate_run(run_dir, device="auto", precision_k: int = 5, nec: int | None = None) -> dict:
+    """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
+    and record the result in the run's metrics.json."""
+    import json
+
+    from cbmctl import runs
+    from cbmctl.cache import open_cache
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.model import load_model
+    from cbmctl.train import TrainConfig, _Scores, evaluate_model, prepare_data, resolve_device
+    run_dir = Path(run_dir)
+    model, meta = load_model(run_dir)
+    record = meta["concept_set"]
+    concept_set = ConceptSet(record["name"], meta["concepts"], record["source"])
+    if concept_set.sha256 != record["sha256"]:
+        raise CbmctlError(f"{run_dir}/model.json: its concepts do not match their recorded hash")
+    data = prepare_data(open_cache(meta["cache"]), concept_set, device=device)
+    if data.record["dataset"]["dataset_fingerprint"] != meta["dataset"]["dataset_fingerprint"]:
+        raise CbmctlError(f"{meta['cache']} no longer holds the data {run_dir} was trained on")
+    config = TrainConfig(device=device, precision_k=precision_k, nec=nec)
+    target = resolve_device(device)
+    model = model.to(target)
+    metrics = {split: evaluate_model(model, _Scores(data, split, target, True), data, split, config)
+               for split in ("val", "test")}
+    metrics["evaluated"] = {"edited": meta.get("edited"), "versions": runs.versions()}
+    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+    return json.loads(json.dumps(metrics))

@@ -318,23 +318,33 @@ def describe(config: TrainConfig) -> str:
     return config.loss
 
 
+def concept_vectors(cache, concept_set, device="auto") -> np.ndarray:
+    """A concept set's text embeddings under the cache's backbone: from the cache's text store, or encoded
+    (loading the backbone only then) and stored there for next time."""
+    from cbmctl.cache import text_key
+    stored = cache.text(text_key(cache.attrs, concept_set.concepts))
+    if stored is not None:
+        return stored[1]
+    from cbmctl.backbones import load_backbone_of_cache
+    from cbmctl.concepts import encode_concepts
+    return encode_concepts(load_backbone_of_cache(cache, device), concept_set, cache.path)[0]
+
+
+def random_concept_set(concept_set):
+    """The random-word control for a concept set: as many random words."""
+    from cbmctl.concepts import ConceptSet
+    return ConceptSet(f"random-words-{len(concept_set.concepts)}", random_words(len(concept_set.concepts)),
+                      f"random words replacing {concept_set.name}")
+
+
 def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto"
                  ) -> TrainingData:
     """Read a cache and a concept set into TrainingData. Concept text embeddings come from the cache's text
     store; only when they are not there yet is the cache's backbone loaded to encode (and store) them."""
-    from cbmctl.cache import text_key
     from cbmctl.concept_truth import read_mapping, truth_matrix
-    from cbmctl.concepts import ConceptSet
     if random_concepts:
-        concept_set = ConceptSet(f"random-words-{len(concept_set.concepts)}", random_words(len(concept_set.concepts)),
-                                 f"random words replacing {concept_set.name}")
-    stored = cache.text(text_key(cache.attrs, concept_set.concepts))
-    if stored is not None:
-        vectors = stored[1]
-    else:
-        from cbmctl.backbones import load_backbone_of_cache
-        from cbmctl.concepts import encode_concepts
-        vectors = encode_concepts(load_backbone_of_cache(cache, device), concept_set, cache.path)[0]
+        concept_set = random_concept_set(concept_set)
+    vectors = concept_vectors(cache, concept_set, device)
     splits = {s: cache.split(s) for s in ("train", "val", "test")}
     for name, split in splits.items():
         if len(split.labels) == 0:

@@ -12,9 +12,11 @@ from cbmctl.errors import CbmctlError
 # name -> (module, attribute, one-line help shown by `cbmctl --help` without importing the module)
 COMMANDS = {
     "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
+    "cms": ("cbmctl.cli.cms", "cms", "Concept Matrix Search (training-free) next to zero-shot and baselines."),
     "concepts": ("cbmctl.cli.concepts", "concepts", "Concept sets: list, show, check, filter, embed, generate."),
     "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
     "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
+    "explain": ("cbmctl.cli.explain", "explain", "Explain images: predicted class, contributing concepts, interventions."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }
 

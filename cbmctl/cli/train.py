@@ -60,6 +60,8 @@ def _ints(text):
               help="A run's config.yaml (or your own): every option; the command line wins.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run directory.")
+@click.option("--evaluate", "evaluate_run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Only score a saved run's model (e.g. from `explain --save-edited`) on its cache.")
 @click.option("--fast-path", type=click.Choice(["auto", "on", "off"]), default="auto", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
@@ -68,6 +70,8 @@ def train(ctx, **options):
     """Train a Concept Bottleneck Model on DATA (a dataset folder or name, embedded first if needed) or on a
     CACHE (.h5). Validation top-1 picks the epoch; the test split is evaluated once, at the end."""
     from cbmctl.runs import read_yaml
+    if options["evaluate_run_dir"]:
+        return _evaluate(options)
     if options["resume"]:
         spec = read_yaml(Path(options["resume"]) / "config.yaml")
         _apply_file(ctx, options, spec, keep=("resume", "device", "json", "quiet", "as_json"))
@@ -79,6 +83,16 @@ def train(ctx, **options):
         import json
         return print_json(json.loads((result.run_dir / "metrics.json").read_text()))
     _render(result, rows)
+
+
+def _evaluate(options):
+    from cbmctl.pipeline import evaluate_run
+    metrics = evaluate_run(options["evaluate_run_dir"], options["device"], options["precision_k"], options["nec"])
+    if options["as_json"]:
+        return print_json(metrics)
+    test = metrics["test"]
+    click.echo(f"{options['evaluate_run_dir']}: test top-1 {100 * test['top1']:.2f}, top-5 {100 * test['top5']:.2f}, "
+               f"mean/class {100 * test['mean_per_class']:.2f}, NEC {test['nec']:.1f}")
 
 
 def _echo_err(line):
@@ -94,6 +108,8 @@ def _apply_file(ctx, options, spec, keep):
         if name not in names:
             raise click.UsageError(f"unknown option {key!r} in the config file")
         if name in keep and options.get(name) is not None and ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
+            continue
+        if name in ("evaluate_run_dir", "config_file"):
             continue
         if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
             options[name] = value

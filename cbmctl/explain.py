@@ -1,0 +1,174 @@
+"""Per-image explanations of a trained CBM (or of CMS), and interventions on concept activations.
+Data only; cbmctl.render draws it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cbmctl.errors import CbmctlError
+
+
+@dataclass
+class ConceptRow:
+    concept: str
+    activation: float    # a_j (CMS: V_ij)
+    weight: float        # F[c, j] (CMS: T[c, j])
+    contribution: float  # a_j · F[c, j] (CMS: V_ij · T[c, j])
+    score: float         # raw CLIP concept score ψ_j = s · cos(image, concept)
+
+
+@dataclass
+class Explanation:
+    image: str
+    method: str                      # "cbm" or "cms"
+    predicted: str
+    probability: float
+    top_classes: list[tuple[str, float]]
+    explained_class: str
+    concepts: list[ConceptRow]
+    logit: float = 0.0
+    intervention: dict | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Explainer:
+    """A trained model with the text embeddings it was trained with."""
+
+    model: object
+    concepts: list[str]
+    classes: list[str]
+    concept_vectors: torch.Tensor
+    class_vectors: torch.Tensor
+    logit_scale: float
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run_dir: Path) -> "Explainer":
+        from cbmctl.model import load_model
+        model, metadata = load_model(run_dir)
+        vectors = metadata.pop("vectors")
+        if "concept_vectors" not in vectors:
+            raise CbmctlError(f"{run_dir}: the model file lacks its concept embeddings; retrain with this cbmctl")
+        return cls(model, metadata["concepts"], metadata["classes"], vectors["concept_vectors"],
+                   vectors["class_vectors"], float(metadata["logit_scale"]), metadata)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * F.normalize(features.float(), dim=1) @ self.concept_vectors.T
+
+    def forward(self, features: torch.Tensor):
+        """(ψ, activations, logits) for (N, D) image embeddings."""
+        scores = self.scores(features)
+        with torch.no_grad():
+            activations, logits = self.model(scores)
+        return scores, activations, logits
+
+    def class_index(self, name: str) -> int:
+        lowered = [c.lower() for c in self.classes]
+        if name.lower() not in lowered:
+            raise CbmctlError(f"--class {name!r} is not one of the run's {len(self.classes)} classes")
+        return lowered.index(name.lower())
+
+    def concept_index(self, name: str) -> int:
+        lowered = [c.lower() for c in self.concepts]
+        if name.strip().lower() not in lowered:
+            raise CbmctlError(f"concept {name!r} is not in the run's concept set")
+        return lowered.index(name.strip().lower())
+
+    def explain(self, features: torch.Tensor, names: list[str], top_k: int = 10, class_name: str | None = None,
+                top_classes: int = 5, activations_override: torch.Tensor | None = None) -> list[Explanation]:
+        scores, activations, logits = self.forward(features)
+        if activations_override is not None:
+            activations = activations_override
+            logits = activations @ self.model.head.weight.detach().T
+        probabilities = logits.softmax(dim=1)
+        head = self.model.head.weight.detach()
+        results = []
+        for i, name in enumerate(names):
+            predicted = int(logits[i].argmax())
+            target = self.class_index(class_name) if class_name else predicted
+            contribution = activations[i] * head[target]
+            order = contribution.argsort(descending=True)[:top_k]
+            rows = [ConceptRow(self.concepts[j], float(activations[i, j]), float(head[target, j]),
+                               float(contribution[j]), float(scores[i, j])) for j in order.tolist()]
+            best = probabilities[i].topk(min(top_classes, len(self.classes)))
+            results.append(Explanation(
+                name, "cbm", self.classes[predicted], float(probabilities[i, predicted]),
+                [(self.classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
+                self.classes[target], rows, float(logits[i, target])))
+        return results
+
+    def intervene(self, features: torch.Tensor, set_values: dict[str, float], zero: list[str]):
+        """Activations with some concepts set to a value or zeroed: (before, after) activations and logits."""
+        _, activations, logits = self.forward(features)
+        edited = activations.clone()
+        for concept in zero:
+            edited[:, self.concept_index(concept)] = 0.0
+        for concept, value in set_values.items():
+            edited[:, self.concept_index(concept)] = float(value)
+        return activations, logits, edited, edited @ self.model.head.weight.detach().T
+
+    def without_concepts(self, concepts: list[str]):
+        """A copy of the model whose head no longer uses the given concepts (their columns zeroed)."""
+        import copy
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for concept in concepts:
+                model.head.weight[:, self.concept_index(concept)] = 0.0
+        return model
+
+
+def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], classes: list[str], concept_vectors,
+                class_vectors, logit_scale: float, top_k: int = 10, class_name: str | None = None,
+                top_classes: int = 5) -> list[Explanation]:
+    """Explanation without a trained model: the image's top concepts by V and the class chosen through T
+    (the CMS cos rule); contribution = V_ij · T_cj."""
+    concept_vectors = F.normalize(torch.as_tensor(concept_vectors).float(), dim=1)
+    t = F.normalize(torch.as_tensor(class_vectors).float(), dim=1) @ concept_vectors.T
+    v = F.normalize(features.float(), dim=1) @ concept_vectors.T
+    similarity = F.normalize(v, dim=1) @ F.normalize(t, dim=1).T
+    probabilities = (similarity * logit_scale).softmax(dim=1)
+    lowered = [c.lower() for c in classes]
+    if class_name and class_name.lower() not in lowered:
+        raise CbmctlError(f"--class {class_name!r} is not one of the {len(classes)} classes")
+    results = []
+    for i, name in enumerate(names):
+        predicted = int(similarity[i].argmax())
+        target = lowered.index(class_name.lower()) if class_name else predicted
+        contribution = v[i] * t[target]
+        order = v[i].argsort(descending=True)[:top_k]
+        rows = [ConceptRow(concepts[j], float(v[i, j]), float(t[target, j]), float(contribution[j]),
+                           float(logit_scale * v[i, j])) for j in order.tolist()]
+        best = probabilities[i].topk(min(top_classes, len(classes)))
+        results.append(Explanation(name, "cms", classes[predicted], float(probabilities[i, predicted]),
+                                   [(classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
+                                   classes[target], rows, float(similarity[i, target])))
+    return results
+
+
+def embed_images(backbone, paths: list[str]):
+    """(features of the readable images, their names, {path: error} for the others)."""
+    from cbmctl.images import BadImage, load_rgb
+    tensors, names, errors = [], [], {}
+
+    def opener(path):
+        from PIL import Image
+        return Image.open(path)
+
+    for path in paths:
+        try:
+            if Path(path).is_dir():
+                raise BadImage("is a directory")
+            tensors.append(backbone.preprocess(load_rgb(opener, path)))
+            names.append(path)
+        except BadImage as error:
+            errors[path] = str(error)
+    if not tensors:
+        return torch.zeros(0, backbone.embed_dim), names, errors
+    return backbone.encode_images(torch.stack(tensors)).cpu(), names, errors
