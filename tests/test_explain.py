@@ -1,0 +1,135 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cbmctl.explain import Explainer, cms_explain
+from cbmctl.train import TrainConfig, prepare_data, train_cbm
+from makers import make_cub, make_synthetic_cache
+
+CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
+
+
+@pytest.fixture(scope="module")
+def explainer(tmp_path_factory):
+    from cbmctl.cache import open_cache
+    from cbmctl.concepts import ConceptSet
+    cache = make_synthetic_cache(tmp_path_factory.mktemp("x") / "c.h5", CONCEPTS)
+    data = prepare_data(open_cache(cache), ConceptSet("s", CONCEPTS, "test"))
+    result = train_cbm(data, TrainConfig(epochs=15, device="cpu", batch_size=64))
+    return Explainer(result.model, CONCEPTS, data.classes, data.concept_vectors, data.class_vectors,
+                     data.logit_scale), data
+
+
+def test_zeroing_a_concept_changes_the_logits_by_exactly_its_contribution(explainer):
+    explainer, data = explainer
+    features = data.features["test"][:20]
+    before_a, before_logits, after_a, after_logits = explainer.intervene(features, {}, ["striped pattern"])
+    j = CONCEPTS.index("striped pattern")
+    removed = before_a[:, j:j + 1] * explainer.model.head.weight.detach()[:, j][None, :]
+    assert torch.allclose(after_logits, before_logits - removed, atol=1e-5)
+    assert removed.abs().max() > 1e-3  # the concept did contribute something
+    _, _, set_a, set_logits = explainer.intervene(features, {"red": 2.5}, [])
+    k = CONCEPTS.index("red")
+    delta = (2.5 - before_a[:, k:k + 1]) * explainer.model.head.weight.detach()[:, k][None, :]
+    assert torch.allclose(set_logits, before_logits + delta, atol=1e-5) and (set_a[:, k] == 2.5).all()
+    edited = explainer.without_concepts(["striped pattern"])
+    assert torch.allclose(edited(explainer.scores(features))[1], before_logits - removed, atol=1e-5)
+
+
+def test_explanation_contributions_are_activation_times_weight(explainer):
+    explainer, data = explainer
+    features = data.features["test"][:3]
+    results = explainer.explain(features, ["a", "b", "c"], top_k=4)
+    _, activations, logits = explainer.forward(features)
+    for i, result in enumerate(results):
+        assert result.predicted == data.classes[int(logits[i].argmax())]
+        contributions = [row.contribution for row in result.concepts]
+        assert contributions == sorted(contributions, reverse=True) and len(contributions) == 4
+        for row in result.concepts:
+            assert row.contribution == pytest.approx(row.activation * row.weight, rel=1e-5, abs=1e-7)
+        # all contributions to the explained class sum to its logit
+        c = data.classes.index(result.explained_class)
+        total = float((activations[i] * explainer.model.head.weight.detach()[c]).sum())
+        assert total == pytest.approx(result.logit, abs=1e-4)
+    other = explainer.explain(features, ["a", "b", "c"], class_name="class 3")
+    assert all(r.explained_class == "class 3" for r in other)
+
+
+def test_cms_explanation_ranks_concepts_by_similarity():
+    concepts = ["x", "y", "z"]
+    features = torch.tensor([[0.9, 0.1, 0.3]])
+    results = cms_explain(features, ["img"], concepts, ["a", "b"], torch.eye(3), torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]),
+                          100.0, top_k=2)
+    assert [r.concept for r in results[0].concepts] == ["x", "z"] and results[0].predicted == "a"
+
+
+@pytest.fixture
+def trained_run(cli, tmp_path, tiny_model):
+    cub = make_cub(tmp_path / "data")
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("red wings\nblue feathers\nlong beak\nwhite belly\n")
+    runs = tmp_path / "runs"
+    result = cli("train", cub, "--model", tiny_model, "--pretrained", "none", "--device", "cpu", "--concepts",
+                 concepts, "--epochs", "5", "--out", runs, "--quiet", "--cache", tmp_path / "c.h5")
+    assert result.exit_code == 0, result.output
+    return cub, runs
+
+
+def test_explain_command_json_and_bad_images(cli, trained_run, tmp_path):
+    cub, runs = trained_run
+    images = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[:2]
+    (tmp_path / "notes.jpg").write_text("not an image")
+    png = tmp_path / "explained.png"
+    result = cli("explain", images[0], tmp_path / "missing.jpg", tmp_path / "notes.jpg", images[1],
+                 "--runs-root", runs, "--json", "--png", png, "--top-k", "3", "--device", "cpu")
+    assert result.exit_code == 1  # two images failed, the other two were still explained
+    payload = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert payload["method"] == "cbm" and Path(payload["run"]).name.endswith("-gumbel")
+    assert [e["image"] for e in payload["explanations"]] == images
+    first = payload["explanations"][0]
+    assert set(first) >= {"image", "predicted", "probability", "top_classes", "explained_class", "concepts"}
+    assert set(first["concepts"][0]) == {"concept", "activation", "weight", "contribution", "score"}
+    assert len(first["concepts"]) == 3
+    assert {e["image"]: e["error"] for e in payload["errors"]} == {
+        str(tmp_path / "missing.jpg"): "file not found", str(tmp_path / "notes.jpg"): "not an image"}
+    assert png.is_file() and png.stat().st_size > 5000
+
+
+def test_explain_interventions_and_edited_runs(cli, trained_run, tmp_path):
+    cub, runs = trained_run
+    image = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[0]
+    result = cli("explain", image, "--runs-root", runs, "--zero", "long beak", "--set", "red wings=3", "--json",
+                 "--device", "cpu")
+    explanation = json.loads(result.output)["explanations"][0]
+    assert explanation["intervention"]["zero"] == ["long beak"] and explanation["intervention"]["set"] == {
+        "red wings": 3.0}
+    table = cli("explain", image, "--runs-root", runs, "--zero", "long beak", "--device", "cpu")
+    assert "intervention: before → after" in table.output
+    bad = cli("explain", image, "--runs-root", runs, "--zero", "purple tail", "--device", "cpu")
+    assert bad.exit_code == 1 and "'purple tail' is not in the run's concept set" in bad.output
+    edited = tmp_path / "edited"
+    saved = cli("explain", "--runs-root", runs, "--save-edited", edited, "--zero", "long beak")
+    assert saved.exit_code == 0, saved.output
+    scored = cli("train", "--evaluate", edited, "--device", "cpu", "--json")
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.output)
+    assert metrics["evaluated"]["edited"]["removed_concepts"] == ["long beak"]
+    from cbmctl.model import load_model
+    model, _ = load_model(edited)
+    assert float(model.head.weight.detach()[:, 2].abs().sum()) == 0.0
+
+
+def test_explain_without_any_run_uses_cms(cli, tmp_path, tiny_model):
+    cub = make_cub(tmp_path / "data")
+    image = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[0]
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("red wings\nblue feathers\nlong beak\n")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("albatross\ngull\n")
+    result = cli("explain", image, "--runs-root", tmp_path / "no-runs", "--model", tiny_model, "--pretrained", "none",
+                 "--concepts", concepts, "--classes", classes, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["method"] == "cms" and payload["explanations"][0]["predicted"] in ("albatross", "gull")
