@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
     "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
     "explain": ("cbmctl.cli.explain", "explain", "Explain images: predicted class, contributing concepts, interventions."),
+    "inspect": ("cbmctl.cli.inspect", "inspect", "Browse class-concept matrices and per-image activations (TUI)."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }
 

@@ -1,0 +1,130 @@
+"""What the TUI shows, computed from a run directory (model + its cache) or from a cache alone (CMS)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cbmctl.errors import CbmctlError
+
+
+@dataclass
+class InspectData:
+    title: str
+    source: Path
+    mode: str                              # "run" or "cache"
+    concepts: list[str]
+    classes: list[str]
+    matrices: dict[str, np.ndarray]        # name -> (K, C) class × concept
+    split: str = "test"
+    paths: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None       # (N,)
+    predicted: np.ndarray | None = None    # (N,)
+    confidence: np.ndarray | None = None   # (N,)
+    activations: np.ndarray | None = None  # (N, C): CBL activations (run) or V = cos (cache)
+    scores: np.ndarray | None = None       # (N, C): raw CLIP concept scores ψ
+    head: np.ndarray | None = None         # (K, C) weights turning activations into logits
+    summary: dict = field(default_factory=dict)
+    dataset_root: Path | None = None
+
+    def contributions(self, image: int, class_index: int) -> np.ndarray:
+        return self.activations[image] * self.head[class_index]
+
+    def active_concepts(self, image: int, relative: float = 1e-3) -> list[int]:
+        """Indices of the image's non-zero activations (|a_j| > relative · max |a|), largest first."""
+        magnitude = np.abs(self.activations[image])
+        active = np.flatnonzero(magnitude > relative * magnitude.max())
+        return active[np.argsort(-magnitude[active])].tolist()
+
+    def image_path(self, image: int) -> Path | None:
+        if self.dataset_root is None or "#" in self.paths[image]:
+            return None
+        return self.dataset_root / self.paths[image]
+
+
+def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str = "test") -> InspectData:
+    """A run directory (default runs/latest) or a cache file."""
+    from cbmctl.runs import resolve_run
+    if source is not None and str(source).endswith((".h5", ".hdf5")):
+        return load_cache(Path(source), split)
+    run = resolve_run(str(source) if source else None, runs_root)
+    if run.is_file():
+        raise CbmctlError(f"{run}: expected a run directory or a .h5 cache")
+    return load_run(run, split)
+
+
+def load_run(run: Path, split: str = "test") -> InspectData:
+    from cbmctl.cache import open_cache
+    from cbmctl.explain import Explainer
+    if not (run / "model.safetensors").is_file():
+        raise CbmctlError(f"{run} has no trained model yet (an unfinished or empty run); train or resume it first")
+    explainer = Explainer.from_run(run)
+    meta = explainer.metadata
+    head = explainer.model.head.weight.detach().numpy()
+    cbl = explainer.model.cbl.weight.detach().numpy()
+    metrics = _read_json(run / "metrics.json")
+    summary = {"run": str(run), "method": meta.get("method"), "metrics": {k: metrics.get(k) for k in ("test", "val")
+                                                                          if k in metrics},
+               "train_config": meta.get("train_config"), "backbone": meta.get("backbone"),
+               "concept_set": meta.get("concept_set"), "dataset": meta.get("dataset"), "rows": metrics.get("rows")}
+    data = InspectData(f"{run.name} — {meta.get('method')}", run, "run", explainer.concepts, explainer.classes,
+                       {"head × CBL": head @ cbl, "head": head}, split=split, head=head, summary=summary)
+    cache_path = Path(meta.get("cache", ""))
+    if not cache_path.is_file():
+        summary["note"] = f"the run's cache {cache_path} is missing: no images to browse"
+        return data
+    cache = open_cache(cache_path)
+    images = cache.split(split)
+    features = torch.from_numpy(images.embeddings.astype(np.float32))
+    scores, activations, logits = explainer.forward(features)
+    probabilities = logits.softmax(dim=1)
+    data.paths, data.labels = images.paths, images.labels
+    data.predicted = logits.argmax(dim=1).numpy()
+    data.confidence = probabilities.max(dim=1).values.numpy()
+    data.activations, data.scores = activations.numpy(), scores.numpy()
+    data.dataset_root = Path(cache.attrs["dataset_root"])
+    return data
+
+
+def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> InspectData:
+    """A cache without a run: the CMS view (T = cos(class, concept); per image V = cos(image, concept))."""
+    from cbmctl.cache import open_cache
+    from cbmctl.datasets import load_config
+    from cbmctl.pipeline import resolve_concepts
+    cache = open_cache(path)
+    root = Path(cache.attrs["dataset_root"])
+    config = load_config(root) if root.is_dir() else None
+    from cbmctl.datasets import DatasetConfig
+    concept_set = resolve_concepts(concepts, config or DatasetConfig(), cache)
+    from cbmctl.cache import text_key
+    stored = cache.text(text_key(cache.attrs, concept_set.concepts))
+    if stored is None:
+        raise CbmctlError(f"{path} has no text embeddings for concept set {concept_set.name!r}; run "
+                          f"`cbmctl concepts embed {concept_set.name} --cache {path}` first")
+    concept_vectors = F.normalize(torch.from_numpy(np.asarray(stored[1], np.float32)), dim=1)
+    class_vectors = F.normalize(torch.from_numpy(cache.class_embeddings().astype(np.float32)), dim=1)
+    t = (class_vectors @ concept_vectors.T).numpy()
+    images = cache.split(split)
+    v = F.normalize(torch.from_numpy(images.embeddings.astype(np.float32)), dim=1) @ concept_vectors.T
+    similarity = F.normalize(v, dim=1) @ F.normalize(torch.from_numpy(t), dim=1).T
+    probabilities = (similarity * float(cache.attrs["logit_scale"])).softmax(dim=1)
+    summary = {"cache": str(path), "mode": "no run: Concept Matrix Search view (T and V are cosines)",
+               "backbone": {k: cache.attrs[k] for k in ("backbone_model", "backbone_pretrained", "weights_sha256")},
+               "concept_set": concept_set.record(),
+               "dataset": {k: cache.attrs[k] for k in ("dataset_name", "dataset_root", "dataset_fingerprint")}}
+    return InspectData(f"{path.name} — CMS", path, "cache", concept_set.concepts, cache.classes,
+                       {"T = cos(class, concept)": t}, split=split, paths=images.paths, labels=images.labels,
+                       predicted=similarity.argmax(dim=1).numpy(), confidence=probabilities.max(dim=1).values.numpy(),
+                       activations=v.numpy(), scores=v.numpy() * float(cache.attrs["logit_scale"]), head=t,
+                       summary=summary, dataset_root=root)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
