@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     try:
         dataset = load_dataset(make_jpegs(scratch / "jpegs", args.images))
         rows = []
-        for label, model, pretrained in (("tiny (test config)", str(ROOT / "tests/assets/tiny-clip.json"), "none"),
+        for label, model, pretrained in (("tiny (test config)", str(ROOT / "examples/configs/tiny-clip.json"), "none"),
                                          ("ViT-B-32, random weights", "ViT-B-32", "none")):
             backbone = load_backbone(model, pretrained, args.device)
             decode = [decode_rate(dataset, backbone.preprocess, args.workers, args.batch_size)

@@ -65,8 +65,9 @@ def resolve_concepts(concepts: str | None, config, cache):
     return load_concept_set(str(name))
 
 
-def run_train(options: dict, log=None):
-    """The whole `cbmctl train` behaviour over parsed options; returns (ExperimentResult, table rows)."""
+def run_train(options: dict, log=None, run_dir: Path | None = None):
+    """The whole `cbmctl train` behaviour over parsed options; returns (ExperimentResult, table rows).
+    `run_dir` trains into that directory instead of a new timestamped one."""
     from cbmctl import runs
     from cbmctl.experiment import check_resumable, run_experiment
     from cbmctl.train import TrainConfig, prepare_data
@@ -91,12 +92,14 @@ def run_train(options: dict, log=None):
     data = prepare_data(cache, concept_set, bool(options.get("random_concepts")), options.get("concept_map"),
                         config.device)
     spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
-            if k not in ("config_file", "resume", "as_json", "quiet") and v is not None}
+            if k not in ("config_file", "resume", "as_json", "quiet", "evaluate_run_dir") and v is not None}
     spec["cache_path"] = str(Path(cache.path).resolve())
     spec["concepts"] = concept_set.name if concept_set.source.startswith("builtin:") else concept_set.source
     if options.get("resume"):
         run_dir = Path(options["resume"]).resolve()
         check_resumable(run_dir, data)
+    elif run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     else:
         label = "compare" if len(methods) > 1 else methods[0]
         run_dir = runs.new_run_dir(Path(options.get("out") or "runs"), str(cache.attrs["dataset_name"]), label)

@@ -6,7 +6,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-TINY_MODEL = str(TESTS / "assets" / "tiny-clip.json")
+TINY_MODEL = str(TESTS.parent / "examples" / "configs" / "tiny-clip.json")
 
 # Tests never reach the network; set before anything imports huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

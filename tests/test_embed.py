@@ -13,7 +13,6 @@ import pytest
 from cbmctl.errors import CbmctlError
 from makers import make_cifar10, make_cub, make_imagefolder, picture, write_bad_images
 
-ASSETS = Path(__file__).parent / "assets"
 
 
 def embed_args(data, cache, model, *extra):
@@ -247,3 +246,17 @@ def test_help_lists_only_existing_commands(cli):
     for name in COMMANDS:
         assert name in output
         assert cli(name, "--help").exit_code == 0
+
+
+@pytest.mark.slow
+def test_reproduce_paper_smoke_mode(tmp_path):
+    script = Path(__file__).parents[1] / "examples" / "reproduce_paper.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "CBMCTL": f"{sys.executable} -m cbmctl",
+           "PYTHONPATH": str(Path(__file__).parents[1]), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(script), "--smoke"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = (tmp_path / "out" / "results.md").read_text()
+    for name in ("cifar10", "cifar100", "cub", "imagenet", "places365", "gumbel (paper", "l1 (", "contrastive",
+                 "cos3", "linear-probe", "zero-shot", "CMS (cos)"):
+        assert name in table
+    assert table.count("\n| ") == 8  # header + 7 method rows

@@ -1,0 +1,36 @@
+"""`cbmctl quickstart`: the whole pipeline on the generated demo world, offline, in a few minutes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cbmctl.cli.common import print_json
+
+
+@click.command()
+@click.argument("directory", required=False, default=".", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print where everything is and the numbers as JSON.")
+def quickstart(directory, as_json):
+    """Make the demo world (if missing), embed it with the shipped tiny CLIP, train a Sparse-CBM, run
+    Concept Matrix Search and explain one test image; everything goes under DIRECTORY (data/demo, cache/,
+    runs/). A second run reuses what exists."""
+    from cbmctl.quickstart import run_quickstart
+    say = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    result = run_quickstart(Path(directory), say=say, progress=not as_json)
+    if as_json:
+        return print_json(result)
+    root = Path(directory)
+    runs = root / "runs"
+    click.echo(f"""
+Done. Everything is under {root.resolve()}:
+  world   {result['world']}   (images, attributes, cbmctl.yaml)
+  cache   {result['cache']}
+  run     {result['run']}   (config.yaml, metrics.json, model.safetensors, curves.png, train.log)
+
+Next, try:
+  cbmctl inspect {runs / 'latest'}
+  cbmctl explain {result['image']} --runs-root {runs}
+  cbmctl train {result['world']} --cache {result['cache']} --compare all --seeds 0,1,2 --out {runs}
+  cbmctl cms {result['cache']}
+""")

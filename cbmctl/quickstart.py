@@ -1,0 +1,86 @@
+"""The newcomer's tour, offline on 2 CPU cores: demo world -> embed -> train a Sparse-CBM -> CMS ->
+explain one image, each stage reusing what a previous run left."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+
+
+@dataclass
+class Quickstart:
+    root: Path
+    world: Path = None
+    cache: Path = None
+    run: Path = None
+
+    def __post_init__(self):
+        self.world = self.world or self.root / "data" / "demo"
+        self.runs = self.root / "runs"
+        self.run = self.run or self.runs / "quickstart-gumbel"
+
+
+def train_defaults() -> dict:
+    """Every `cbmctl train` option at its command-line default, so quickstart trains exactly as `train`."""
+    from cbmctl.cli.train import train
+    return {p.name: p.default for p in train.params}
+
+
+def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
+    import json
+
+    from cbmctl import runs
+    from cbmctl.backbones import DEMO_MODEL, load_backbone
+    from cbmctl.cache import open_cache
+    from cbmctl.cms import cms_report
+    from cbmctl.datasets import load_config, load_dataset
+    from cbmctl.demo.world import make_world
+    from cbmctl.embed import embed_dataset
+    from cbmctl.explain import Explainer, embed_images
+    from cbmctl.pipeline import resolve_concepts, run_train
+    plan = Quickstart(Path(root))
+    say("[1/5] demo world")
+    if (plan.world / "images.txt").is_file():
+        say(f"      reusing {plan.world}")
+    else:
+        make_world(plan.world, seed=0)
+        say(f"      made {plan.world} (30 species × 40 images, CUB layout, ground-truth attributes)")
+    say("[2/5] embed with the shipped demo CLIP")
+    dataset = load_dataset(plan.world)
+    backbone = load_backbone(DEMO_MODEL, None, "cpu")
+    plan.cache = plan.root / "cache" / "demo.h5"
+    report = embed_dataset(dataset, backbone, plan.cache, workers=0, progress=progress)
+    say(f"      {report.status}: {plan.cache} ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
+    say("[3/5] train a Sparse-CBM (gumbel loss)")
+    if (plan.run / runs.METRICS_FILE).is_file() and (plan.run / "model.safetensors").is_file():
+        say(f"      reusing {plan.run}")
+        metrics = json.loads((plan.run / runs.METRICS_FILE).read_text())
+    else:
+        if plan.run.exists():
+            raise CbmctlError(f"{plan.run} is an unfinished run; remove it or resume it with "
+                              f"`cbmctl train --resume {plan.run}`")
+        options = {**train_defaults(), "data": str(plan.world), "cache_path": str(plan.cache),
+                   "out": str(plan.runs), "device": "cpu"}
+        result, _ = run_train(options, say if progress else None, run_dir=plan.run)
+        metrics = json.loads((result.run_dir / runs.METRICS_FILE).read_text())
+    runs.point_latest(plan.runs, plan.run)
+    test = metrics["test"]
+    say(f"      test top-1 {100 * test['top1']:.2f} %, L0 {test['l0_mean']:.1f} active concepts per image, "
+        f"concept precision@5 {100 * test.get('concept_precision@5', float('nan')):.1f} %")
+    say("[4/5] Concept Matrix Search (training-free)")
+    cache = open_cache(plan.cache)
+    concept_set = resolve_concepts(None, load_config(plan.world), cache)
+    cms = cms_report(cache, concept_set, "test", random_control=True)
+    best = {row["method"]: row["top1"] for row in cms["rows"]}
+    say(f"      CMS cos {100 * best['CMS cos']:.2f} %, zero-shot CLIP {100 * best['zero-shot CLIP']:.2f} %")
+    say("[5/5] explain one test image")
+    image = str(plan.world / cache.split("test").paths[0])
+    explainer = Explainer.from_run(plan.run)
+    features, names, _ = embed_images(backbone, [image])
+    explanation = explainer.explain(features, names, top_k=5)[0]
+    say(f"      {Path(image).name}: predicted {explanation.predicted} (p={explanation.probability:.2f}); top concepts: "
+        + ", ".join(f"{row.concept} ({row.contribution:+.2f})" for row in explanation.concepts))
+    return {"world": str(plan.world), "cache": str(plan.cache), "run": str(plan.run), "image": image,
+            "test": test, "cms": cms["rows"], "explanation": explanation.as_dict()}
+
