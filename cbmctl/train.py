@@ -32,8 +32,8 @@ class TrainConfig:
     tau: float = 1.0
     hard: bool = False
     l1_lambda: float = 1e-3
-    lr: float = 1e-3
-    cbl_lr: float = 1e-3
+    lr: float = 1e-4
+    cbl_lr: float = 1e-4
     optimizer: str = "adam"
     weight_decay: float = 0.0
     epochs: int = 200
