@@ -24,7 +24,8 @@ class Quickstart:
 def train_defaults() -> dict:
     """Every `cbmctl train` option at its command-line default, so quickstart trains exactly as `train`."""
     from cbmctl.cli.train import train
-    return {p.name: p.default for p in train.params}
+    with train.make_context("train", [], resilient_parsing=True) as context:
+        return dict(context.params)
 
 
 def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
@@ -75,8 +76,11 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
     best = {row["method"]: row["top1"] for row in cms["rows"]}
     say(f"      CMS cos {100 * best['CMS cos']:.2f} %, zero-shot CLIP {100 * best['zero-shot CLIP']:.2f} %")
     say("[5/5] explain one test image")
-    image = str(plan.world / cache.split("test").paths[0])
     explainer = Explainer.from_run(plan.run)
+    test_split = cache.split("test")
+    _, _, logits = explainer.forward(__import__("torch").from_numpy(test_split.embeddings.astype("float32")))
+    correct = (logits.argmax(dim=1).numpy() == test_split.labels).nonzero()[0]
+    image = str(plan.world / test_split.paths[int(correct[0]) if len(correct) else 0])
     features, names, _ = embed_images(backbone, [image])
     explanation = explainer.explain(features, names, top_k=5)[0]
     say(f"      {Path(image).name}: predicted {explanation.predicted} (p={explanation.probability:.2f}); top concepts: "
