@@ -37,7 +37,7 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
     from cbmctl.cms import cms_report
     from cbmctl.datasets import load_config, load_dataset
     from cbmctl.demo.world import make_world
-    from cbmctl.embed import embed_dataset
+    from cbmctl.embed import default_cache_path, embed_dataset
     from cbmctl.explain import Explainer, embed_images
     from cbmctl.pipeline import resolve_concepts, run_train
     plan = Quickstart(Path(root))
@@ -50,7 +50,8 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
     say("[2/5] embed with the shipped demo CLIP")
     dataset = load_dataset(plan.world)
     backbone = load_backbone(DEMO_MODEL, None, "cpu")
-    plan.cache = plan.root / "cache" / "demo.h5"
+    # the same file `cbmctl embed/train data/demo` use when run from the quickstart directory
+    plan.cache = default_cache_path(dataset, DEMO_MODEL, None, plan.root / "cache")
     report = embed_dataset(dataset, backbone, plan.cache, workers=0, progress=progress)
     say(f"      {report.status}: {plan.cache} ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
     say("[3/5] train a Sparse-CBM (gumbel loss)")

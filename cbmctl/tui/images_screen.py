@@ -66,8 +66,8 @@ class ImagesScreen(Screen):
         keep = {"all": lambda i: True, "correct": lambda i: correct[i], "incorrect": lambda i: not correct[i]}[self.filter]
         self.rows = [i for i in range(len(data.labels)) if keep(i)]
         for i in self.rows:
-            table.add_row(str(i), data.paths[i].rsplit("/", 1)[-1][:32], data.classes[data.labels[i]][:22],
-                          data.classes[data.predicted[i]][:22], f"{data.confidence[i]:.2f}",
+            table.add_row(str(i), data.paths[i].rsplit("/", 1)[-1][:24], data.classes[data.labels[i]][:20],
+                          data.classes[data.predicted[i]][:20], f"{data.confidence[i]:.2f}",
                           "✓" if correct[i] else "✗", key=str(i))
         self.sub_title = (f"{data.split} split: {len(self.rows)} of {len(data.labels)} images ({self.filter}); "
                           f"accuracy {correct.mean():.3f}")
