@@ -146,3 +146,22 @@ def test_explanations_of_correct_demo_images_name_their_true_attributes(demo_run
         assert named, f"{names[i]}: none of {[r.concept for r in explanation.concepts]} is a true attribute"
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_reuses_and_matches_train_and_cms(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = cli("quickstart", "--json")
+    assert first.exit_code == 0, first.output
+    result = json.loads(first.output)
+    second = cli("quickstart")
+    assert second.exit_code == 0 and "reusing data/demo" in second.output and "reusing runs/quickstart-gumbel" in second.output
+    assert "cbmctl inspect runs/latest" in second.output
+    # the same numbers as the individual commands on the same data
+    trained = json.loads(cli("train", "--loss", "gumbel", "data/demo", "--quiet", "--json").output)
+    assert trained["test"]["top1"] == result["test"]["top1"]
+    assert trained["test"]["concept_precision@5"] == result["test"]["concept_precision@5"]
+    cms = json.loads(cli("cms", "--dataset", "data/demo", "--json").output)
+    assert [r["top1"] for r in cms["rows"]] == [r["top1"] for r in result["cms"]]
+    explained = json.loads(cli("explain", result["image"], "--json").output)["explanations"][0]
+    assert explained["predicted"] == result["explanation"]["predicted"]
