@@ -98,6 +98,8 @@ def run_train(options: dict, log=None, run_dir: Path | None = None):
     if options.get("resume"):
         run_dir = Path(options["resume"]).resolve()
         check_resumable(run_dir, data)
+        if (run_dir / runs.METRICS_FILE).is_file() and not any(run_dir.rglob(runs.CHECKPOINT_FILE)):
+            raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
     elif run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     else:

@@ -5,6 +5,7 @@ device it is moved there once and batches are indexed there (the fast path); con
 ψ = s · cos(image, concept) are computed once per run for all splits when that fits, else per batch."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import asdict, dataclass, field
@@ -199,7 +200,7 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint: Path | None =
         noise.set_state(resume["noise_rng"])
         history, best_top1, best_epoch = resume["history"], resume["best_top1"], resume["best_epoch"]
         best_state, start = resume["best_state"], resume["epoch"] + 1
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NoCast()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for epoch in range(start, config.epochs + 1):
         if epoch - best_epoch > config.patience and best_epoch:
             break
@@ -253,14 +254,6 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint: Path | None =
                "val": evaluate_model(model, val, data, "val", config),
                "best_epoch": best_epoch, "epochs_run": history[-1]["epoch"] if history else 0}
     return TrainResult(model.cpu(), metrics, history, best_epoch)
-
-
-class _NoCast:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
 
 
 def run_baseline(data: TrainingData, name: str) -> TrainResult:

@@ -183,3 +183,12 @@ def test_cli_resume_after_sigkill(tmp_path):
                               timeout=300)
     assert json.loads(resumed.stdout)["test"] == json.loads(straight.stdout)["test"]
     assert "resuming after epoch" in (run / "train.log").read_text()
+
+
+def test_resuming_a_finished_run_says_so(cli, cache_file, tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    out = tmp_path / "runs"
+    cli("train", cache_file, "--concepts", concepts, "--epochs", "2", "--device", "cpu", "--out", out, "--quiet")
+    result = cli("train", "--resume", (out / "latest").resolve(), "--quiet")
+    assert result.exit_code == 1 and "already finished; nothing to resume" in result.output

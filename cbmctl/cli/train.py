@@ -74,9 +74,9 @@ def train(ctx, **options):
         return _evaluate(options)
     if options["resume"]:
         spec = read_yaml(Path(options["resume"]) / "config.yaml")
-        _apply_file(ctx, options, spec, keep=("resume", "device", "json", "quiet", "as_json"))
+        _apply_file(ctx, options, spec)
     elif options["config_file"]:
-        _apply_file(ctx, options, read_yaml(options["config_file"]), keep=())
+        _apply_file(ctx, options, read_yaml(options["config_file"]))
     from cbmctl.pipeline import run_train
     result, rows = run_train(options, log=None if options["quiet"] or options["as_json"] else _echo_err)
     if options["as_json"]:
@@ -99,7 +99,7 @@ def _echo_err(line):
     click.echo(line, err=True)
 
 
-def _apply_file(ctx, options, spec, keep):
+def _apply_file(ctx, options, spec):
     """Values from a config file fill every option the command line left at its default."""
     from click.core import ParameterSource
     names = {p.name for p in ctx.command.params}
@@ -107,11 +107,8 @@ def _apply_file(ctx, options, spec, keep):
         name = key.replace("-", "_")
         if name not in names:
             raise click.UsageError(f"unknown option {key!r} in the config file")
-        if name in keep and options.get(name) is not None and ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
-            continue
-        if name in ("evaluate_run_dir", "config_file"):
-            continue
-        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+        if name not in ("evaluate_run_dir", "config_file", "resume") and \
+                ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
             options[name] = value
 
 
