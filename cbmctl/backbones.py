@@ -175,15 +175,83 @@ def _cached_hub_file(repo_id: str, filenames) -> str | None:
     return None
 
 
+def _hub_files(hub: str) -> tuple[str, list[str]]:
+    """(repo id, weight file names to look for) of an open_clip hf_hub entry: 'org/repo/' means the
+    default file name, 'org/repo/file' names it; safetensors alternatives come first."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    return repo_id, list(_get_safe_alternatives(filename)) + [filename]
+
+
+def _tag_index_paths() -> list[Path]:
+    home = Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl"))
+    return [home / "open_clip-tags.json", Path(__file__).parent / "open_clip_tags.json"]
+
+
+def write_tag_index(path: Path) -> None:
+    """open_clip's tag registry as JSON (model -> tag -> hub repo and files, or URL), so that a missing
+    weights file can be diagnosed before torch and open_clip are imported (that import alone takes seconds)."""
+    import importlib.metadata
+
+    import open_clip
+    tags: dict[str, dict] = {}
+    for name, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        entry = {"url": cfg.get("url", "")}
+        if cfg.get("hf_hub"):
+            entry["repo"], entry["files"] = _hub_files(cfg["hf_hub"])
+        tags.setdefault(name, {})[tag] = entry
+    payload = {"open_clip": importlib.metadata.version("open_clip_torch"), "tags": tags}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def _read_tag_index() -> dict | None:
+    import importlib.metadata
+    try:
+        version = importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for path in _tag_index_paths():
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if payload.get("open_clip") == version:
+            return payload["tags"]
+    return None
+
+
+def check_weights_reachable(model: str | None, pretrained: str | None) -> None:
+    """Fail in well under a second, before importing torch, when a zoo tag's weights are neither on disk nor
+    reachable. Silent whenever it cannot tell (no index for this open_clip, not a zoo tag, a file...)."""
+    if not model or not pretrained or pretrained == "none" or Path(pretrained).expanduser().is_file():
+        return
+    index = _read_tag_index()
+    entry = (index or {}).get(model, {}).get(pretrained.lower().replace("-", "_"))
+    if not entry:
+        return
+    if entry.get("repo"):
+        if _cached_hub_file(entry["repo"], entry["files"]) or reachable(HF_HOST):
+            return
+        raise _offline_fix(f"{model}/{pretrained}", f"{' or '.join(entry['files'])} of {entry['repo']}")
+    if entry.get("url"):
+        cached = Path.home() / ".cache" / "clip" / os.path.basename(entry["url"])
+        host = entry["url"].split("/")[2]
+        if not cached.is_file() and not reachable(host):
+            raise CbmctlError(f"{model}/{pretrained} weights are not in ~/.cache/clip and {host} is unreachable: "
+                              f"go online once, or place {cached.name} there, or pass --pretrained /path/to/weights")
+
+
 def _tag_weights(name: str, tag_cfg: dict, tag: str) -> str:
     """A local file for a zoo tag: the HF cache or open_clip's URL cache first, the network only if reachable."""
-    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives, download_pretrained
+    from open_clip.pretrained import download_pretrained
     hub = tag_cfg.get("hf_hub", "")
     if hub:
-        # open_clip's convention: 'org/repo/' means the default file name, 'org/repo/file' names it
-        repo_id, filename = os.path.split(hub)
-        filename = filename or HF_WEIGHTS_NAME
-        candidates = list(_get_safe_alternatives(filename)) + [filename]
+        repo_id, candidates = _hub_files(hub)
         found = _cached_hub_file(repo_id, candidates)
         if found:
             return found
@@ -286,10 +354,13 @@ def load_backbone(model: str | None = None, pretrained: str | None = None, devic
     model: an open_clip zoo name (ViT-L-14), 'hf-hub:org/repo', 'demo', or a path to an open_clip
     model-config JSON. pretrained: a zoo tag, a local .pt/.bin/.safetensors file, or 'none' (random
     weights, seeded, for tests and benchmarks)."""
+    model = model or DEFAULT_MODEL
+    check_weights_reachable(model, pretrained)
     import open_clip
     import torch
 
-    model = model or DEFAULT_MODEL
+    if _read_tag_index() is None:
+        write_tag_index(_tag_index_paths()[0])
     if not isinstance(device, torch.device):
         device = resolve_device(device)
     create_name, weights_path, tag_cfg, source = model, None, {}, ""

@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,22 @@ def test_models_command_lists_zoo_and_demo(cli):
     models = json.loads(result.output)
     assert "openai" in models["ViT-L-14"] and "demo" in models
     assert cli("embed", "--list-models").output.count("\n") == len(models)
+
+
+def test_missing_weights_are_diagnosed_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys\nfrom cbmctl.backbones import check_weights_reachable\nfrom cbmctl.errors import CbmctlError\n"
+            "try:\n    check_weights_reachable('ViT-B-32', 'laion2b_s34b_b79k')\nexcept CbmctlError as e:\n"
+            "    print('ERROR', e)\nprint('torch' in sys.modules, 'open_clip' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith("ERROR ViT-B-32/laion2b_s34b_b79k is not in the HF cache") and lines[-1] == "False False"
+
+
+def test_shipped_tag_index_matches_the_installed_open_clip(tmp_path):
+    from cbmctl.backbones import write_tag_index
+    fresh = tmp_path / "tags.json"
+    write_tag_index(fresh)
+    shipped = json.loads((Path(__import__("cbmctl").__file__).parent / "open_clip_tags.json").read_text())
+    assert json.loads(fresh.read_text()) == shipped
