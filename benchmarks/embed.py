@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
                              f"{torch.get_num_threads()} threads", "rows": rows}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"| model | device | input | decode+resize only (img/s) | embed (img/s) |\n|---|---|---|---|---|")
+    print("| model | device | input | decode+resize only (img/s) | embed (img/s) |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['device']} | {row['input_px']} | {row['decode_resize_img_s']} | "
               f"{row['embed_img_s']} |")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl import __version__
-from cbmctl.cache import (IDENTITY_KEYS, SCHEMA_VERSION, SPLITS, describe_mismatch, identity_mismatch, read_attrs,
+from cbmctl.cache import (SCHEMA_VERSION, SPLITS, describe_mismatch, identity_mismatch, read_attrs,
                           string_array, text_key, write_text_group)
 from cbmctl.errors import CbmctlError
 from cbmctl.images import BadImage, load_rgb

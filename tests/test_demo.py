@@ -1,7 +1,6 @@
 """The embedded default: the generated world, the shipped tiny CLIP, and the whole pipeline on them."""
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np

@@ -12,7 +12,7 @@ from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import InspectApp
-from cbmctl.tui.data import load, load_cache
+from cbmctl.tui.data import load
 from cbmctl.tui.matrix_view import CELL_WIDTH, MatrixView
 from makers import make_synthetic_cache
 

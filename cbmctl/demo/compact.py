@@ -1,18 +1,10 @@
 """The demo CLIP's weight file keeps only the token-embedding rows its captions use (the full 49,408-row
-table would dominate the file); loading puts them back into a zero table of the full size."""
+table would dominate the file), with their token ids under IDS_KEY (train_clip.py trains on exactly those
+rows); loading puts them back into a zero table of the full size."""
 from __future__ import annotations
 
 TOKEN_KEY = "token_embedding.weight"
 IDS_KEY = "cbmctl.token_ids"
-
-
-def compact(state_dict: dict, used_ids) -> dict:
-    import torch
-    ids = torch.as_tensor(sorted(set(int(i) for i in used_ids)), dtype=torch.int64)
-    out = {k: v for k, v in state_dict.items() if k != TOKEN_KEY}
-    out[TOKEN_KEY] = state_dict[TOKEN_KEY][ids].clone()
-    out[IDS_KEY] = ids
-    return out
 
 
 def expand(state_dict: dict, vocab_size: int) -> dict:

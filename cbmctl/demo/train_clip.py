@@ -185,7 +185,6 @@ def main(argv=None):
 
     from cbmctl.demo.compact import IDS_KEY
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     open_clip.add_model_config(str(HERE / "cbmctl-demo.json"))
     model = open_clip.create_model("cbmctl-demo").to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer("cbmctl-demo")
