@@ -60,6 +60,8 @@ def test_matrix_screen_sort_search_and_toggle(run_dir):
         seen["cleared"] = len(screen.view.column_order)
         await pilot.press("down", "right")
         seen["selected"] = screen.view.selected
+        await pilot.click(MatrixView, offset=(26 + 8 * 2 + 1, 3))  # the mouse: third column, third class
+        seen["clicked"] = screen.view.cursor
         seen["side"] = str(screen.query_one("#side-panel").render())
         return seen
 
@@ -70,6 +72,7 @@ def test_matrix_screen_sort_search_and_toggle(run_dir):
     assert seen["sort"] == "sparsity" and seen["matrix"] == "head"
     assert seen["filtered"] == ["striped pattern"] and seen["cleared"] == len(CONCEPTS)
     assert seen["selected"][0] == 1
+    assert seen["clicked"] == (2, 2)
 
 
 def test_images_screen_shows_the_library_activations(run_dir):

@@ -103,6 +103,14 @@ class MatrixView(ScrollView, can_focus=True):
     def action_jump(self, end: int) -> None:
         self.cursor = (self.cursor[0], len(self.column_order) - 1 if end else 0)
 
+    def on_click(self, event) -> None:
+        """Select the clicked cell (a click on the header row selects its column)."""
+        x, y = self.scroll_offset
+        column = (x // CELL_WIDTH) + (event.x - LABEL_WIDTH) // CELL_WIDTH if event.x >= LABEL_WIDTH else self.cursor[1]
+        row = y + event.y - 1 if event.y >= 1 else self.cursor[0]
+        if 0 <= row < len(self.row_order) and 0 <= column < len(self.column_order):
+            self.cursor = (row, column)
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         scroll_x, scroll_y = self.scroll_offset
