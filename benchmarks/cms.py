@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--loop-images", type=int, default=20)
     parser.add_argument("--loop-concepts", type=int, default=200)
     parser.add_argument("--loop-classes", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3, help="Median of this many runs of each timing.")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -46,12 +48,16 @@ def main(argv=None) -> dict:
     features = torch.randn(args.images, args.dim, generator=generator)
     concepts = torch.randn(args.concepts, args.dim, generator=generator)
     classes = torch.randn(args.classes, args.dim, generator=generator)
-    started = time.perf_counter()
-    all_variants = predict(features, concepts, classes, ALL_VARIANTS)
-    seconds_all = time.perf_counter() - started
-    started = time.perf_counter()
-    predict(features, concepts, classes, (Variant(),))
-    seconds_cos = time.perf_counter() - started
+    def timed(function):
+        timings = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            value = function()
+            timings.append(time.perf_counter() - started)
+        return value, statistics.median(timings)
+
+    all_variants, seconds_all = timed(lambda: predict(features, concepts, classes, ALL_VARIANTS))
+    _, seconds_cos = timed(lambda: predict(features, concepts, classes, (Variant(),)))
     # the loop gets a subset of everything (a full-size Python loop would take days); both implementations
     # solve that same subset, and the loop's full-size time is extrapolated from its operation count
     n, c, k = args.loop_images, args.loop_concepts, args.loop_classes
@@ -59,9 +65,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     looped = loop_predict(sub_features.tolist(), sub_concepts.tolist(), sub_classes.tolist())
     loop_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    matrix_subset = predict(sub_features, sub_concepts, sub_classes, (Variant(),))[Variant()]
-    matrix_subset_seconds = time.perf_counter() - started
+    matrix_subset, matrix_subset_seconds = timed(
+        lambda: predict(sub_features, sub_concepts, sub_classes, (Variant(),))[Variant()])
     work = lambda n_, c_, k_: (n_ * c_ + k_ * c_) * args.dim + n_ * k_ * c_  # noqa: E731
     loop_full_estimate = loop_seconds * work(args.images, args.concepts, args.classes) / work(n, c, k)
     result = {"benchmark": "cms", "images": args.images, "concepts": args.concepts, "classes": args.classes,
@@ -72,6 +77,7 @@ def main(argv=None) -> dict:
               "loop_full_size_estimate_hours": round(loop_full_estimate / 3600, 1),
               "ratio_full_size_estimate": round(loop_full_estimate / seconds_cos),
               "loop_agrees_with_matrix": looped == matrix_subset.tolist(), "variants": len(all_variants),
+              "repeats": args.repeats,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads"}
     print(json.dumps(result, indent=1))

@@ -66,7 +66,8 @@ def main(argv=None) -> None:
         note = "" if r["trained_on"] == r["images"] else f" (measured on {r['trained_on']} images, scaled)"
         lines.append(f"| {r['size']} | {r['images']:,} × {r['concepts']:,} × {r['classes']:,} | {r['device']} | "
                      f"{r['epoch_seconds']}{note} | {r.get('paper_code_epoch_seconds', '-')} | {r.get('ratio', '-')} |")
-    sections.append("## train (`python benchmarks/train.py`)\n\nSeconds per epoch (training steps + validation), "
+    sections.append("## train (`python benchmarks/train.py`)\n\nSeconds per epoch (training steps + validation; "
+                    "median of 3 epochs, ImageNet size 1), "
                     "Sparse-CBM loss, batch 128, 768-d embeddings. The paper code's approach runs the backbone "
                     "on the batch's images and on every concept text at each step; its cost is a random-weight "
                     "ViT-B-32 forward measured on a few images and texts and extrapolated to an epoch.\n\n"
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
 
     cms = cms_benchmark.main(["--images", "10000" if args.quick else "50000"])
     sections.append(f"## cms (`python benchmarks/cms.py`)\n\n{cms['images']:,} images × {cms['concepts']:,} "
-                    f"concepts × {cms['classes']:,} classes, 768-d: all seven variants in "
+                    f"concepts × {cms['classes']:,} classes, 768-d, medians of {cms['repeats']} runs: all seven variants in "
                     f"{cms['seconds_all_7_variants']} s, the cos variant alone in {cms['seconds_cos']} s. A direct "
                     f"Python loop of the same rule on a {cms['loop_subset'][0]} × {cms['loop_subset'][1]} × "
                     f"{cms['loop_subset'][2]} subset took {cms['loop_seconds']} s against "

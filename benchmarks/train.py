@@ -15,6 +15,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SIZES = {  # name: (train images, concepts, classes)
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--imagenet-fraction", type=float, default=None,
                         help="Share of ImageNet's images to train on (default: 1 on a GPU, 0.02 on CPU).")
     parser.add_argument("--skip-paper", action="store_true", help="Skip the ViT-B-32 paper-code estimate.")
+    parser.add_argument("--repeats", type=int, default=3, help="Median of this many epochs (ImageNet size: 1).")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -100,10 +102,11 @@ def main(argv=None) -> dict:
         # keep the full-size decision between precomputed and per-batch concept scores
         train_module.PRECOMPUTE_BYTES = int(budget * used / n)
         data = synthetic_data(used, concepts, classes, DIM)
-        seconds = epoch_seconds(data, device, args.batch_size) * n / used
+        repeats = 1 if name == "imagenet" else args.repeats
+        seconds = float(np.median([epoch_seconds(data, device, args.batch_size) for _ in range(repeats)])) * n / used
         train_module.PRECOMPUTE_BYTES = budget
         row = {"size": name, "images": n, "concepts": concepts, "classes": classes, "device": device,
-               "trained_on": used, "epoch_seconds": round(seconds, 3)}
+               "trained_on": used, "epoch_seconds": round(seconds, 3), "repeats": repeats}
         if not args.skip_paper:
             paper = paper_step_seconds(args.batch_size, concepts, device)
             steps = -(-n // args.batch_size)
