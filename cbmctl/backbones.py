@@ -228,6 +228,9 @@ def _read_tag_index() -> dict | None:
 def check_weights_reachable(model: str | None, pretrained: str | None) -> None:
     """Fail in well under a second, before importing torch, when a zoo tag's weights are neither on disk nor
     reachable. Silent whenever it cannot tell (no index for this open_clip, not a zoo tag, a file...)."""
+    if model and model.startswith("hf-hub:"):
+        _hf_hub_local_dir(model[len("hf-hub:"):].strip("/"))  # raises when neither cached nor reachable
+        return
     if not model or not pretrained or pretrained == "none" or Path(pretrained).expanduser().is_file():
         return
     index = _read_tag_index()

@@ -132,6 +132,9 @@ def test_missing_weights_are_diagnosed_before_torch_is_imported(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     lines = run.stdout.strip().splitlines()
     assert lines[0].startswith("ERROR ViT-B-32/laion2b_s34b_b79k is not in the HF cache") and lines[-1] == "False False"
+    hub = subprocess.run([sys.executable, "-c", code.replace("'ViT-B-32', 'laion2b_s34b_b79k'", "'hf-hub:org/none', None")],
+                         capture_output=True, text=True, timeout=60).stdout.strip().splitlines()
+    assert hub[0].startswith("ERROR hf-hub:org/none is not in the HF cache") and hub[-1] == "False False"
 
 
 def test_shipped_tag_index_matches_the_installed_open_clip(tmp_path):
