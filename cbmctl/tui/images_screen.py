@@ -51,7 +51,7 @@ class ImagesScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("#", "image", "true", "predicted", "conf", "ok")
+        table.add_columns("#", "ok", "conf", "true", "predicted", "image")
         if self.data.labels is None:
             self.query_one("#image-detail", Static).update(self.data.summary.get("note", "no images to show"))
             return
@@ -66,9 +66,9 @@ class ImagesScreen(Screen):
         keep = {"all": lambda i: True, "correct": lambda i: correct[i], "incorrect": lambda i: not correct[i]}[self.filter]
         self.rows = [i for i in range(len(data.labels)) if keep(i)]
         for i in self.rows:
-            table.add_row(str(i), data.paths[i].rsplit("/", 1)[-1][:24], data.classes[data.labels[i]][:20],
-                          data.classes[data.predicted[i]][:20], f"{data.confidence[i]:.2f}",
-                          "✓" if correct[i] else "✗", key=str(i))
+            table.add_row(str(i), "✓" if correct[i] else "✗", f"{data.confidence[i]:.2f}",
+                          data.classes[data.labels[i]][:20], data.classes[data.predicted[i]][:20],
+                          data.paths[i].rsplit("/", 1)[-1][:28], key=str(i))
         self.sub_title = (f"{data.split} split: {len(self.rows)} of {len(data.labels)} images ({self.filter}); "
                           f"accuracy {correct.mean():.3f}")
         if self.rows:
