@@ -6,10 +6,9 @@ decode + resize alone (the data-loading bound), on the same generated JPEGs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import machine, report  # noqa: E402
 
 
 def make_jpegs(root: Path, count: int, classes: int = 8) -> Path:
@@ -65,6 +67,15 @@ def embed_rate(dataset, backbone, workers: int, batch_size: int, scratch: Path) 
     return report.embedded_now / report.seconds
 
 
+def markdown(result: dict) -> str:
+    lines = [f"{result['images']} generated 400×300 JPEGs, {result['workers']} workers, batch "
+             f"{result['batch_size']}, median of {result['repeats']}.", "",
+             "| model | device | input px | decode + resize only (img/s) | embed (img/s) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['device']} | {r['input_px']} | {r['decode_resize_img_s']} | {r['embed_img_s']} |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
@@ -75,7 +86,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    import torch
 
     from cbmctl.backbones import load_backbone
     from cbmctl.datasets import load_dataset
@@ -96,19 +106,10 @@ def main(argv=None) -> dict:
                          "embed_img_s": round(float(np.median(embed)), 1)})
         result = {"benchmark": "embed", "images": sum(len(s) for s in dataset.splits.values()),
                   "workers": args.workers, "batch_size": args.batch_size, "repeats": args.repeats,
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                             f"{torch.get_num_threads()} threads", "rows": rows}
+                  "machine": machine(), "rows": rows}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print("| model | device | input | decode+resize only (img/s) | embed (img/s) |\n|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['model']} | {row['device']} | {row['input_px']} | {row['decode_resize_img_s']} | "
-              f"{row['embed_img_s']} |")
-    print(f"({result['images']} JPEGs 400x300, {args.workers} workers, batch {args.batch_size}, "
-          f"median of {args.repeats}; {result['machine']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return result
+    return report(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

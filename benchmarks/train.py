@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,9 @@ SIZES = {  # name: (train images, concepts, classes)
     "imagenet": (1281167, 4751, 1000),
 }
 DIM = 768  # ViT-L/14 embedding width
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, report  # noqa: E402
 
 
 def synthetic_data(n, concepts, classes, dim, seed=0):
@@ -43,16 +45,19 @@ def synthetic_data(n, concepts, classes, dim, seed=0):
 
 
 def epoch_seconds(data, device, batch_size, loss="gumbel") -> float:
-    """One epoch (training steps + validation pass): the difference between a 2-epoch and a 1-epoch run."""
+    """One epoch (training steps + validation pass): the difference between a 2-epoch and a 1-epoch run,
+    both after an untimed warm-up run (allocator and kernel selection would otherwise count once)."""
     from cbmctl.train import TrainConfig, train_cbm
-    timings = []
-    for epochs in (1, 2):
+
+    def run(epochs):
         started = time.perf_counter()
         train_cbm(data, TrainConfig(loss=loss, epochs=epochs, device=device, batch_size=batch_size, patience=99))
-        if device != "cpu" and torch.cuda.is_available():
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    return timings[1] - timings[0]
+        return time.perf_counter() - started
+
+    run(1)
+    return run(2) - run(1)
 
 
 def paper_step_seconds(batch_size, concepts, device, image_probe=16, text_probe=64) -> dict:
@@ -74,6 +79,16 @@ def paper_step_seconds(batch_size, concepts, device, image_probe=16, text_probe=
     per_text = (time.perf_counter() - started) / text_probe
     return {"per_image": per_image, "per_text": per_text,
             "step": batch_size * per_image + concepts * per_text}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| size | N × C × K | device | cbmctl epoch (s) | paper-code epoch (s, estimated) | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        note = "" if r["trained_on"] == r["images"] else f" (measured on {r['trained_on']:,} images, scaled)"
+        lines.append(f"| {r['size']} | {r['images']:,} × {r['concepts']:,} × {r['classes']:,} | {r['device']} | "
+                     f"{r['epoch_seconds']}{note} | {r.get('paper_code_epoch_seconds', '-')} | {r.get('ratio', '-')} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -116,17 +131,8 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"benchmark": "train", "batch_size": args.batch_size, "dim": DIM, "rows": rows,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads, device {device}"}
-    print("| size | N × C × K | device | cbmctl epoch (s) | paper-code epoch (s, est.) | ratio |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        note = "" if row["trained_on"] == row["images"] else f" (from {row['trained_on']} images)"
-        print(f"| {row['size']} | {row['images']} × {row['concepts']} × {row['classes']} | {row['device']} | "
-              f"{row['epoch_seconds']}{note} | {row.get('paper_code_epoch_seconds', '-')} | {row.get('ratio', '-')} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return result
+              "machine": machine()}
+    return report(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":
