@@ -246,13 +246,20 @@ def _assemble(dataset, backbone, journal, manifest, cache: Path, templates) -> t
     return counts, skipped
 
 
-def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: int = 0, overwrite: bool = False,
+def default_workers() -> int:
+    """Image-decoding processes when none are asked for: one per core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: int | None = None,
+                  overwrite: bool = False,
                   templates: list[str] | None = None, progress: bool = True, shard_size: int | None = None
                   ) -> EmbedReport:
     """Embed every split of `dataset` with `backbone` into the HDF5 file `cache`.
 
     Reruns are no-ops; an interrupted run resumes from its last finished shard; a cache or journal made
-    with another backbone, preprocessing or dataset content is refused unless `overwrite`. Under torchrun
+    with another backbone, preprocessing or dataset content is refused unless `overwrite`. `workers`: image
+    decoding processes (default one per core, at most 8; 0 decodes in this process). Under torchrun
     (WORLD_SIZE > 1) each rank embeds every WORLD_SIZE-th shard and rank 0 writes the cache."""
     started = time.perf_counter()
     cache = Path(cache)
@@ -293,6 +300,7 @@ def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: in
     cache.parent.mkdir(parents=True, exist_ok=True)
     pending = [shard for n, shard in enumerate(_shards(sizes, manifest["shard_size"]))
                if n % world == rank and not journal.shard_path(shard[0], shard[1]).is_file()]
+    workers = default_workers() if workers is None else workers
     embedded = _embed_shards(dataset, backbone, journal, pending, batch_size, workers, progress, rank)
     if world > 1:
         dist.barrier()

@@ -172,3 +172,85 @@ def embed_images(backbone, paths: list[str]):
     if not tensors:
         return torch.zeros(0, backbone.embed_dim), names, errors
     return backbone.encode_images(torch.stack(tensors)).cpu(), names, errors
+
+
+@dataclass
+class ImageExplanations:
+    """Everything one `explain` call produces, for rendering or JSON."""
+
+    results: list[Explanation]
+    errors: dict[str, str]                 # image -> why it could not be read
+    classes: list[str]
+    interventions: tuple | None = None     # (logits before, logits after), one row per result
+
+
+def explain_with_run(run_dir: Path, images: list[str], device="auto", top_k: int = 10, class_name: str | None = None,
+                     set_values: dict[str, float] | None = None, zero: list[str] | None = None) -> ImageExplanations:
+    """Explain image files with a trained run (its own backbone, checked by weights hash), optionally with
+    interventions on concept activations."""
+    from cbmctl.backbones import load_recorded_backbone
+    explainer = Explainer.from_run(run_dir)
+    backbone = load_recorded_backbone(explainer.metadata["backbone"], run_dir, device)
+    features, names, errors = embed_images(backbone, list(images))
+    if not names:
+        return ImageExplanations([], errors, explainer.classes)
+    results = explainer.explain(features, names, top_k, class_name)
+    set_values, zero = set_values or {}, list(zero or [])
+    if not (set_values or zero):
+        return ImageExplanations(results, errors, explainer.classes)
+    _, before_logits, after_activations, after_logits = explainer.intervene(features, set_values, zero)
+    after = explainer.explain(features, names, top_k, class_name, activations_override=after_activations)
+    for result, edited in zip(results, after):
+        result.intervention = {"set": set_values, "zero": zero, "predicted_after": edited.predicted,
+                               "probability_after": edited.probability, "explained_logit_after": edited.logit}
+    return ImageExplanations(results, errors, explainer.classes, (before_logits, after_logits))
+
+
+def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str | None = None,
+                     pretrained: str | None = None, concepts: str | None = None, classes: str | None = None,
+                     device="auto", top_k: int = 10, class_name: str | None = None) -> ImageExplanations:
+    """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given,
+    else the named (default: demo) backbone, concept set and class list."""
+    import json
+
+    from cbmctl.backbones import load_backbone, load_recorded_backbone
+    from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
+    if run_dir is not None:
+        meta = json.loads((Path(run_dir) / "model.json").read_text())
+        backbone = load_recorded_backbone(meta["backbone"], run_dir, device)
+        concept_list, class_list = meta["concepts"], meta["classes"]
+    else:
+        concept_set = load_concept_set(concepts or "demo")
+        concept_list = concept_set.concepts
+        class_list = load_class_list(classes) if classes else builtin_classes(concept_set.name)
+        if not class_list:
+            raise CbmctlError(f"--classes is needed: no built-in class list goes with {concept_set.name!r}")
+        backbone = load_backbone(model or "demo", pretrained, device)
+    features, names, errors = embed_images(backbone, list(images))
+    if not names:
+        return ImageExplanations([], errors, class_list)
+    results = cms_explain(features, names, concept_list, class_list, backbone.encode_texts(concept_list),
+                          backbone.encode_prompts(class_list, ["a photo of a {}."]), backbone.logit_scale, top_k,
+                          class_name)
+    return ImageExplanations(results, errors, class_list)
+
+
+def save_edited_run(run_dir: Path, concepts: list[str], target: Path) -> Path:
+    """A copy of a run whose head no longer uses `concepts` (concept removal), ready for `train --evaluate`."""
+    import shutil
+
+    from cbmctl.model import save_model
+    run_dir, target = Path(run_dir), Path(target)
+    if target.exists():
+        raise CbmctlError(f"{target} exists; choose a new directory")
+    explainer = Explainer.from_run(run_dir)
+    edited = explainer.without_concepts(concepts)
+    target.mkdir(parents=True)
+    for name in ("config.yaml", "record.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, target / name)
+    metadata = {**explainer.metadata, "edited": {"from": str(run_dir), "removed_concepts": list(concepts)}}
+    metadata.pop("metrics", None)
+    save_model(target, edited, metadata, {"concept_vectors": explainer.concept_vectors,
+                                          "class_vectors": explainer.class_vectors})
+    return target

@@ -16,12 +16,11 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
     from cbmctl.datasets import DatasetConfig, load_config
     if not spec and not cache_path:
         raise CbmctlError("give DATA (a dataset folder or name) or a cache file")
-    if spec and str(spec).endswith((".h5", ".hdf5")) and Path(spec).is_file():
-        cache = open_cache(spec)
-        root = Path(cache.attrs["dataset_root"])
-        return cache, load_config(root) if root.is_dir() else DatasetConfig()
-    if not spec:
-        cache = open_cache(cache_path)
+    given_cache = spec if spec and str(spec).endswith((".h5", ".hdf5")) and Path(spec).is_file() else \
+        None if spec else cache_path
+    if given_cache:
+        # a cache on its own: its dataset's cbmctl.yaml still supplies defaults (e.g. the concept set)
+        cache = open_cache(given_cache)
         root = Path(cache.attrs["dataset_root"])
         return cache, load_config(root) if root.is_dir() else DatasetConfig()
     from cbmctl.backbones import DEFAULT_MODEL, load_backbone
@@ -44,10 +43,8 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
         return cache, config
     if log:
         log(f"no cache yet: embedding {dataset.summary()} into {cache_file}")
-    from cbmctl.cli.common import default_workers
     backbone = load_backbone(model, pretrained, device)
-    embed_dataset(dataset, backbone, cache_file, workers=default_workers(), templates=config.templates,
-                  progress=log is not None)
+    embed_dataset(dataset, backbone, cache_file, templates=config.templates, progress=log is not None)
     return open_cache(cache_file), config
 
 
@@ -119,7 +116,7 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, nec: int | None =
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
     from cbmctl.model import load_model
-    from cbmctl.train import TrainConfig, _Scores, evaluate_model, prepare_data, resolve_device
+    from cbmctl.train import TrainConfig, evaluate_splits, prepare_data
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir)
     record = meta["concept_set"]
@@ -129,11 +126,8 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, nec: int | None =
     data = prepare_data(open_cache(meta["cache"]), concept_set, device=device)
     if data.record["dataset"]["dataset_fingerprint"] != meta["dataset"]["dataset_fingerprint"]:
         raise CbmctlError(f"{meta['cache']} no longer holds the data {run_dir} was trained on")
-    config = TrainConfig(device=device, precision_k=precision_k, nec=nec)
-    target = resolve_device(device)
-    model = model.to(target)
-    metrics = {split: evaluate_model(model, _Scores(data, split, target, True), data, split, config)
-               for split in ("val", "test")}
+    metrics = evaluate_splits(model, data, TrainConfig(device=device, precision_k=precision_k, nec=nec),
+                              splits=("val", "test"))
     metrics["evaluated"] = {"edited": meta.get("edited"), "versions": runs.versions()}
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     return json.loads(json.dumps(metrics))

@@ -99,11 +99,6 @@ def _optimizer(name, params, lr, weight_decay):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def resolve_device(spec: str):
-    from cbmctl.backbones import resolve_device as resolve
-    return resolve(spec)
-
-
 class _Scores:
     """Batches of (ψ, labels) for one split: device-resident and precomputed (fast path) or plain."""
 
@@ -181,6 +176,7 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint: Path | None =
               resume: dict | None = None) -> TrainResult:
     """Train CBL + head with the configured CBL objective plus cross-entropy; select the epoch by
     validation top-1 with early stopping; evaluate the test split once, with the selected weights."""
+    from cbmctl.backbones import resolve_device
     config.validate()
     device = resolve_device(config.device)
     fast = config.fast_path != "off"
@@ -249,11 +245,18 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint: Path | None =
                                      "config": asdict(config)})
     model.load_state_dict(best_state)
     model.eval()
-    test = _Scores(data, "test", device, fast)
-    metrics = {"test": evaluate_model(model, test, data, "test", config),
-               "val": evaluate_model(model, val, data, "val", config),
+    metrics = {**evaluate_splits(model, data, config, fast),
                "best_epoch": best_epoch, "epochs_run": history[-1]["epoch"] if history else 0}
     return TrainResult(model.cpu(), metrics, history, best_epoch)
+
+
+def evaluate_splits(model, data: TrainingData, config: TrainConfig, fast: bool = True,
+                    splits=("test", "val")) -> dict:
+    """evaluate_model on each split, with the model on the configured device."""
+    from cbmctl.backbones import resolve_device
+    device = resolve_device(config.device)
+    model = model.to(device).eval()
+    return {split: evaluate_model(model, _Scores(data, split, device, fast), data, split, config) for split in splits}
 
 
 def run_baseline(data: TrainingData, name: str) -> TrainResult:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 
 import click
 
@@ -33,10 +32,6 @@ def dataset_options(func):
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
     return wrapper
-
-
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 def print_json(data) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import default_workers, print_json
+from cbmctl.cli.common import print_json
 
 
 @click.group()
@@ -41,7 +41,7 @@ def evaluate(directory, split, cache_path, device, as_json):
     dataset = load_dataset(directory)
     backbone = load_backbone(DEMO_MODEL, None, device)
     cache = cache_path or default_cache_path(dataset, DEMO_MODEL, None)
-    embed_dataset(dataset, backbone, cache, workers=default_workers(), progress=not as_json)
+    embed_dataset(dataset, backbone, cache, progress=not as_json)
     report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split)}
     if as_json:
         return print_json(report)

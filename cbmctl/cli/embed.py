@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import backbone_options, dataset_options, default_workers, print_json
+from cbmctl.cli.common import backbone_options, dataset_options, print_json
 
 
 @click.command()
@@ -53,7 +53,7 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
             click.echo(f"note: {note}", err=True)
     backbone = load_backbone(model, pretrained, device)
     report = embed_dataset(dataset, backbone, cache, batch_size=batch_size,
-                           workers=default_workers() if workers is None else workers, overwrite=overwrite,
+                           workers=workers, overwrite=overwrite,
                            templates=templates, progress=not quiet and not as_json, shard_size=shard_size)
     if report.status == "shards-done":
         return
