@@ -1,23 +1,28 @@
-"""One `cbmctl train` invocation: one or more methods × one or more seeds on the same TrainingData,
-written to a run directory (config.yaml, metrics.json, model files, curves.png, train.log)."""
+"""One `cbmctl train` invocation: one or more methods × one or more seeds on the same TrainingData, every
+CBM of it trained together (cbmctl.train.train_many), the seed-independent baselines once, written to a
+run directory (cbmctl.runs) with a comparison that says which differences are larger than the seed noise."""
 from __future__ import annotations
 
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from cbmctl import runs
 from cbmctl.errors import CbmctlError
-from cbmctl.model import META_FILE, WEIGHTS_FILE, save_model
-from cbmctl.train import BASELINES, TrainConfig, TrainingData, TrainResult, describe, run_method, seeds_summary
+from cbmctl.stats import holm, mean_interval, paired_difference
+from cbmctl.spec import BASELINES, TrainConfig
+from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, train_many
+
+# the metrics a comparison summarises, in table order (percentages first); absent ones are skipped
+SUMMARY_KEYS = ("top1", "dense_top1", "nec5_top1", "anec", "top5", "mean_per_class", "ece", "nec",
+                "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean", "coverage90_mean")
+REFERENCE = "none"
 
 
 @dataclass
 class ExperimentResult:
     run_dir: Path
-    rows: list[dict]                    # one per method: label, per-metric mean/std over seeds
+    rows: list[dict]                    # one per method: label, per-metric mean/std/interval over seeds
     results: dict[str, list[TrainResult]] = field(default_factory=dict)
 
 
@@ -35,125 +40,141 @@ def _method_config(base: TrainConfig, method: str, seed: int) -> TrainConfig:
 
 
 def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult) -> dict:
+    metrics = {k: result.metrics[k] for k in ("val", "test", "dense", "sparse", "anec") if k in result.metrics}
     return {"concepts": data.concepts, "classes": data.classes, "train_config": asdict(config),
-            "method": describe(config), "metrics": result.metrics, **data.record, "versions": runs.versions()}
+            "method": describe(config), "metrics": metrics, **data.record, "versions": runs.versions()}
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
                    spec: dict, log=print) -> ExperimentResult:
-    """Train every method with every seed (resuming units a previous call left unfinished)."""
+    """Train every method with every seed (resuming from the run's checkpoint when one is there)."""
     run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
-    runs.write_json(run_dir / RECORD_FILE, data.record)
-    log_file = open(run_dir / runs.LOG_FILE, "a", encoding="utf-8")
+    runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
+    with open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") as log_file:
+        def say(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            if log:
+                log(line)
 
-    def say(line: str) -> None:
-        log_file.write(line + "\n")
-        log_file.flush()
-        if log:
-            log(line)
-
-    results: dict[str, list[TrainResult]] = {}
-    rows = []
-    try:
+        members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
+        results: dict[str, list[TrainResult]] = {method: [] for method in methods}
+        if members:
+            say(f"== training {len(members)} model{'s' * (len(members) > 1)}: "
+                + ", ".join(sorted({describe(_method_config(base, m, 0)) for m, _ in members}))
+                + f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
+            for (method, _), result in zip(members, train_many(data, base, members, run_dir, say)):
+                results[method].append(result)
         for method in methods:
-            for seed in seeds:
+            if method in BASELINES:
+                say(f"== {method}")
+                # a baseline does not depend on the seed: computed once, it stands for every seed
+                results[method] = [run_baseline(data, method)] * len(seeds)
+        for method in methods:
+            for seed, result in zip(seeds, results[method]):
                 config = _method_config(base, method, seed)
-                unit = _unit_dir(run_dir, method, seed, methods, seeds)
-                unit.mkdir(parents=True, exist_ok=True)
-                done = unit / runs.METRICS_FILE
-                if done.is_file() and len(methods) * len(seeds) > 1:
-                    results.setdefault(method, []).append(_load_unit(unit))
-                    say(f"{describe(config)} seed {seed}: already done")
-                    continue
-                checkpoint = unit / runs.CHECKPOINT_FILE
-                resume = torch.load(checkpoint, weights_only=False) if checkpoint.is_file() else None
-                if resume is not None:
-                    say(f"{describe(config)} seed {seed}: resuming after epoch {resume['epoch']}")
-                say(f"== {describe(config)}, seed {seed}")
-                kwargs = {} if method in BASELINES else {"checkpoint": checkpoint, "log": say, "resume": resume}
-                result = run_method(data, config, **kwargs)
-                _write_unit(unit, data, config, result)
-                checkpoint.unlink(missing_ok=True)
-                results.setdefault(method, []).append(result)
+                _write_unit(_unit_dir(run_dir, method, seed, methods, seeds), data, config, result)
                 say(f"{describe(config)} seed {seed}: test top-1 {result.metrics['test']['top1']:.4f}")
-            summary = seeds_summary(results[method])
-            rows.append({"method": describe(_method_config(base, method, seeds[0])), "loss": method,
-                         "seeds": seeds, **summary})
-    finally:
-        log_file.close()
+    rows = compare_rows(methods, seeds, results, base)
     if len(methods) * len(seeds) > 1:
         _promote_best(run_dir, methods, seeds, results)
     metrics = {"rows": rows, "record": data.record, "versions": runs.versions()}
     if len(methods) * len(seeds) == 1:
         metrics.update(results[methods[0]][0].metrics)
+        metrics["history"] = results[methods[0]][0].history
+    _write_figures(run_dir, data, methods, seeds, results, base)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-    if len(methods) > 1:
-        _write_table(run_dir, rows)
+    if len(methods) * len(seeds) > 1:
+        runs.write_compare_table(run_dir, rows, [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
+                                 + _precision_keys(rows))
+    runs.remove_checkpoint(run_dir)
     return ExperimentResult(run_dir, rows, results)
 
 
+def _precision_keys(rows: list[dict]) -> list[str]:
+    return sorted({k for row in rows for k in row if k.startswith(("concept_precision", "explanation_precision"))})
+
+
+def compare_rows(methods: list[str], seeds: list[int], results: dict[str, list[TrainResult]],
+                 base: TrainConfig) -> list[dict]:
+    """Per method: every test metric's mean, std and 95 % interval over seeds; and, with several seeds and
+    the plain CBM ('none') among the methods, each method's paired difference to it (same seeds, same
+    split), marked significant by Holm's procedure over the methods compared."""
+    rows = []
+    for method in methods:
+        tests = [r.metrics["test"] for r in results[method]]
+        keys = [k for k, v in tests[0].items() if isinstance(v, (int, float)) and k != "images"]
+        varies = method not in BASELINES
+        row = {"method": describe(_method_config(base, method, seeds[0])), "loss": method, "seeds": seeds}
+        for key in keys:
+            values = [t[key] for t in tests] if varies else [tests[0][key]]
+            row[key] = mean_interval(values)
+        rows.append(row)
+    if REFERENCE in methods and len(seeds) > 1:
+        reference = [r.metrics["test"] for r in results[REFERENCE]]
+        for key in ("top1", "nec5_top1", "dense_top1"):
+            if key not in reference[0]:
+                continue
+            differences = {}
+            for row, method in zip(rows, methods):
+                if method == REFERENCE or key not in results[method][0].metrics["test"]:
+                    continue
+                differences[method] = paired_difference([r.metrics["test"][key] for r in results[method]],
+                                                        [t[key] for t in reference])
+            significant = holm({m: d["p"] for m, d in differences.items()})
+            for row, method in zip(rows, methods):
+                if method in differences:
+                    row.setdefault("vs_none", {})[key] = {**differences[method], "significant": significant[method]}
+    return rows
+
+
 def _write_unit(unit: Path, data: TrainingData, config: TrainConfig, result: TrainResult) -> None:
+    unit.mkdir(parents=True, exist_ok=True)
     if result.model is not None:
-        save_model(unit, result.model, model_metadata(data, config, result),
-                   {"concept_vectors": data.concept_vectors, "class_vectors": data.class_vectors})
-        runs.plot_curves(unit / "curves.png", result.history, f"{describe(config)} on {data.record['dataset']['dataset_name']}")
+        runs.save_model(unit, result.model, model_metadata(data, config, result),
+                        {"concept_vectors": data.concept_vectors, "class_vectors": data.class_vectors})
     runs.write_json(unit / runs.METRICS_FILE, {**result.metrics, "history": result.history,
                                                "train_config": asdict(config)})
 
 
-def _load_unit(unit: Path) -> TrainResult:
-    import json
-    metrics = json.loads((unit / runs.METRICS_FILE).read_text())
-    return TrainResult(None, metrics, metrics.get("history", []), metrics.get("best_epoch", 0))
+def _write_figures(run_dir: Path, data: TrainingData, methods, seeds, results, base: TrainConfig) -> None:
+    from cbmctl.render import plot_curves, plot_sparsity
+    trained = [m for m in methods if m not in BASELINES]
+    if not trained:
+        return
+    dataset = data.record.get("dataset", {}).get("dataset_name", "")
+    first = results[trained[0]][0]
+    plot_curves(run_dir / runs.CURVES_FILE, first.history,
+                f"{describe(_method_config(base, trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+    plot_sparsity(run_dir / runs.SPARSITY_FILE,
+                  {describe(_method_config(base, m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
+                  f"accuracy-sparsity path of the sparse head on {dataset}")
 
 
 def _promote_best(run_dir: Path, methods, seeds, results) -> None:
-    """The run's own model files: the first trained method's seed with the best validation top-1."""
+    """The run's own model files: the first trained method's seed with the lowest validation loss."""
     for method in methods:
         if method in BASELINES:
             continue
-        best = max(range(len(seeds)), key=lambda i: results[method][i].metrics["val"]["top1"])
+        best = min(range(len(seeds)), key=lambda i: results[method][i].metrics["val"]["nll"])
         unit = _unit_dir(run_dir, method, seeds[best], methods, seeds)
-        for name in (WEIGHTS_FILE, META_FILE, "curves.png"):
-            if (unit / name).is_file():
-                shutil.copyfile(unit / name, run_dir / name)
+        for name in (runs.WEIGHTS_FILE, runs.META_FILE):
+            shutil.copyfile(unit / name, run_dir / name)
         return
-
-
-def _write_table(run_dir: Path, rows: list[dict]) -> None:
-    import csv
-    runs.write_json(run_dir / "compare.json", rows)
-    keys = ["top1", "top5", "mean_per_class", "l0_mean", "nec", "coverage90_mean"]
-    extra = sorted({k for row in rows for k in row if k.startswith(("concept_precision", "nec")) and k != "nec"})
-    with open(run_dir / "compare.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["method"] + [f"{k}_{s}" for k in keys + extra for s in ("mean", "std")]
-        writer.writerow(header)
-        for row in rows:
-            values = [row["method"]]
-            for key in keys + extra:
-                values += [row[key]["mean"], row[key]["std"]] if key in row else ["", ""]
-            writer.writerow(values)
-
-
-RECORD_FILE = "record.json"
 
 
 def check_resumable(run_dir: Path, data: TrainingData) -> None:
     """Refuse to resume a run on another cache, backbone or concept set than it was started with."""
-    import json
-    path = Path(run_dir) / RECORD_FILE
+    path = Path(run_dir) / runs.RECORD_FILE
     if not path.is_file():
-        raise CbmctlError(f"{run_dir} is not a cbmctl run directory (no {RECORD_FILE})")
-    _compare_records(run_dir, json.loads(path.read_text()), data.record)
-
-
-def _compare_records(run_dir, recorded: dict, current: dict) -> None:
+        raise CbmctlError(f"{run_dir} is not a cbmctl run directory (no {runs.RECORD_FILE})")
+    recorded = runs.read_json(path, "record")
     checks = [("dataset", "dataset_fingerprint", "dataset"), ("backbone", "weights_sha256", "backbone"),
               ("concept_set", "sha256", "concept set")]
     for section, key, label in checks:
-        if recorded.get(section, {}).get(key) != current.get(section, {}).get(key):
-            raise CbmctlError(f"{run_dir} was trained with another {label} "
-                              f"({str(recorded.get(section, {}).get(key))[:12]} vs "
-                              f"{str(current.get(section, {}).get(key))[:12]}); start a new run instead")
+        old = (recorded.get(section) or {}).get(key) if isinstance(recorded, dict) else None
+        new = data.record.get(section, {}).get(key)
+        if old != new:
+            raise CbmctlError(f"{run_dir} was trained with another {label} ({str(old)[:12]} vs {str(new)[:12]}); "
+                              "start a new run instead")

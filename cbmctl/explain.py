@@ -2,6 +2,7 @@
 Data only; cbmctl.render draws it."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,13 +12,18 @@ import torch.nn.functional as F
 from cbmctl.errors import CbmctlError
 
 
+# |value| an intervention may set an activation to: far beyond any real activation, far below overflow
+MAX_INTERVENTION = 1e6
+
+
 @dataclass
 class ConceptRow:
     concept: str
-    activation: float    # a_j (CMS: V_ij)
+    activation: float    # a_j, the CBL unit's output (CMS: V_ij)
     weight: float        # F[c, j] (CMS: T[c, j])
-    contribution: float  # a_j · F[c, j] (CMS: V_ij · T[c, j])
+    contribution: float  # x_j · F[c, j], x = the head's input (CMS: V_ij · T[c, j])
     score: float         # raw CLIP concept score ψ_j = s · cos(image, concept)
+    head_input: float | None = None  # x_j = (a_j − μ_j)/σ_j for the sparse head, a_j for the dense head
 
 
 @dataclass
@@ -30,6 +36,8 @@ class Explanation:
     explained_class: str
     concepts: list[ConceptRow]
     logit: float = 0.0
+    bias: float = 0.0                # the explained class's bias (sparse head): logit = Σ contributions + bias
+    head: str = "dense"              # the run's head ("sparse", "dense"; "cms" for CMS)
     intervention: dict | None = None
     error: str | None = None
 
@@ -51,15 +59,24 @@ class Explainer:
 
     @classmethod
     def from_run(cls, run_dir: Path) -> "Explainer":
-        from cbmctl.model import load_model
+        from cbmctl.runs import load_model
         model, metadata = load_model(run_dir)
         vectors = metadata.pop("vectors")
-        if "concept_vectors" not in vectors:
-            raise CbmctlError(f"{run_dir}: the model file lacks its concept embeddings; retrain with this cbmctl")
+        if "concept_vectors" not in vectors or "class_vectors" not in vectors:
+            raise CbmctlError(f"{run_dir}: the model file lacks its text embeddings; retrain with this cbmctl")
+        try:
+            logit_scale = float(metadata["logit_scale"])
+        except (KeyError, TypeError, ValueError):
+            raise CbmctlError(f"{run_dir}: the model description has no valid logit_scale") from None
+        if vectors["concept_vectors"].shape[1] != vectors["class_vectors"].shape[1]:
+            raise CbmctlError(f"{run_dir}: its concept and class embeddings have different widths")
         return cls(model, metadata["concepts"], metadata["classes"], vectors["concept_vectors"],
-                   vectors["class_vectors"], float(metadata["logit_scale"]), metadata)
+                   vectors["class_vectors"], logit_scale, metadata)
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[1] != self.concept_vectors.shape[1]:
+            raise CbmctlError(f"image embeddings have {features.shape[1]} dimensions, the run's concepts "
+                              f"{self.concept_vectors.shape[1]}: another backbone")
         return self.logit_scale * F.normalize(features.float(), dim=1) @ self.concept_vectors.T
 
     def forward(self, features: torch.Tensor):
@@ -83,36 +100,55 @@ class Explainer:
 
     def explain(self, features: torch.Tensor, names: list[str], top_k: int = 10, class_name: str | None = None,
                 top_classes: int = 5, activations_override: torch.Tensor | None = None) -> list[Explanation]:
+        """Per image: the predicted class and the concepts behind the explained class's logit. With a sparse
+        head these are exactly the concepts its row uses (at most NEC, largest contribution first); with the
+        dense head every concept contributes, and the top_k largest contributions are listed."""
         scores, activations, logits = self.forward(features)
         if activations_override is not None:
             activations = activations_override
-            logits = activations @ self.model.head.weight.detach().T
+            with torch.no_grad():
+                logits = self.model.logits_from_activations(activations)
         probabilities = logits.softmax(dim=1)
-        head = self.model.head.weight.detach()
+        with torch.no_grad():
+            inputs = self.model.head_inputs(activations)
+        head = self.model.class_concept_weights()
+        bias = self.model.head.bias.detach()
+        sparse = self.model.head_kind == "sparse"
         results = []
         for i, name in enumerate(names):
             predicted = int(logits[i].argmax())
             target = self.class_index(class_name) if class_name else predicted
-            contribution = activations[i] * head[target]
-            order = contribution.argsort(descending=True)[:top_k]
+            contribution = inputs[i] * head[target]
+            order = contribution.argsort(descending=True).tolist()
+            if sparse:
+                order = [j for j in order if head[target, j] != 0]
             rows = [ConceptRow(self.concepts[j], float(activations[i, j]), float(head[target, j]),
-                               float(contribution[j]), float(scores[i, j])) for j in order.tolist()]
+                               float(contribution[j]), float(scores[i, j]), float(inputs[i, j]))
+                    for j in order[:top_k]]
             best = probabilities[i].topk(min(top_classes, len(self.classes)))
             results.append(Explanation(
                 name, "cbm", self.classes[predicted], float(probabilities[i, predicted]),
                 [(self.classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
-                self.classes[target], rows, float(logits[i, target])))
+                self.classes[target], rows, float(logits[i, target]), float(bias[target]), self.model.head_kind))
         return results
 
     def intervene(self, features: torch.Tensor, set_values: dict[str, float], zero: list[str]):
-        """Activations with some concepts set to a value or zeroed: (before, after) activations and logits."""
+        """Activations with some concepts set to a value (`set_values`, an activation a_j) or removed
+        (`zero`: the concept's contribution to every class becomes 0, i.e. its activation is set to the
+        mean the head is centred on — 0 for the dense head): (before, after) activations and logits."""
+        for concept, value in set_values.items():
+            if not (math.isfinite(value) and abs(value) <= MAX_INTERVENTION):
+                raise CbmctlError(f"--set {concept}={value}: the value must be a finite number within "
+                                  f"±{MAX_INTERVENTION:g}")
         _, activations, logits = self.forward(features)
         edited = activations.clone()
         for concept in zero:
-            edited[:, self.concept_index(concept)] = 0.0
+            j = self.concept_index(concept)
+            edited[:, j] = self.model.activation_mean[j]
         for concept, value in set_values.items():
             edited[:, self.concept_index(concept)] = float(value)
-        return activations, logits, edited, edited @ self.model.head.weight.detach().T
+        with torch.no_grad():
+            return activations, logits, edited, self.model.logits_from_activations(edited)
 
     def without_concepts(self, concepts: list[str]):
         """A copy of the model whose head no longer uses the given concepts (their columns zeroed)."""
@@ -184,13 +220,22 @@ class ImageExplanations:
     interventions: tuple | None = None     # (logits before, logits after), one row per result
 
 
+def run_backbone(metadata: dict, run_dir, device="auto"):
+    """The backbone a run recorded, checked by weights hash (a malformed record is a one-line error)."""
+    from cbmctl.backbones import load_recorded_backbone
+    record = metadata.get("backbone")
+    keys = ("backbone_model", "backbone_pretrained", "weights_sha256")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
+        raise CbmctlError(f"{run_dir}: the model description does not say which backbone it was trained on")
+    return load_recorded_backbone(record, run_dir, device)
+
+
 def explain_with_run(run_dir: Path, images: list[str], device="auto", top_k: int = 10, class_name: str | None = None,
                      set_values: dict[str, float] | None = None, zero: list[str] | None = None) -> ImageExplanations:
     """Explain image files with a trained run (its own backbone, checked by weights hash), optionally with
     interventions on concept activations."""
-    from cbmctl.backbones import load_recorded_backbone
     explainer = Explainer.from_run(run_dir)
-    backbone = load_recorded_backbone(explainer.metadata["backbone"], run_dir, device)
+    backbone = run_backbone(explainer.metadata, run_dir, device)
     features, names, errors = embed_images(backbone, list(images))
     if not names:
         return ImageExplanations([], errors, explainer.classes)
@@ -211,13 +256,12 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
                      device="auto", top_k: int = 10, class_name: str | None = None) -> ImageExplanations:
     """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given,
     else the named (default: demo) backbone, concept set and class list."""
-    import json
-
-    from cbmctl.backbones import load_backbone, load_recorded_backbone
+    from cbmctl.backbones import load_backbone
     from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
     if run_dir is not None:
-        meta = json.loads((Path(run_dir) / "model.json").read_text())
-        backbone = load_recorded_backbone(meta["backbone"], run_dir, device)
+        from cbmctl.runs import load_model
+        _, meta = load_model(run_dir)
+        backbone = run_backbone(meta, run_dir, device)
         concept_list, class_list = meta["concepts"], meta["classes"]
     else:
         concept_set = load_concept_set(concepts or "demo")
@@ -239,18 +283,18 @@ def save_edited_run(run_dir: Path, concepts: list[str], target: Path) -> Path:
     """A copy of a run whose head no longer uses `concepts` (concept removal), ready for `train --evaluate`."""
     import shutil
 
-    from cbmctl.model import save_model
+    from cbmctl import runs
     run_dir, target = Path(run_dir), Path(target)
     if target.exists():
         raise CbmctlError(f"{target} exists; choose a new directory")
     explainer = Explainer.from_run(run_dir)
     edited = explainer.without_concepts(concepts)
     target.mkdir(parents=True)
-    for name in ("config.yaml", "record.json"):
+    for name in (runs.CONFIG_FILE, runs.RECORD_FILE):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, target / name)
     metadata = {**explainer.metadata, "edited": {"from": str(run_dir), "removed_concepts": list(concepts)}}
     metadata.pop("metrics", None)
-    save_model(target, edited, metadata, {"concept_vectors": explainer.concept_vectors,
-                                          "class_vectors": explainer.class_vectors})
+    runs.save_model(target, edited, metadata, {"concept_vectors": explainer.concept_vectors,
+                                               "class_vectors": explainer.class_vectors})
     return target

@@ -1,25 +1,36 @@
-"""The Concept Bottleneck Model: concept scores ψ (C) -> CBL W (C×C, no bias) -> activations a -> head
-F (K×C, no bias) -> class logits. Unit j of the CBL is read as concept j; the contribution of concept j
-to class c for one image is a_j · F[c, j]. Saved as model.safetensors + model.json."""
+"""The Concept Bottleneck Model: concept scores ψ (C) -> CBL W (C×C, no bias) -> activations a -> head ->
+class logits. Unit j of the CBL is read as concept j.
+
+Two heads (shared/METHOD.md): the paper's dense head (F, K×C, no bias, on the activations themselves) and
+the sparse head of LF-CBM / VLG-CBM (F with a few non-zero weights per class and a bias b, on standardised
+activations x = (a − μ)/σ, μ and σ from the train split). Both are z = F x + b with x = (a − μ)/σ: the dense
+head has μ = 0, σ = 1, b = 0. The contribution of concept j to class c for one image is x_j · F[c, j], so a
+class's logit is the sum of its concepts' contributions plus its bias.
+
+model_tensors / model_from_tensors convert to and from what cbmctl.runs stores (safetensors + JSON); the
+conversion back checks every shape, that every value is finite and that the concept list matches its
+recorded hash, so a damaged or tampered run directory is a one-line error, never a silently wrong model."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import hashlib
 
 import torch
 from torch import nn
 
 from cbmctl.errors import CbmctlError
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
+from cbmctl.spec import HEADS
 
 
 class ConceptBottleneckModel(nn.Module):
-    def __init__(self, num_concepts: int, num_classes: int, cbl_init: str = "identity"):
+    def __init__(self, num_concepts: int, num_classes: int, cbl_init: str = "identity", head: str = "dense"):
         super().__init__()
+        if head not in HEADS:
+            raise CbmctlError(f"unknown head {head!r} ({', '.join(HEADS)})")
+        self.head_kind = head
         self.cbl = nn.Linear(num_concepts, num_concepts, bias=False)
-        self.head = nn.Linear(num_concepts, num_classes, bias=False)
+        self.head = nn.Linear(num_concepts, num_classes, bias=True)
+        self.register_buffer("activation_mean", torch.zeros(num_concepts))
+        self.register_buffer("activation_std", torch.ones(num_concepts))
         if cbl_init == "identity":
             # unit j starts as concept j, so the "unit = concept" reading holds from the first step
             with torch.no_grad():
@@ -27,6 +38,7 @@ class ConceptBottleneckModel(nn.Module):
         elif cbl_init != "random":
             raise CbmctlError(f"unknown CBL init {cbl_init!r} (identity or random)")
         nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     @property
     def num_concepts(self) -> int:
@@ -36,39 +48,101 @@ class ConceptBottleneckModel(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
+    def head_inputs(self, activations: torch.Tensor) -> torch.Tensor:
+        """x = (a − μ)/σ, what the head weighs (a itself for the dense head)."""
+        return (activations - self.activation_mean) / self.activation_std
+
     def forward(self, scores: torch.Tensor):
         """(activations, logits) for concept scores ψ of shape (B, C)."""
         activations = self.cbl(scores)
-        return activations, self.head(activations)
+        return activations, self.head(self.head_inputs(activations))
+
+    def logits_from_activations(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_inputs(activations))
 
     def contributions(self, activations: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """(B, C) contribution of each concept to the given class of each image: a_j · F[c, j]."""
-        return activations * self.head.weight[classes]
+        """(B, C) contribution of each concept to the given class of each image: x_j · F[c, j]."""
+        return self.head_inputs(activations) * self.head.weight[classes]
+
+    def class_concept_weights(self) -> torch.Tensor:
+        """F (K×C): the head's weight on each concept."""
+        return self.head.weight.detach()
+
+    def effective_weights(self) -> torch.Tensor:
+        """The linear map from concept scores ψ to logits (K×C): F diag(1/σ) W."""
+        return (self.head.weight.detach() / self.activation_std) @ self.cbl.weight.detach()
+
+    def set_head(self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> "ConceptBottleneckModel":
+        if kind not in HEADS:
+            raise CbmctlError(f"unknown head {kind!r} ({', '.join(HEADS)})")
+        self.head_kind = kind
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(bias if bias is not None else torch.zeros(self.num_classes))
+            self.activation_mean.copy_(mean if mean is not None else torch.zeros(self.num_concepts))
+            self.activation_std.copy_(std if std is not None else torch.ones(self.num_concepts))
+        return self
 
 
-def save_model(directory: Path, model: ConceptBottleneckModel, metadata: dict, vectors: dict | None = None) -> None:
-    """Weights, plus the text embeddings the model was trained with (concept_vectors, class_vectors), so a
-    run is self-contained for explanation and browsing."""
-    from safetensors.torch import save_file
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def concepts_sha256(concepts: list[str]) -> str:
+    return hashlib.sha256("\n".join(concepts).encode()).hexdigest()
+
+
+def model_tensors(model: ConceptBottleneckModel, vectors: dict | None = None) -> dict[str, torch.Tensor]:
+    """Everything a saved model holds as tensors: weights, standardisation, and the text embeddings it was
+    trained with (concept_vectors, class_vectors), so a run is self-contained for explanation and browsing."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, tensor in (vectors or {}).items():
         state[name] = torch.as_tensor(tensor).detach().float().cpu().contiguous()
-    save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / META_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+    return state
 
 
-def load_model(directory: Path) -> tuple[ConceptBottleneckModel, dict]:
-    """(model, metadata); metadata["vectors"] holds the saved text embeddings (concept_vectors, ...)."""
-    from safetensors.torch import load_file
-    directory = Path(directory)
-    if not (directory / WEIGHTS_FILE).is_file() or not (directory / META_FILE).is_file():
-        raise CbmctlError(f"{directory} holds no trained model ({WEIGHTS_FILE} + {META_FILE})")
-    metadata = json.loads((directory / META_FILE).read_text())
-    state = load_file(str(directory / WEIGHTS_FILE))
-    weights = {k: state.pop(k) for k in ("cbl.weight", "head.weight")}
-    model = ConceptBottleneckModel(weights["cbl.weight"].shape[0], weights["head.weight"].shape[0], "random")
+def _names(metadata: dict, key: str, where: str) -> list[str]:
+    names = metadata.get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CbmctlError(f"{where}: '{key}' must be a non-empty list of names")
+    return names
+
+
+def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: str):
+    """(model, metadata) from saved tensors and description, every shape and value checked (they come from
+    a run directory, which may have been damaged or sent by someone else). metadata["vectors"] gets the
+    saved text embeddings."""
+    if not isinstance(metadata, dict):
+        raise CbmctlError(f"{where}: the model description is not a JSON object")
+    concepts, classes = _names(metadata, "concepts", where), _names(metadata, "classes", where)
+    c, k = len(concepts), len(classes)
+    record = metadata.get("concept_set")
+    recorded = record.get("sha256") if isinstance(record, dict) else None
+    if recorded is not None and recorded != concepts_sha256(concepts):
+        raise CbmctlError(f"{where}: the model's concept list does not match its recorded hash (edited or "
+                          "damaged); retrain or restore the run")
+    head = metadata.get("head", "dense")
+    if head not in HEADS:
+        raise CbmctlError(f"{where}: unknown head {head!r}")
+    state = dict(state)
+    expected = {"cbl.weight": (c, c), "head.weight": (k, c), "head.bias": (k,), "activation_mean": (c,),
+                "activation_std": (c,)}
+    optional = {"head.bias": torch.zeros(k), "activation_mean": torch.zeros(c), "activation_std": torch.ones(c)}
+    weights = {}
+    for name, shape in expected.items():
+        tensor = state.pop(name, optional.get(name))
+        if tensor is None:
+            raise CbmctlError(f"{where}: the model file lacks {name}")
+        if tuple(tensor.shape) != shape:
+            raise CbmctlError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape} for {c} concepts "
+                              f"and {k} classes")
+        weights[name] = tensor.float()
+    for name, tensor in list(weights.items()) + list(state.items()):
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CbmctlError(f"{where}: {name} holds NaN, infinite or non-numeric values")
+    if not (weights["activation_std"] > 0).all():
+        raise CbmctlError(f"{where}: activation_std must be positive")
+    for name, rows in (("concept_vectors", c), ("class_vectors", k)):
+        if name in state and (state[name].dim() != 2 or state[name].shape[0] != rows):
+            raise CbmctlError(f"{where}: {name} has shape {tuple(state[name].shape)}, expected {rows} rows")
+    model = ConceptBottleneckModel(c, k, "random", head)
     model.load_state_dict(weights)
-    metadata["vectors"] = state
+    metadata = {**metadata, "vectors": {name: state[name].float() for name in state}}
     return model.eval(), metadata

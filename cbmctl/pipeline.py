@@ -3,7 +3,7 @@ shared by `train`, `cms` and `explain`. Embeds first when the cache is missing (
 `cbmctl embed`); an existing cache is checked against the dataset and backbone instead of re-embedding."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 from cbmctl.errors import CbmctlError
@@ -62,72 +62,52 @@ def resolve_concepts(concepts: str | None, config, cache):
     return load_concept_set(str(name))
 
 
-def run_train(options: dict, log=None, run_dir: Path | None = None):
-    """The whole `cbmctl train` behaviour over parsed options; returns (ExperimentResult, table rows).
-    `run_dir` trains into that directory instead of a new timestamped one."""
+def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None):
+    """The whole `cbmctl train` behaviour for an ExperimentSpec; returns the ExperimentResult. `run_dir`
+    trains into that directory instead of a new timestamped one; `resume` continues an interrupted run."""
     from cbmctl import runs
     from cbmctl.experiment import check_resumable, run_experiment
-    from cbmctl.train import TrainConfig, prepare_data
-    config = TrainConfig(**{f.name: options[f.name] for f in fields(TrainConfig) if f.name in options})
-    if options.get("seeds"):
-        seeds = [int(x) for x in str(options["seeds"]).split(",") if x.strip()]
-    else:
-        seeds = [config.seed]
-    methods = [options["loss"]]
-    if options.get("compare"):
-        text = options["compare"]
-        methods = [m.strip() for m in ("gumbel,contrastive,l1,cos3,none,linear-probe,zero-shot"
-                                       if text == "all" else text).split(",") if m.strip()]
-    for method in methods:
-        config.loss = method
-        config.validate()
-    config.loss = methods[0]
-    cache, dataset_config = resolve_cache(options.get("data"), model=options.get("model"),
-                                          pretrained=options.get("pretrained"), cache_path=options.get("cache_path"),
-                                          data_root=options.get("data_root"), device=config.device, log=log)
-    concept_set = resolve_concepts(options.get("concepts"), dataset_config, cache)
-    data = prepare_data(cache, concept_set, bool(options.get("random_concepts")), options.get("concept_map"),
-                        config.device)
-    spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
-            if k not in ("config_file", "resume", "as_json", "quiet", "evaluate_run_dir") and v is not None}
-    spec["cache_path"] = str(Path(cache.path).resolve())
-    spec["concepts"] = concept_set.name if concept_set.source.startswith("builtin:") else concept_set.source
-    if options.get("resume"):
-        run_dir = Path(options["resume"]).resolve()
+    from cbmctl.train import prepare_data
+    cache, dataset_config = resolve_cache(spec.data, model=spec.model, pretrained=spec.pretrained,
+                                          cache_path=spec.cache_path, data_root=spec.data_root,
+                                          device=spec.train.device, log=log)
+    concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
+    data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device)
+    spec = replace(spec, cache_path=str(Path(cache.path).resolve()),
+                   concepts=concept_set.name if concept_set.source.startswith("builtin:") else concept_set.source)
+    if resume is not None:
+        run_dir = Path(resume).resolve()
         check_resumable(run_dir, data)
-        if (run_dir / runs.METRICS_FILE).is_file() and not any(run_dir.rglob(runs.CHECKPOINT_FILE)):
+        if runs.is_finished(run_dir):
             raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
     elif run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     else:
-        label = "compare" if len(methods) > 1 else methods[0]
-        run_dir = runs.new_run_dir(Path(options.get("out") or "runs"), str(cache.attrs["dataset_name"]), label)
-    result = run_experiment(data, config, methods, seeds, run_dir, spec, log=log)
+        label = "compare" if len(spec.methods) > 1 else spec.methods[0]
+        run_dir = runs.new_run_dir(Path(spec.out), str(cache.attrs["dataset_name"]), label)
+    result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log)
     runs.point_latest(run_dir.parent, run_dir)
-    return result, result.rows
+    return result
 
 
-def evaluate_run(run_dir, device="auto", precision_k: int = 5, nec: int | None = None) -> dict:
+def evaluate_run(run_dir, device="auto", precision_k: int = 5) -> dict:
     """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
     and record the result in the run's metrics.json."""
-    import json
-
     from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
-    from cbmctl.model import load_model
     from cbmctl.train import TrainConfig, evaluate_splits, prepare_data
     run_dir = Path(run_dir)
-    model, meta = load_model(run_dir)
-    record = meta["concept_set"]
-    concept_set = ConceptSet(record["name"], meta["concepts"], record["source"])
-    if concept_set.sha256 != record["sha256"]:
-        raise CbmctlError(f"{run_dir}/model.json: its concepts do not match their recorded hash")
-    data = prepare_data(open_cache(meta["cache"]), concept_set, device=device)
-    if data.record["dataset"]["dataset_fingerprint"] != meta["dataset"]["dataset_fingerprint"]:
-        raise CbmctlError(f"{meta['cache']} no longer holds the data {run_dir} was trained on")
-    metrics = evaluate_splits(model, data, TrainConfig(device=device, precision_k=precision_k, nec=nec),
-                              splits=("val", "test"))
-    metrics["evaluated"] = {"edited": meta.get("edited"), "versions": runs.versions()}
+    model, meta = runs.load_model(run_dir)
+    record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
+    concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
+    cache_path, recorded = meta.get("cache"), (meta.get("dataset") or {}).get("dataset_fingerprint")
+    if not isinstance(cache_path, str) or not Path(cache_path).is_file():
+        raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
+    data = prepare_data(open_cache(cache_path), concept_set, device=device)
+    if data.record["dataset"]["dataset_fingerprint"] != recorded:
+        raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
+    metrics = evaluate_splits(model, data, TrainConfig(device=device, precision_k=precision_k), splits=("val", "test"))
+    metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-    return json.loads(json.dumps(metrics))
+    return metrics

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cbmctl.sanitize import safe_text
+
 BAR_WIDTH = 24
 
 
@@ -16,41 +18,54 @@ def _bar(value: float, largest: float) -> str:
 
 
 def explanation_table(explanation):
-    """A rich Table: the explained class's top concepts with contribution bars and raw CLIP scores."""
+    """A rich Table: the explained class's concepts with contribution bars, the values behind them and the
+    raw CLIP scores. Every name is untrusted text: shown escaped, never as markup."""
     from rich.table import Table
     from rich.text import Text
     cbm = explanation.method == "cbm"
-    title = (f"{explanation.image}\npredicted [bold]{explanation.predicted}[/] "
-             f"(p={explanation.probability:.3f}); explaining [bold]{explanation.explained_class}[/]")
+    sparse = cbm and explanation.head == "sparse"
+    title = Text(safe_text(explanation.image) + "\npredicted ")
+    title.append(safe_text(explanation.predicted), style="bold")
+    title.append(f" (p={explanation.probability:.3f}); explaining ")
+    title.append(safe_text(explanation.explained_class), style="bold")
+    if sparse:
+        title.append(f" — sparse head: logit {explanation.logit:+.3f} = the {len(explanation.concepts)} "
+                     f"contributions below + bias {explanation.bias:+.3f}")
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("concept", no_wrap=True)
     table.add_column("contribution" if cbm else "V × T", justify="left", no_wrap=True)
     table.add_column("", justify="right")
     table.add_column("activation" if cbm else "V (cos)", justify="right")
+    if sparse:
+        table.add_column("standardised", justify="right")
     table.add_column("head weight" if cbm else "T (cos)", justify="right")
     table.add_column("CLIP score ψ", justify="right")
     rows = explanation.concepts
     largest = max((abs(r.contribution) for r in rows), default=0.0)
     for row in rows:
         colour = "green" if row.contribution >= 0 else "red"
-        table.add_row(Text(row.concept), Text(_bar(row.contribution, largest), style=colour),
-                      f"{row.contribution:+.3f}", f"{row.activation:.3f}", f"{row.weight:+.3f}", f"{row.score:.2f}")
+        cells = [Text(safe_text(row.concept)), Text(_bar(row.contribution, largest), style=colour),
+                 f"{row.contribution:+.3f}", f"{row.activation:.3f}"]
+        if sparse:
+            cells.append(f"{row.head_input:+.2f}")
+        table.add_row(*cells, f"{row.weight:+.3f}", f"{row.score:.2f}")
     return table
 
 
 def top_classes_line(explanation) -> str:
-    return "top classes: " + ", ".join(f"{name} {p:.3f}" for name, p in explanation.top_classes)
+    return "top classes: " + ", ".join(f"{safe_text(name)} {p:.3f}" for name, p in explanation.top_classes)
 
 
 def intervention_table(classes, before_logits, after_logits, top: int = 5):
     from rich.table import Table
+    from rich.text import Text
     before_p, after_p = before_logits.softmax(-1), after_logits.softmax(-1)
     order = (before_p + after_p).argsort(descending=True)[:top].tolist()
     table = Table(title="intervention: before → after", title_justify="left", show_edge=False)
     for column in ("class", "logit before", "logit after", "Δ logit", "p before", "p after"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for k in order:
-        table.add_row(classes[k], f"{float(before_logits[k]):.3f}", f"{float(after_logits[k]):.3f}",
+        table.add_row(Text(safe_text(classes[k])), f"{float(before_logits[k]):.3f}", f"{float(after_logits[k]):.3f}",
                       f"{float(after_logits[k] - before_logits[k]):+.3f}", f"{float(before_p[k]):.3f}",
                       f"{float(after_p[k]):.3f}")
     return table
@@ -58,10 +73,8 @@ def intervention_table(classes, before_logits, after_logits, top: int = 5):
 
 def explanation_figure(explanations, path: Path, images: dict[str, str] | None = None) -> None:
     """A PNG: per explained image, its picture (when a file) beside a bar chart of its top concepts."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
+    plt = _pyplot()
     count = len(explanations)
     figure, axes = plt.subplots(count, 2, figsize=(10, 2.6 * count + 0.4), squeeze=False,
                                 gridspec_kw={"width_ratios": [1, 2.6]})
@@ -72,16 +85,134 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
             picture.imshow(Image.open(explanation.image).convert("RGB"))
         except (OSError, ValueError):
             picture.text(0.5, 0.5, "(no image)", ha="center", va="center")
-        picture.set_title(f"{Path(explanation.image).name}\n→ {explanation.predicted} ({explanation.probability:.2f})",
-                          fontsize=9)
+        picture.set_title(f"{_plain(Path(explanation.image).name)}\n→ {_plain(explanation.predicted)} "
+                          f"({explanation.probability:.2f})", fontsize=9)
         concepts = list(reversed(explanation.concepts))
         values = [c.contribution for c in concepts]
-        bars.barh([c.concept for c in concepts], values, color=["#2e7d32" if v >= 0 else "#c62828" for v in values])
+        bars.barh([_plain(c.concept) for c in concepts], values, color=["#2e7d32" if v >= 0 else "#c62828" for v in values])
         bars.axvline(0, color="black", linewidth=0.6)
-        bars.set_xlabel("contribution to " + explanation.explained_class if explanation.method == "cbm"
-                        else f"V × T for {explanation.explained_class} (CMS)")
+        bars.set_xlabel("contribution to " + _plain(explanation.explained_class) if explanation.method == "cbm"
+                        else f"V × T for {_plain(explanation.explained_class)} (CMS)")
         bars.tick_params(axis="y", labelsize=8)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plain(text: str) -> str:
+    """Untrusted text for a matplotlib label: control characters escaped, '$' not read as mathtext."""
+    return safe_text(text).replace("$", r"\$")
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    """Training curves: the losses on the left, train/validation accuracy and validation loss on the right."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [h["loss"] for h in history], label="total (train)")
+    left.plot(epochs, [h["cbl_loss"] for h in history], label="CBL objective (train)")
+    left.plot(epochs, [h["ce"] for h in history], label="cross-entropy (train)")
+    left.plot(epochs, [h["val_loss"] for h in history], label="cross-entropy (validation)", linestyle="--")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend(fontsize=8)
+    right.plot(epochs, [h["train_top1"] for h in history], label="train")
+    right.plot(epochs, [h["val_top1"] for h in history], label="validation")
+    right.set_xlabel("epoch")
+    right.set_ylabel("top-1 accuracy (dense head)")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    best = min(history, key=lambda h: h["val_loss"]) if history else None
+    if best:
+        for axis in (left, right):
+            axis.axvline(best["epoch"], color="gray", linewidth=0.8, linestyle=":")
+    figure.suptitle(title + (f" — kept epoch {best['epoch']} (lowest validation loss)" if best else ""), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> None:
+    """Test top-1 against NEC: each method's sparse head at the budgeted NEC levels (mean over seeds,
+    markers), the first seed's whole λ path (thin line), and its dense head (dashed)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    for index, (label, per_seed) in enumerate(methods.items()):
+        colour = f"C{index}"
+        path_points = [p for p in per_seed[0].get("path", []) if "test_top1" in p and p["nonzeros"] > 0]
+        if path_points:
+            axis.plot([p["nec"] for p in path_points], [p["test_top1"] for p in path_points], color=colour,
+                      linewidth=0.8, alpha=0.6)
+        levels = sorted(int(k) for k in per_seed[0].get("nec_accuracy", {}))
+        if levels:
+            means = [sum(m["nec_accuracy"][str(level)] for m in per_seed) / len(per_seed) for level in levels]
+            axis.plot(levels, means, "o-", color=colour, label=f"{label}: sparse head (refit)", markersize=4)
+        dense = [m["dense"]["test"]["top1"] for m in per_seed if "dense" in m]
+        if dense:
+            axis.axhline(sum(dense) / len(dense), color=colour, linestyle="--", linewidth=0.8)
+    axis.set_xlabel("NEC: non-zero head weights per class")
+    axis.set_ylabel("test top-1")
+    axis.set_xscale("log")
+    axis.legend(fontsize=7, loc="lower right")
+    axis.set_title(title + "\n(lines: λ path of the first seed; dashed: dense head)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# (key, header, percent?) of a comparison table, in order; absent keys are skipped
+COMPARE_COLUMNS = (("top1", "top-1", True), ("dense_top1", "dense", True), ("nec5_top1", "NEC=5", True),
+                   ("anec", "ANEC", True), ("ece", "ECE", False), ("concept_precision@5", "concept p@5", True),
+                   ("explanation_precision@5", "expl. p@5", True), ("entropy_mean", "entropy", False),
+                   ("hoyer_mean", "Hoyer", False))
+
+
+def _interval_text(cell: dict, percent: bool) -> str:
+    """mean, and ±half-width of its 95 % interval when there is one (percent: ×100, 1 decimal)."""
+    scale, digits = (100, 1) if percent else (1, 3)
+    text = f"{scale * cell['mean']:.{digits}f}"
+    if cell.get("ci_high") is not None:
+        text += f"±{scale * (cell['ci_high'] - cell['mean']):.{digits}f}"
+    return text
+
+
+def compare_table(rows: list[dict], title: str):
+    """A rich Table of a comparison: per method the mean over seeds with the 95 % interval half-width, and
+    the paired difference in top-1 to the plain CBM (* where significant)."""
+    from rich.table import Table
+    from rich.text import Text
+    columns = [c for c in COMPARE_COLUMNS if any(c[0] in row for row in rows)]
+    paired = any("vs_none" in row for row in rows)
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", no_wrap=True)
+    for key, header, _ in columns[:1]:
+        table.add_column(header, justify="right", no_wrap=True)
+    if paired:
+        table.add_column("Δ vs none", justify="right", no_wrap=True)
+    for key, header, _ in columns[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        cells = [Text(safe_text(row["method"]))]
+        for index, (key, _, percent) in enumerate(columns):
+            cells.append(_interval_text(row[key], percent) if key in row else "-")
+            if index == 0 and paired:
+                cells.append(_difference_text(row.get("vs_none", {}).get("top1")))
+        table.add_row(*cells)
+    return table
+
+
+def _difference_text(difference: dict | None) -> str:
+    if not difference:
+        return "-"
+    text = f"{100 * difference['mean']:+.1f}"
+    if difference.get("ci_high") is not None:
+        text += f"±{100 * (difference['ci_high'] - difference['mean']):.1f}"
+    return text + ("*" if difference.get("significant") else " ")

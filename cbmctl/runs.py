@@ -1,5 +1,19 @@
-"""Run directories: runs/<timestamp>-<dataset>-<loss>/ with config.yaml, metrics.json, model files,
-curves.png and train.log; runs/latest points at the newest."""
+"""The run directory, and the one owner of its file names and formats.
+
+    runs/<timestamp>-<dataset>-<method>/
+        config.yaml          every option, fully resolved (`cbmctl train --config` replays it)
+        record.json          provenance: cache, backbone and weights hash, dataset fingerprint, concept set, versions
+        metrics.json         results (per split, dense and sparse heads, the sparsity path, ...)
+        model.safetensors    CBL, head, standardisation, and the concept/class text embeddings (tensors only)
+        model.json           concepts, classes, head kind, training configuration, provenance
+        curves.png           training curves; sparsity.png: the accuracy-sparsity path of the sparse head
+        train.log            what was printed while training
+        checkpoint.safetensors + checkpoint.json   while training (never a pickle)
+        compare.json, compare.csv, <method>/seed-<n>/...   for several methods or seeds
+    runs/latest -> the newest run
+
+Everything read from a run directory is treated as untrusted: JSON and safetensors only, sizes bounded,
+shapes and values checked; a damaged file is a one-line error."""
 from __future__ import annotations
 
 import json
@@ -12,9 +26,18 @@ from pathlib import Path
 from cbmctl.errors import CbmctlError
 
 CONFIG_FILE = "config.yaml"
+RECORD_FILE = "record.json"
 METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+CURVES_FILE = "curves.png"
+SPARSITY_FILE = "sparsity.png"
 LOG_FILE = "train.log"
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT = "checkpoint"  # checkpoint.safetensors + checkpoint.json
+COMPARE_JSON = "compare.json"
+COMPARE_CSV = "compare.csv"
+LATEST = "latest"
+MAX_JSON_BYTES = 256 << 20
 
 
 def versions() -> dict:
@@ -46,7 +69,7 @@ def _slug(text: str) -> str:
 
 def point_latest(root: Path, run: Path) -> None:
     """Atomically repoint runs/latest at `run`."""
-    link = Path(root) / "latest"
+    link = Path(root) / LATEST
     tmp = Path(root) / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(Path(run).name)
@@ -54,57 +77,141 @@ def point_latest(root: Path, run: Path) -> None:
 
 
 def resolve_run(spec: str | None, root: Path = Path("runs")) -> Path:
-    """A run directory: the given path, or runs/latest."""
-    path = Path(spec) if spec else Path(root) / "latest"
+    """A run directory: the given path (a runs root holding `latest` means its latest run), or runs/latest."""
+    path = Path(spec) if spec else Path(root) / LATEST
     if not path.exists():
         raise CbmctlError(f"{path}: no such run (train one with `cbmctl train`)" if spec else
                           f"no runs yet under {root} (train one with `cbmctl train`, or pass a run directory)")
+    if path.is_dir() and not (path / META_FILE).exists() and (path / LATEST).exists():
+        path = path / LATEST
     return path.resolve()
 
 
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / METRICS_FILE).is_file() and not has_checkpoint(run_dir)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(Path(run_dir).rglob(f"{CHECKPOINT}.json"))
+
+
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    from cbmctl.files import write_text_atomic
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def read_json(path: Path, what: str = "file") -> dict | list:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CbmctlError(f"{path} is {path.stat().st_size >> 20} MB, too large for a run's {what}")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CbmctlError(f"{path}: not a readable {what} ({str(error).splitlines()[0][:80]})") from None
+
+
+def read_metrics(run_dir: Path) -> dict:
+    data = read_json(Path(run_dir) / METRICS_FILE, "metrics file")
+    if not isinstance(data, dict):
+        raise CbmctlError(f"{Path(run_dir) / METRICS_FILE}: expected a JSON object")
+    return data
 
 
 def write_yaml(path: Path, data) -> None:
     import yaml
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+
+    from cbmctl.files import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config") -> dict:
     import yaml
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise CbmctlError(f"{path}: cannot read the config ({str(error).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CbmctlError(f"{path}: cannot read the {what} ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise CbmctlError(f"{path}: the config must be a mapping of option names to values")
+        raise CbmctlError(f"{path}: the {what} must be a mapping of option names to values")
     return data
 
 
-def plot_curves(path: Path, history: list[dict], title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(epochs, [h["loss"] for h in history], label="total")
-    left.plot(epochs, [h["cbl_loss"] for h in history], label="CBL objective")
-    left.plot(epochs, [h["ce"] for h in history], label="cross-entropy")
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss")
-    left.legend()
-    right.plot(epochs, [h["train_top1"] for h in history], label="train")
-    right.plot(epochs, [h["val_top1"] for h in history], label="validation")
-    right.set_xlabel("epoch")
-    right.set_ylabel("top-1 accuracy")
-    right.set_ylim(0, 1)
-    right.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def save_model(directory: Path, model, metadata: dict, vectors: dict | None = None) -> None:
+    """model.safetensors (weights and the text embeddings it was trained with) + model.json, each replaced
+    atomically, the JSON last."""
+    from safetensors.torch import save_file
+
+    from cbmctl.files import atomic_path, write_text_atomic
+    from cbmctl.model import model_tensors
+    directory = Path(directory)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(model_tensors(model, vectors), str(tmp))
+    write_text_atomic(directory / META_FILE, json.dumps({**metadata, "head": model.head_kind}, indent=1) + "\n")
+
+
+def read_tensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CbmctlError(f"{path} is damaged or not a safetensors file ({str(error).splitlines()[0][:80]})") \
+            from None
+
+
+def load_model(directory: Path):
+    """(model, metadata) of a run; metadata["vectors"] holds the saved text embeddings."""
+    from cbmctl.model import model_from_tensors
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file() or not (directory / META_FILE).is_file():
+        raise CbmctlError(f"{directory} holds no trained model ({WEIGHTS_FILE} + {META_FILE}); train or resume it "
+                          "first")
+    metadata = read_json(directory / META_FILE, "model description")
+    return model_from_tensors(read_tensors(directory / WEIGHTS_FILE), metadata, str(directory))
+
+
+def save_checkpoint(run_dir: Path, tensors: dict, plain: dict) -> None:
+    """checkpoint.safetensors + checkpoint.json, each replaced atomically (the JSON last: it marks the pair)."""
+    from safetensors.torch import save_file
+
+    from cbmctl.files import atomic_path, write_text_atomic
+    base = Path(run_dir) / CHECKPOINT
+    with atomic_path(base.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp))
+    write_text_atomic(base.with_suffix(".json"), json.dumps(plain))
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict, dict] | None:
+    """(tensors, plain) of the run's checkpoint, or None when there is none. Nothing in it is executed."""
+    base = Path(run_dir) / CHECKPOINT
+    if not base.with_suffix(".json").is_file():
+        return None
+    plain = read_json(base.with_suffix(".json"), "checkpoint")
+    if not isinstance(plain, dict) or "epoch" not in plain:
+        raise CbmctlError(f"{base.with_suffix('.json')} is not a cbmctl checkpoint; remove it to restart the run")
+    return read_tensors(base.with_suffix(".safetensors")), plain
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    base = Path(run_dir) / CHECKPOINT
+    base.with_suffix(".json").unlink(missing_ok=True)
+    base.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str]) -> None:
+    """compare.json (every row as computed) and compare.csv (mean, std and 95 % interval of each key)."""
+    import csv
+    import io
+
+    from cbmctl.files import write_text_atomic
+    write_json(Path(run_dir) / COMPARE_JSON, rows)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    columns = ("mean", "std", "ci_low", "ci_high")
+    writer.writerow(["method"] + [f"{k}_{s}" for k in keys for s in columns])
+    for row in rows:
+        values = [row["method"]]
+        for key in keys:
+            cell = row.get(key)
+            values += [cell.get(s, "") for s in columns] if isinstance(cell, dict) else [""] * len(columns)
+        writer.writerow(values)
+    write_text_atomic(Path(run_dir) / COMPARE_CSV, text.getvalue())

@@ -1,14 +1,21 @@
-"""Training a Concept Bottleneck Model on cached embeddings, and the baselines on the same split.
+"""Training Concept Bottleneck Models on cached embeddings, and the baselines on the same split.
 
-Embeddings come from the HDF5 cache, never from a backbone forward per step. When a split fits on the
-device it is moved there once and batches are indexed there (the fast path); concept scores
-ψ = s · cos(image, concept) are computed once per run for all splits when that fits, else per batch."""
+Embeddings come from the HDF5 cache, never from a backbone forward per step. The split is moved to the
+device once and batches are indexed there; concept scores ψ = s · cos(image, concept) are computed once
+for every split when they fit, else per batch.
+
+Several models — the seeds and CBL objectives of a comparison — train together as one tensor program:
+their CBLs (S×C×C) and heads (S×K×C) are stacked, each model draws its own batch order and Gumbel noise
+from its own seeded generators and stops on its own validation loss, so a stack gives every model exactly
+what it would get alone (to float rounding), at the cost of little more than one run.
+
+After the CBL is trained, it is frozen and the sparse final layer (cbmctl.sparse) is fitted on its
+standardised activations along a regularisation path; every run reports the dense head and the sparse head
+at NEC = 5 (and the whole accuracy-sparsity path), whichever head it keeps as its model."""
 from __future__ import annotations
 
-import contextlib
-import copy
-import os
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,50 +24,13 @@ import torch.nn.functional as F
 
 from cbmctl import metrics as M
 from cbmctl.errors import CbmctlError
-from cbmctl.losses import GUMBEL_FORMS, LOSSES, cbl_loss
+from cbmctl.losses import cbl_loss
 from cbmctl.model import ConceptBottleneckModel
-
-BASELINES = ("linear-probe", "zero-shot")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from cbmctl.spec import BASELINES, TrainConfig
 # concept scores of every split are precomputed when they take at most this many bytes
 PRECOMPUTE_BYTES = 2 << 30
-
-
-@dataclass
-class TrainConfig:
-    loss: str = "gumbel"
-    gumbel_form: str = "paper"
-    tau: float = 1.0
-    hard: bool = False
-    l1_lambda: float = 1e-3
-    lr: float = 1e-4
-    cbl_lr: float = 1e-4
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    epochs: int = 200
-    patience: int = 20
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    cbl_init: str = "identity"
-    nec: int | None = None
-    precision_k: int = 5
-    fast_path: str = "auto"  # auto | on | off (off: plain CPU batches, ψ per batch; for checking)
-
-    def validate(self) -> None:
-        if self.loss not in LOSSES + BASELINES:
-            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(LOSSES + BASELINES)})")
-        if self.gumbel_form not in GUMBEL_FORMS:
-            raise CbmctlError(f"unknown --gumbel-form {self.gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
-        if self.hard and not (self.loss == "gumbel" and self.gumbel_form == "paper"):
-            raise CbmctlError("--hard applies only to --loss gumbel --gumbel-form paper (the reference form's "
-                              "−log of a hard sample is infinite)")
-        if self.optimizer not in OPTIMIZERS:
-            raise CbmctlError(f"unknown --optimizer {self.optimizer!r} ({', '.join(OPTIMIZERS)})")
-        if self.tau <= 0:
-            raise CbmctlError(f"--tau must be positive, got {self.tau}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise CbmctlError("--batch-size and --epochs must be at least 1")
+# the sparse head's design matrix (models × train images × concepts) is kept on the device up to this size
+SPARSE_MATERIALISE_BYTES = 4 << 30
 
 
 @dataclass
@@ -91,6 +61,48 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+class _Scores:
+    """ψ of one split on the device, precomputed when it fits, else computed per request."""
+
+    def __init__(self, data: TrainingData, split: str, device):
+        self.data, self.device = data, device
+        features = data.features[split]
+        self.labels = data.labels[split].to(device)
+        size = features.shape[0] * data.concept_vectors.shape[0] * 4
+        self.precomputed = data.scores(features.to(device)) if size <= PRECOMPUTE_BYTES else None
+        self.features = None if self.precomputed is not None else features.to(device)
+
+    def __len__(self):
+        return int(self.labels.shape[0])
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """ψ of the rows `index` (any shape, on the device) -> index.shape + (C,)."""
+        if self.precomputed is not None:
+            return self.precomputed[index]
+        return self.data.scores(self.features[index])
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        if self.precomputed is not None:
+            return self.precomputed[start:stop]
+        return self.data.scores(self.features[start:stop])
+
+
+def _stack_forward(scores: torch.Tensor, cbl: torch.Tensor, head: torch.Tensor):
+    """Activations (S×B×C) and dense-head logits (S×B×K) of S stacked models; `scores` is S×B×C, or B×C
+    shared by every model."""
+    if scores.dim() == 2:
+        scores = scores.expand(cbl.shape[0], -1, -1)
+    activations = torch.bmm(scores, cbl.transpose(1, 2))
+    return activations, torch.bmm(activations, head.transpose(1, 2))
+
+
+def _stack_activations(source: _Scores, cbl: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([_stack_forward(source.rows(s, min(s + chunk, len(source))), cbl, cbl[:, :0])[0]
+                          for s in range(0, len(source), chunk)], dim=1) if len(source) else \
+            cbl.new_zeros(cbl.shape[0], 0, cbl.shape[1])
+
+
 def _optimizer(name, params, lr, weight_decay):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -99,177 +111,344 @@ def _optimizer(name, params, lr, weight_decay):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-class _Scores:
-    """Batches of (ψ, labels) for one split: device-resident and precomputed (fast path) or plain."""
-
-    def __init__(self, data: TrainingData, split: str, device, fast: bool):
-        self.data, self.fast, self.device = data, fast, device
-        features, labels = data.features[split], data.labels[split]
-        if fast:
-            self.labels = labels.to(device)
-            size = features.shape[0] * data.concept_vectors.shape[0] * 4
-            self.scores = data.scores(features.to(device)) if size <= PRECOMPUTE_BYTES else None
-            self.features = None if self.scores is not None else features.to(device)
-        else:
-            self.features, self.labels, self.scores = features, labels, None
-
-    def __len__(self):
-        return int(self.labels.shape[0])
-
-    def batch(self, index: torch.Tensor):
-        if self.fast:
-            index = index.to(self.device)
-            scores = self.scores[index] if self.scores is not None else self.data.scores(self.features[index])
-            return scores, self.labels[index]
-        # the plain path: gather on the CPU, compute ψ per batch, then move the batch
-        scores = self.data.scores(self.features[index])
-        return scores.to(self.device), self.labels[index].to(self.device)
-
-    def all(self, chunk: int = 8192):
-        for start in range(0, len(self), chunk):
-            yield self.batch(torch.arange(start, min(start + chunk, len(self))))
+def _member_configs(base: TrainConfig, members: list[tuple[str, int]]) -> list[TrainConfig]:
+    configs = [replace(base, loss=loss, seed=seed, hard=base.hard and loss == "gumbel") for loss, seed in members]
+    for config in configs:
+        config.validate()
+        if config.loss in BASELINES:
+            raise CbmctlError(f"{config.loss} is a baseline, not a CBM")
+    return configs
 
 
-def _forward_split(model, source: _Scores):
+class _Stack:
+    """The training state of S stacked models: parameters, optimizers, generators, early stopping."""
+
+    def __init__(self, data: TrainingData, configs: list[TrainConfig], device):
+        base = configs[0]
+        c, k, s = len(data.concepts), len(data.classes), len(configs)
+        self.configs, self.device = configs, device
+        init = []
+        for config in configs:
+            torch.manual_seed(config.seed)
+            init.append(ConceptBottleneckModel(c, k, config.cbl_init).cbl.weight.detach())
+        self.initial_cbl = torch.stack(init).to(device)
+        self.cbl = torch.nn.Parameter(self.initial_cbl.clone())
+        self.head = torch.nn.Parameter(torch.zeros(s, k, c, device=device))
+        self.cbl_optimizer = _optimizer(base.optimizer, [self.cbl], base.cbl_lr, base.weight_decay)
+        self.head_optimizer = _optimizer(base.optimizer, [self.head], base.lr, base.weight_decay)
+        self.order = [torch.Generator().manual_seed(config.seed) for config in configs]
+        self.noise = [torch.Generator(device=device).manual_seed(config.seed + 1) for config in configs]
+        self.history: list[list[dict]] = [[] for _ in configs]
+        self.best_loss = [math.inf] * s
+        self.best_epoch = [0] * s
+        self.stopped = [False] * s
+        self.best_cbl = self.cbl.detach().clone()
+        self.best_head = self.head.detach().clone()
+        self.epoch = 0
+        groups: dict[tuple, list[int]] = {}
+        for m, config in enumerate(configs):
+            groups.setdefault((config.loss, config.gumbel_form, config.tau, config.hard, config.l1_lambda), []).append(m)
+        self.loss_groups = [(key, torch.tensor(index, device=device), index) for key, index in groups.items()]
+
+    # checkpoints: tensors in safetensors, everything else in JSON, never a pickle
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"cbl": self.cbl.detach(), "head": self.head.detach(), "best_cbl": self.best_cbl,
+                   "best_head": self.best_head}
+        tensors.update({f"order_rng.{m}": g.get_state() for m, g in enumerate(self.order)})
+        tensors.update({f"noise_rng.{m}": g.get_state() for m, g in enumerate(self.noise)})
+        plain = {"epoch": self.epoch, "history": self.history, "best_loss": self.best_loss,
+                 "best_epoch": self.best_epoch, "stopped": self.stopped,
+                 "members": [[c.loss, c.seed] for c in self.configs]}
+        for name, optimizer in (("cbl_optimizer", self.cbl_optimizer), ("head_optimizer", self.head_optimizer)):
+            state = optimizer.state_dict()
+            for index, values in state["state"].items():
+                for key, value in values.items():
+                    tensors[f"{name}.{index}.{key}"] = torch.as_tensor(value)
+            plain[name] = {"param_groups": state["param_groups"],
+                           "keys": {str(i): sorted(v) for i, v in state["state"].items()}}
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, plain
+
+    def load(self, tensors: dict[str, torch.Tensor], plain: dict) -> None:
+        if plain.get("members") != [[c.loss, c.seed] for c in self.configs]:
+            raise CbmctlError("the checkpoint was written for other methods or seeds; start a new run")
+        try:
+            with torch.no_grad():
+                for name in ("cbl", "head"):
+                    getattr(self, name).copy_(tensors[name])
+                self.best_cbl.copy_(tensors["best_cbl"])
+                self.best_head.copy_(tensors["best_head"])
+            for m, g in enumerate(self.order):
+                g.set_state(tensors[f"order_rng.{m}"])
+            for m, g in enumerate(self.noise):
+                g.set_state(tensors[f"noise_rng.{m}"].to(g.device) if g.device.type != "cpu"
+                            else tensors[f"noise_rng.{m}"])
+            for name, optimizer in (("cbl_optimizer", self.cbl_optimizer), ("head_optimizer", self.head_optimizer)):
+                saved = plain[name]
+                state = {int(i): {key: tensors[f"{name}.{i}.{key}"].to(self.device) if key != "step"
+                                  else tensors[f"{name}.{i}.{key}"] for key in keys}
+                         for i, keys in saved["keys"].items()}
+                optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise CbmctlError(f"the checkpoint is damaged or from another run ({str(error)[:80]})") from None
+        self.epoch = int(plain["epoch"])
+        self.history = plain["history"]
+        self.best_loss = [float(v) for v in plain["best_loss"]]
+        self.best_epoch = [int(v) for v in plain["best_epoch"]]
+        self.stopped = [bool(v) for v in plain["stopped"]]
+
+
+def _learning_rate_factor(config: TrainConfig, epoch: int) -> float:
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(config.epochs, 1)))
+    return 1.0
+
+
+def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, int]],
+               checkpoint_dir: Path | None = None, log=None) -> list[TrainResult]:
+    """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring);
+    with `checkpoint_dir`, a checkpoint there is written after every epoch and resumed from when present."""
+    from cbmctl import runs
+    from cbmctl.backbones import resolve_device
+    configs = _member_configs(base, members)
+    device = resolve_device(base.device)
+    train, val = _Scores(data, "train", device), _Scores(data, "val", device)
+    stack = _Stack(data, configs, device)
+    saved = runs.load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if saved is not None:
+        stack.load(*saved)
+        if log:
+            log(f"resuming after epoch {stack.epoch}")
+    s, n = len(configs), len(train)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
+    for epoch in range(stack.epoch + 1, base.epochs + 1):
+        if all(stack.stopped):
+            break
+        factor = _learning_rate_factor(base, epoch)
+        for optimizer, lr in ((stack.cbl_optimizer, base.cbl_lr), (stack.head_optimizer, base.lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+        permutations = torch.stack([torch.randperm(n, generator=g) for g in stack.order]).to(device)
+        sums = torch.zeros(s, 4, dtype=torch.float64, device=device)  # loss, cbl loss, ce, correct
+        for start in range(0, n, base.batch_size):
+            index = permutations[:, start:start + base.batch_size]
+            scores, labels = train.gather(index), train.labels[index]
+            with autocast:
+                activations, logits = _stack_forward(scores, stack.cbl, stack.head)
+            activations, logits = activations.float(), logits.float()
+            objective = torch.zeros(s, device=device)
+            for (loss, form, tau, hard, l1_lambda), index_tensor, index_list in stack.loss_groups:
+                objective = objective.index_put((index_tensor,), cbl_loss(
+                    loss, z=activations[index_tensor], scores=scores[index_tensor],
+                    cbl_weight=stack.cbl[index_tensor], gumbel_form=form, tau=tau, hard=hard, l1_lambda=l1_lambda,
+                    generator=[stack.noise[m] for m in index_list]))
+            cross_entropy = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(s, -1).mean(1)
+            total = objective + cross_entropy
+            if not bool(torch.isfinite(total).all()):
+                bad = [configs[m] for m in range(s) if not torch.isfinite(total[m])]
+                raise CbmctlError(f"the {bad[0].loss} loss (seed {bad[0].seed}) became "
+                                  f"{float(total[configs.index(bad[0])].detach())} at epoch {epoch}; lower "
+                                  "--lr/--cbl-lr" + (" or raise --tau" if bad[0].loss == "gumbel" else ""))
+            stack.cbl_optimizer.zero_grad(set_to_none=True)
+            stack.head_optimizer.zero_grad(set_to_none=True)
+            total.sum().backward()
+            stack.cbl_optimizer.step()
+            stack.head_optimizer.step()
+            count = labels.shape[1]
+            with torch.no_grad():
+                sums += torch.stack([total, objective, cross_entropy,
+                                     (logits.argmax(-1) == labels).double().sum(1) / count], 1).double() * count
+        with torch.no_grad():
+            val_activations, val_logits = _stack_forward(val.rows(0, len(val)), stack.cbl, stack.head)
+            val_losses = [float(F.cross_entropy(val_logits[m].float(), val.labels)) if len(val) else 0.0
+                          for m in range(s)]
+            val_top1 = [M.topk_accuracy(val_logits[m].float(), val.labels, 1) for m in range(s)]
+        sums = (sums / n).tolist()
+        for m in range(s):
+            if stack.stopped[m]:
+                continue
+            row = {"epoch": epoch, "loss": sums[m][0], "cbl_loss": sums[m][1], "ce": sums[m][2],
+                   "train_top1": sums[m][3], "val_loss": val_losses[m], "val_top1": val_top1[m],
+                   "lr": base.lr * factor}
+            stack.history[m].append(row)
+            if val_losses[m] < stack.best_loss[m]:
+                stack.best_loss[m], stack.best_epoch[m] = val_losses[m], epoch
+                with torch.no_grad():
+                    stack.best_cbl[m].copy_(stack.cbl[m])
+                    stack.best_head[m].copy_(stack.head[m])
+            if epoch >= configs[m].min_epochs and epoch - stack.best_epoch[m] >= configs[m].patience:
+                stack.stopped[m] = True
+        stack.epoch = epoch
+        if log:
+            log(_epoch_line(epoch, configs, stack))
+        if checkpoint_dir is not None:
+            runs.save_checkpoint(checkpoint_dir, *stack.state())
+    return _finish(data, configs, stack, device, log)
+
+
+class _no_autocast:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _epoch_line(epoch: int, configs, stack: _Stack) -> str:
+    if len(configs) == 1:
+        row = stack.history[0][-1] if stack.history[0] else {}
+        return (f"epoch {epoch:3d}  loss {row.get('loss', 0):.4f} (cbl {row.get('cbl_loss', 0):.4f}, "
+                f"ce {row.get('ce', 0):.4f})  train {row.get('train_top1', 0):.4f}  val loss "
+                f"{row.get('val_loss', 0):.4f}  val {row.get('val_top1', 0):.4f}")
+    running = sum(not s for s in stack.stopped)
+    return f"epoch {epoch:3d}  {running}/{len(configs)} models still training"
+
+
+def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log) -> list[TrainResult]:
+    """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
+    from cbmctl.sparse import SparseConfig, fit_path
+    base = configs[0]
+    cbl, dense_head = stack.best_cbl, stack.best_head
+    sources = {split: _Scores(data, split, device) for split in ("train", "val", "test")}
+    mean, std = _activation_moments(sources["train"], cbl)
+    designs = {split: _design(source, cbl, mean, std) for split, source in sources.items()}
+    levels = sorted(set(M.NEC_LEVELS) | {c.nec for c in configs})
+    path = fit_path(designs["train"], len(data.classes), levels,
+                    SparseConfig(alpha=base.sparse_alpha), designs["val"], designs["test"], log=None)
+    results = []
+    for m, config in enumerate(configs):
+        dense = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "dense")
+        dense.set_head("dense", dense_head[m].cpu())
+        with torch.no_grad():
+            dense.cbl.weight.copy_(cbl[m].cpu())
+        sparse = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "sparse")
+        weight, bias = path.heads[config.nec]
+        sparse.set_head("sparse", weight[m].cpu(), bias[m].cpu(), mean[m].cpu(), std[m].cpu())
+        with torch.no_grad():
+            sparse.cbl.weight.copy_(cbl[m].cpu())
+        chosen = sparse if config.head == "sparse" else dense
+        metrics = evaluate_splits(chosen, data, config)
+        for split in ("val", "test"):
+            metrics["dense"] = metrics.get("dense", {})
+            metrics["dense"][split] = evaluate_head(dense, data, split, device)
+            metrics["sparse"] = metrics.get("sparse", {"nec": config.nec})
+            metrics["sparse"][split] = evaluate_head(sparse, data, split, device)
+        accuracy_at = {}
+        for level in M.NEC_LEVELS:
+            head_w, head_b = path.heads[min(level, len(data.concepts))]
+            probe = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "sparse")
+            probe.set_head("sparse", head_w[m].cpu(), head_b[m].cpu(), mean[m].cpu(), std[m].cpu())
+            with torch.no_grad():
+                probe.cbl.weight.copy_(cbl[m].cpu())
+            accuracy_at[level] = evaluate_head(probe, data, "test", device)["top1"]
+        history = stack.history[m]
+        best = stack.best_epoch[m]
+        test = metrics["test"]
+        test["dense_top1"] = metrics["dense"]["test"]["top1"]
+        test[f"nec{config.nec}_top1"] = metrics["sparse"]["test"]["top1"]
+        if config.nec != 5:
+            test["nec5_top1"] = accuracy_at[5]
+        test["anec"] = M.anec(accuracy_at)
+        metrics.update({
+            "head": config.head, "nec_accuracy": {str(k): v for k, v in accuracy_at.items()},
+            "anec": test["anec"], "path": path.points[m], "refit": {str(k): v[m] for k, v in path.refit.items()},
+            "best_epoch": best, "epochs_run": history[-1]["epoch"] if history else 0,
+            "ce_at_best": history[best - 1]["ce"] if best else None,
+            "cbl_change": float((cbl[m] - stack.initial_cbl[m]).norm() / stack.initial_cbl[m].norm().clamp_min(1e-12)),
+        })
+        results.append(TrainResult(chosen.cpu().eval(), metrics, history, best,
+                                   {"dense": dense.eval(), "sparse": sparse.eval()}))
+    return results
+
+
+def _activation_moments(source: _Scores, cbl: torch.Tensor, chunk: int = 8192):
+    """Per model, the mean and standard deviation of each CBL activation over the train split (σ of a
+    constant activation is taken as 1: its standardised value is 0 and the head never uses it)."""
+    s, c = cbl.shape[0], cbl.shape[1]
+    total = torch.zeros(s, c, dtype=torch.float64, device=cbl.device)
+    squares = torch.zeros_like(total)
+    with torch.no_grad():
+        for start in range(0, len(source), chunk):
+            a = _stack_forward(source.rows(start, min(start + chunk, len(source))), cbl, cbl[:, :0])[0].double()
+            total += a.sum(1)
+            squares += (a * a).sum(1)
+    n = max(len(source), 1)
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6 * std.amax(1, keepdim=True).clamp_min(1e-30), std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+def _design(source: _Scores, cbl: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    from cbmctl.sparse import Design
+
+    def produce(start, stop):
+        with torch.no_grad():
+            a = _stack_forward(source.rows(start, stop), cbl, cbl[:, :0])[0]
+            return (a - mean[:, None, :]) / std[:, None, :]
+    size = cbl.shape[0] * len(source) * cbl.shape[1] * 4
+    return Design(produce, source.labels, 8192, materialise=size <= SPARSE_MATERIALISE_BYTES)
+
+
+def _model_outputs(model: ConceptBottleneckModel, source: _Scores, chunk: int = 8192):
     activations, logits = [], []
     with torch.no_grad():
-        for scores, _ in source.all():
-            a, z = model(scores)
+        for start in range(0, len(source), chunk):
+            a, z = model(source.rows(start, min(start + chunk, len(source))))
             activations.append(a.float())
             logits.append(z.float())
+    if not activations:
+        c, k = model.num_concepts, model.num_classes
+        return torch.zeros(0, c, device=source.device), torch.zeros(0, k, device=source.device)
     return torch.cat(activations), torch.cat(logits)
 
 
-def evaluate_model(model, source: _Scores, data: TrainingData, split: str, config: TrainConfig) -> dict:
-    """Accuracy, sparsity and faithfulness of `model` on one split."""
-    activations, logits = _forward_split(model, source)
+def evaluate_head(model: ConceptBottleneckModel, data: TrainingData, split: str, device) -> dict:
+    """Accuracy and calibration of a model on one split."""
+    model = model.to(device).eval()
+    source = _Scores(data, split, device)
+    _, logits = _model_outputs(model, source)
+    return M.classification_metrics(logits, source.labels, model.num_classes)
+
+
+def evaluate_model(model: ConceptBottleneckModel, source: _Scores, data: TrainingData, split: str,
+                   config: TrainConfig) -> dict:
+    """Accuracy, calibration, sparsity and faithfulness of `model` on one split."""
+    activations, logits = _model_outputs(model, source)
     labels = source.labels
     predicted = logits.argmax(dim=1)
     contributions = model.contributions(activations, predicted)
-    result = {
-        "top1": M.topk_accuracy(logits, labels, 1), "top5": M.topk_accuracy(logits, labels, 5),
-        "mean_per_class": M.mean_per_class_accuracy(logits, labels, model.num_classes),
-        "l0_mean": float(M.activation_l0(activations).float().mean()),
-        "nec": M.effective_concepts(model.head.weight.detach()),
-        "coverage90_mean": float(M.coverage(contributions, 0.9).float().mean()),
-        "images": len(labels),
-    }
+    result = {**M.classification_metrics(logits, labels, model.num_classes), **M.activation_sparsity(activations),
+              "nec": M.nec(model.class_concept_weights()),
+              "coverage90_mean": float(M.coverage(contributions, 0.9).float().mean())}
     truth = data.truth.get(split)
     if truth is not None:
-        result[f"concept_precision@{config.precision_k}"] = M.concept_precision_at_k(
-            activations, torch.as_tensor(truth, device=activations.device), config.precision_k)
-    if config.nec:
-        head = M.truncate_head(model.head.weight.detach(), config.nec)
-        truncated = activations @ head.T
-        result[f"nec{config.nec}_top1"] = M.topk_accuracy(truncated, labels, 1)
-        result[f"nec{config.nec}_mean_per_class"] = M.mean_per_class_accuracy(truncated, labels, model.num_classes)
+        truth = torch.as_tensor(truth, device=activations.device)
+        k = config.precision_k
+        result[f"concept_precision@{k}"] = M.concept_precision_at_k(activations, truth, k)
+        result[f"explanation_precision@{k}"] = M.explanation_precision_at_k(
+            contributions, model.head_inputs(activations), truth, k)
     return result
 
 
-def _checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def train_cbm(data: TrainingData, config: TrainConfig, checkpoint: Path | None = None, log=None,
-              resume: dict | None = None) -> TrainResult:
-    """Train CBL + head with the configured CBL objective plus cross-entropy; select the epoch by
-    validation top-1 with early stopping; evaluate the test split once, with the selected weights."""
-    from cbmctl.backbones import resolve_device
-    config.validate()
-    device = resolve_device(config.device)
-    fast = config.fast_path != "off"
-    torch.manual_seed(config.seed)
-    model = ConceptBottleneckModel(len(data.concepts), len(data.classes), config.cbl_init).to(device)
-    cbl_optimizer = _optimizer(config.optimizer, model.cbl.parameters(), config.cbl_lr, config.weight_decay)
-    head_optimizer = _optimizer(config.optimizer, model.head.parameters(), config.lr, config.weight_decay)
-    order = torch.Generator().manual_seed(config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
-    train, val = _Scores(data, "train", device, fast), _Scores(data, "val", device, fast)
-    history, best_state, best_top1, best_epoch, start = [], None, -1.0, 0, 1
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        cbl_optimizer.load_state_dict(resume["cbl_optimizer"])
-        head_optimizer.load_state_dict(resume["head_optimizer"])
-        order.set_state(resume["order_rng"])
-        noise.set_state(resume["noise_rng"])
-        history, best_top1, best_epoch = resume["history"], resume["best_top1"], resume["best_epoch"]
-        best_state, start = resume["best_state"], resume["epoch"] + 1
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    for epoch in range(start, config.epochs + 1):
-        if epoch - best_epoch > config.patience and best_epoch:
-            break
-        model.train()
-        permutation = torch.randperm(len(train), generator=order)
-        sums = {"loss": 0.0, "cbl_loss": 0.0, "ce": 0.0, "correct": 0}
-        for start_index in range(0, len(train), config.batch_size):
-            scores, labels = train.batch(permutation[start_index:start_index + config.batch_size])
-            with autocast:
-                activations, logits = model(scores)
-            activations, logits = activations.float(), logits.float()
-            objective = cbl_loss(config.loss, z=activations, scores=scores, cbl_weight=model.cbl.weight,
-                                 gumbel_form=config.gumbel_form, tau=config.tau, hard=config.hard,
-                                 l1_lambda=config.l1_lambda, generator=noise)
-            cross_entropy = F.cross_entropy(logits, labels)
-            loss = objective + cross_entropy
-            if not torch.isfinite(loss):
-                raise CbmctlError(f"the loss became {float(loss.detach())} at epoch {epoch}; lower --lr/--cbl-lr or raise --tau")
-            cbl_optimizer.zero_grad(set_to_none=True)
-            head_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            cbl_optimizer.step()
-            head_optimizer.step()
-            n = len(labels)
-            sums["loss"] += float(loss.detach()) * n
-            sums["cbl_loss"] += float(objective.detach()) * n
-            sums["ce"] += float(cross_entropy.detach()) * n
-            sums["correct"] += int((logits.argmax(1) == labels).sum())
-        model.eval()
-        _, val_logits = _forward_split(model, val)
-        val_top1 = M.topk_accuracy(val_logits, val.labels, 1)
-        row = {"epoch": epoch, "loss": sums["loss"] / len(train), "cbl_loss": sums["cbl_loss"] / len(train),
-               "ce": sums["ce"] / len(train), "train_top1": sums["correct"] / len(train), "val_top1": val_top1}
-        history.append(row)
-        if val_top1 > best_top1:
-            best_top1, best_epoch = val_top1, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        if log:
-            log(f"epoch {epoch:3d}  loss {row['loss']:.4f} (cbl {row['cbl_loss']:.4f}, ce {row['ce']:.4f})  "
-                f"train {row['train_top1']:.4f}  val {val_top1:.4f}")
-        if checkpoint is not None:
-            _checkpoint(checkpoint, {"model": model.state_dict(), "cbl_optimizer": cbl_optimizer.state_dict(),
-                                     "head_optimizer": head_optimizer.state_dict(), "order_rng": order.get_state(),
-                                     "noise_rng": noise.get_state(), "history": history, "best_top1": best_top1,
-                                     "best_epoch": best_epoch, "best_state": best_state, "epoch": epoch,
-                                     "config": asdict(config)})
-    model.load_state_dict(best_state)
-    model.eval()
-    metrics = {**evaluate_splits(model, data, config, fast),
-               "best_epoch": best_epoch, "epochs_run": history[-1]["epoch"] if history else 0}
-    return TrainResult(model.cpu(), metrics, history, best_epoch)
-
-
-def evaluate_splits(model, data: TrainingData, config: TrainConfig, fast: bool = True,
-                    splits=("test", "val")) -> dict:
+def evaluate_splits(model, data: TrainingData, config: TrainConfig, splits=("test", "val")) -> dict:
     """evaluate_model on each split, with the model on the configured device."""
     from cbmctl.backbones import resolve_device
     device = resolve_device(config.device)
     model = model.to(device).eval()
-    return {split: evaluate_model(model, _Scores(data, split, device, fast), data, split, config) for split in splits}
+    return {split: evaluate_model(model, _Scores(data, split, device), data, split, config) for split in splits}
+
+
+def train_cbm(data: TrainingData, config: TrainConfig, checkpoint_dir: Path | None = None, log=None) -> TrainResult:
+    """One CBM: the CBL objective plus cross-entropy, the epoch chosen by validation loss, then its head."""
+    config.validate()
+    return train_many(data, config, [(config.loss, config.seed)], checkpoint_dir, log)[0]
 
 
 def run_baseline(data: TrainingData, name: str) -> TrainResult:
     """The linear probe (on image embeddings, L2 chosen on val) or zero-shot CLIP, on the same split."""
     from cbmctl.probe import fit_linear_probe
-
-    def scores_metrics(logits, labels):
-        return {"top1": M.topk_accuracy(logits, labels, 1), "top5": M.topk_accuracy(logits, labels, 5),
-                "mean_per_class": M.mean_per_class_accuracy(logits, labels, len(data.classes)),
-                "images": len(labels)}
-
     if name == "zero-shot":
-        logits = {s: data.features[s] @ data.class_vectors.T for s in ("val", "test")}
+        logits = {s: data.logit_scale * data.features[s] @ data.class_vectors.T for s in ("val", "test")}
         extra = {}
     elif name == "linear-probe":
         probe = fit_linear_probe(data.features["train"].numpy(), data.labels["train"].numpy(),
@@ -278,15 +457,9 @@ def run_baseline(data: TrainingData, name: str) -> TrainResult:
         extra = {"l2": probe.l2}
     else:
         raise CbmctlError(f"unknown baseline {name!r}")
-    metrics = {s: scores_metrics(logits[s], data.labels[s]) for s in ("val", "test")}
+    metrics = {s: M.classification_metrics(logits[s], data.labels[s], len(data.classes)) for s in ("val", "test")}
     metrics.update(extra)
     return TrainResult(None, metrics, [], 0)
-
-
-def run_method(data: TrainingData, config: TrainConfig, **kwargs) -> TrainResult:
-    if config.loss in BASELINES:
-        return run_baseline(data, config.loss)
-    return train_cbm(data, config, **kwargs)
 
 
 def seeds_summary(results: list[TrainResult]) -> dict:
@@ -361,3 +534,7 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
                                                         "val_fraction", "val_seed")},
                 "concept_set": concept_set.record(), "logit_scale": float(cache.attrs["logit_scale"])},
     )
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

@@ -33,7 +33,7 @@ def data(cache_file):
 
 
 def quick(**changes):
-    return replace(TrainConfig(epochs=8, patience=50, device="cpu", batch_size=64), **changes)
+    return replace(TrainConfig(epochs=8, min_epochs=0, patience=50, device="cpu", batch_size=64), **changes)
 
 
 def test_both_layers_learn_and_the_head_changes(data):
@@ -48,10 +48,11 @@ def test_both_layers_learn_and_the_head_changes(data):
 def test_every_loss_trains_and_reports_every_metric(data, loss):
     result = train_cbm(data, quick(loss=loss, nec=2, epochs=3))
     test = result.metrics["test"]
-    for key in ("top1", "top5", "mean_per_class", "l0_mean", "nec", "coverage90_mean", "concept_precision@5",
-                "nec2_top1"):
+    for key in ("top1", "top5", "mean_per_class", "ece", "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean",
+                "nec", "coverage90_mean", "concept_precision@5", "dense_top1", "nec2_top1", "nec5_top1", "anec"):
         assert key in test and np.isfinite(test[key]), key
-    assert 1 <= test["coverage90_mean"] <= len(CONCEPTS) and test["top5"] == 1.0  # 4 classes ≤ 5
+    assert test["nec"] == 2.0  # the sparse head holds exactly NEC x classes weights
+    assert 1 <= test["coverage90_mean"] <= 2  # at most the two concepts a class's row uses
 
 
 def test_reference_form_and_hard_samples_train(data):
@@ -68,22 +69,24 @@ def test_deterministic_for_a_seed(data):
     assert not torch.equal(first.model.head.weight, train_cbm(data, quick(seed=6)).model.head.weight)
 
 
-def test_fast_path_equals_plain_path(data):
-    fast, plain = train_cbm(data, quick(fast_path="on")), train_cbm(data, quick(fast_path="off"))
-    assert torch.allclose(fast.model.cbl.weight, plain.model.cbl.weight, atol=1e-5)
-    assert torch.allclose(fast.model.head.weight, plain.model.head.weight, atol=1e-5)
-    assert fast.metrics["test"]["top1"] == plain.metrics["test"]["top1"]
+def test_precomputed_scores_equal_scores_per_batch(data, monkeypatch):
+    precomputed = train_cbm(data, quick())
+    monkeypatch.setattr("cbmctl.train.PRECOMPUTE_BYTES", 0)  # too large to precompute: ψ per batch
+    per_batch = train_cbm(data, quick())
+    assert torch.allclose(precomputed.model.cbl.weight, per_batch.model.cbl.weight, atol=1e-5)
+    assert torch.allclose(precomputed.extra["dense"].head.weight, per_batch.extra["dense"].head.weight, atol=1e-5)
+    assert precomputed.metrics["test"]["dense_top1"] == per_batch.metrics["test"]["dense_top1"]
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(data, tmp_path):
+    from cbmctl import runs
     straight = train_cbm(data, quick(epochs=6))
-    checkpoint = tmp_path / "checkpoint.pt"
-    train_cbm(data, quick(epochs=3), checkpoint=checkpoint)
-    state = torch.load(checkpoint, weights_only=False)
-    assert state["epoch"] == 3
-    resumed = train_cbm(data, quick(epochs=6), resume=state)
-    assert torch.equal(resumed.model.head.weight, straight.model.head.weight)
-    assert [h["val_top1"] for h in resumed.history] == [h["val_top1"] for h in straight.history]
+    train_cbm(data, quick(epochs=3), checkpoint_dir=tmp_path)
+    tensors, plain = runs.load_checkpoint(tmp_path)
+    assert plain["epoch"] == 3 and set(tensors) >= {"cbl", "head", "order_rng.0", "noise_rng.0"}
+    resumed = train_cbm(data, quick(epochs=6), checkpoint_dir=tmp_path)
+    assert torch.equal(resumed.extra["dense"].head.weight, straight.extra["dense"].head.weight)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
 
 
 def test_concept_precision_uses_ground_truth(data):
@@ -110,7 +113,8 @@ def test_train_cli_run_directory_and_config_roundtrip(cli, cache_file, tmp_path)
     assert model_meta["dataset"]["dataset_fingerprint"] == "fp0" and model_meta["concept_set"]["size"] == 8
     assert model_meta["versions"]["torch"] == torch.__version__
     config = yaml.safe_load((latest / "config.yaml").read_text())
-    assert config["loss"] == "gumbel" and config["epochs"] == 4 and config["cache_path"] == str(cache_file.resolve())
+    assert config["methods"] == ["gumbel"] and config["epochs"] == 4
+    assert config["cache_path"] == str(cache_file.resolve())
     replay = cli("train", "--config", latest / "config.yaml", "--json", "--quiet")
     assert replay.exit_code == 0, replay.output
     assert json.loads(replay.output)["test"] == metrics["test"]
@@ -169,13 +173,13 @@ def test_cli_resume_after_sigkill(tmp_path):
 
     process = subprocess.Popen(command(tmp_path / "killed"), env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "killed").glob("*/checkpoint.pt")):
+    while time.time() < deadline and not list((tmp_path / "killed").glob("*/checkpoint.json")):
         time.sleep(0.02)
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
     run = next((tmp_path / "killed").glob("*-gumbel"))
-    assert (run / "checkpoint.pt").is_file() and not (run / "model.safetensors").exists()
+    assert (run / "checkpoint.json").is_file() and not (run / "model.safetensors").exists()
     resumed = subprocess.run([sys.executable, "-m", "cbmctl", "train", "--resume", str(run), "--quiet", "--json"],
                              env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

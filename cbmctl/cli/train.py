@@ -1,141 +1,156 @@
-"""`cbmctl train`: a Concept Bottleneck Model (or a baseline, or a comparison) on a dataset's cache."""
+"""`cbmctl train`: a Concept Bottleneck Model (or a baseline, or a comparison) on a dataset's cache.
+
+Every option defaults to "not given"; the values that count are merged as defaults < --config file <
+command line and checked by cbmctl.experiment.ExperimentSpec, which also shows the defaults in --help."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from dataclasses import asdict
+
 import click
 
 from cbmctl.cli.common import print_json
+from cbmctl.spec import CBL_INITS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
 
-LOSS_CHOICES = ["gumbel", "contrastive", "l1", "cos3", "none", "linear-probe", "zero-shot"]
-ALL_METHODS = "gumbel,contrastive,l1,cos3,none,linear-probe,zero-shot"
+DEFAULTS = {name: str(value) for name, value in asdict(TrainConfig()).items()}
 
 
-def _ints(text):
-    try:
-        return [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+def _option(*flags, name=None, **kwargs):
+    """A click option that defaults to None (not given) and shows TrainConfig's default in --help."""
+    key = name or flags[0].lstrip("-").replace("-", "_")
+    if key in DEFAULTS:
+        kwargs["show_default"] = DEFAULTS[key]
+    return click.option(*flags, key, default=None, **kwargs)
 
 
 @click.command()
 @click.argument("data", required=False)
-@click.option("--loss", "-l", type=click.Choice(LOSS_CHOICES), default="gumbel", show_default=True,
-              help="CBL objective, or a baseline (linear-probe, zero-shot).")
-@click.option("--gumbel-form", type=click.Choice(["paper", "reference"]), default="paper", show_default=True,
-              help="Sparse-CBM loss as the paper states it, or as its public code computes it.")
-@click.option("--tau", type=float, default=1.0, show_default=True, help="Gumbel-Softmax temperature.")
-@click.option("--hard", is_flag=True, help="Straight-through hard Gumbel samples (paper form only).")
-@click.option("--l1-lambda", type=float, default=1e-3, show_default=True, help="Strength of the l1 objective.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate of the head.")
-@click.option("--cbl-lr", type=float, default=1e-4, show_default=True, help="Learning rate of the CBL.")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True, help="At most this many.")
-@click.option("--patience", type=click.IntRange(1), default=20, show_default=True,
-              help="Stop after this many epochs without a better validation top-1.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2: reports mean ± std.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, ...")
-@click.option("--cbl-init", type=click.Choice(["identity", "random"]), default="identity", show_default=True)
-@click.option("--nec", type=click.IntRange(1), default=None, help="Also report accuracy with the head truncated "
-              "to this many concepts per class.")
-@click.option("--precision-k", type=click.IntRange(1), default=5, show_default=True,
-              help="k of concept precision@k (where ground truth exists).")
-@click.option("--concept-map", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML concept -> attribute name(s), for concept precision on CUB attributes.")
-@click.option("--compare", default=None, help=f"Train several methods on the same split: e.g. {ALL_METHODS} "
-              "(or 'all').")
-@click.option("--random-concepts", is_flag=True, help="Control: replace the concepts by as many random words.")
-@click.option("--model", "-m", default=None, help="Backbone (default: the dataset's cbmctl.yaml, else ViT-L-14).")
-@click.option("--pretrained", "-p", default=None)
-@click.option("--concepts", "-c", default=None, help="Concept set NAME or PATH (default: the dataset's cbmctl.yaml, "
-              "else the built-in set named like the dataset).")
-@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False), help="Cache file to use/make.")
-@click.option("--data-root", default=None, envvar="CBMCTL_DATA")
-@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False),
-              help="Where run directories go.")
+@_option("--loss", "-l", type=click.Choice(METHODS),
+         help="CBL objective (gumbel = Sparse-CBM), or a baseline (linear-probe, zero-shot).")
+@_option("--gumbel-form", type=click.Choice(GUMBEL_FORMS),
+         help="Sparse-CBM loss as the paper states it, or as its public code computes it.")
+@_option("--tau", type=float, help="Gumbel-Softmax temperature.")
+@_option("--hard", type=bool, is_flag=True, flag_value=True, help="Straight-through hard Gumbel samples (paper form).")
+@_option("--l1-lambda", type=float, help="Strength λ of the l1 objective (λ/C)·Σ|W|.")
+@_option("--head", type=click.Choice(HEADS),
+         help="The run's final layer: sparse (elastic-net path, NEC per class, LF-CBM/VLG-CBM) or dense (the paper).")
+@_option("--nec", type=click.IntRange(1), help="Sparse head: non-zero weights per class (exactly NEC × classes).")
+@_option("--lr", type=float, help="Learning rate of the dense head (the paper: 1e-4).")
+@_option("--cbl-lr", type=float, help="Learning rate of the CBL (the paper: 1e-4).")
+@_option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer of both layers.")
+@_option("--weight-decay", type=float, help="Weight decay of both optimizers.")
+@_option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule over --epochs.")
+@_option("--epochs", type=click.IntRange(1), help="At most this many epochs.")
+@_option("--min-epochs", type=click.IntRange(0), help="Never stop before this many epochs.")
+@_option("--patience", type=click.IntRange(1), help="Stop after this many epochs without a lower validation loss.")
+@_option("--batch-size", type=click.IntRange(1), help="Images per step.")
+@_option("--seed", type=int, help="Seed of initialisation, batch order and Gumbel noise.")
+@_option("--seeds", help="Several seeds: '0,1,2', or a count ('10' = seeds 0..9); reports mean, 95 % interval "
+         "and paired differences.")
+@_option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
+@_option("--cbl-init", type=click.Choice(CBL_INITS),
+         help="identity: unit j starts as concept j (ours); random: as the reference code.")
+@_option("--precision-k", type=click.IntRange(1), help="k of concept precision@k (where ground truth exists).")
+@_option("--sparse-alpha", type=float, help="Share of l1 in the sparse head's elastic net.")
+@_option("--concept-map", type=click.Path(exists=True, dir_okay=False),
+         help="YAML concept -> attribute name(s), for concept precision on CUB attributes.")
+@_option("--compare", help="Train several methods on the same split and seeds: e.g. gumbel,none,linear-probe, or "
+         "'all'.")
+@_option("--random-concepts", type=bool, is_flag=True, flag_value=True,
+         help="Control: replace the concepts by as many random words.")
+@_option("--model", "-m", help="Backbone (default: the dataset's cbmctl.yaml, else ViT-L-14).")
+@_option("--pretrained", "-p", help="Zoo tag, local weights file, or 'none' (default: the model's first tag).")
+@_option("--concepts", "-c", help="Concept set NAME or PATH (default: the dataset's cbmctl.yaml, else the built-in "
+         "set named like the dataset).")
+@_option("--cache", name="cache_path", type=click.Path(dir_okay=False), help="Cache file to use or make.")
+@_option("--data-root", envvar="CBMCTL_DATA", help="Where dataset names (cifar10, cub, ...) live [default: ./data].")
+@_option("--out", type=click.Path(file_okay=False), show_default="runs", help="Where run directories go.")
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A run's config.yaml (or your own): every option; the command line wins.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Continue an interrupted run directory.")
+              help="Continue an interrupted run directory with its own options.")
 @click.option("--evaluate", "evaluate_run_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Only score a saved run's model (e.g. from `explain --save-edited`) on its cache.")
-@click.option("--fast-path", type=click.Choice(["auto", "on", "off"]), default="auto", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines.")
-@click.pass_context
-def train(ctx, **options):
+def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options):
     """Train a Concept Bottleneck Model on DATA (a dataset folder or name, embedded first if needed) or on a
-    CACHE (.h5). Validation top-1 picks the epoch; the test split is evaluated once, at the end."""
-    from cbmctl.runs import read_yaml
-    if options["evaluate_run_dir"]:
-        return _evaluate(options)
-    if options["resume"]:
-        spec = read_yaml(Path(options["resume"]) / "config.yaml")
-        _apply_file(ctx, options, spec)
-    elif options["config_file"]:
-        _apply_file(ctx, options, read_yaml(options["config_file"]))
+    CACHE (.h5). Validation loss picks the epoch; then the sparse head is fitted on the frozen CBL; the test
+    split is evaluated once, at the end."""
+    from cbmctl.spec import ExperimentSpec
+    from cbmctl.runs import read_metrics, read_yaml
+    given = {k: v for k, v in options.items() if v is not None}
+    if data is not None:
+        given["data"] = data
+    if evaluate_run_dir:
+        return _evaluate(evaluate_run_dir, given, as_json)
+    if resume:
+        allowed = {"device"}
+        changed = sorted(set(given) - allowed)
+        if changed:
+            raise click.UsageError(f"--resume continues a run with its own options; drop "
+                                   f"{', '.join('--' + c.replace('_', '-') for c in changed)}")
+        spec = ExperimentSpec.from_mapping({**read_yaml(Path(resume) / "config.yaml"), **given},
+                                           str(Path(resume) / "config.yaml"))
+    elif config_file:
+        from_file = ExperimentSpec.from_mapping(read_yaml(config_file), config_file).as_mapping()
+        spec = ExperimentSpec.from_mapping({**from_file, **_command_line_wins(given)})
+    else:
+        spec = ExperimentSpec.from_mapping(given)
     from cbmctl.pipeline import run_train
-    result, rows = run_train(options, log=None if options["quiet"] or options["as_json"] else _echo_err)
-    if options["as_json"]:
-        import json
-        return print_json(json.loads((result.run_dir / "metrics.json").read_text()))
-    _render(result, rows)
+    result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None)
+    if as_json:
+        return print_json(read_metrics(result.run_dir))
+    _render(result, spec)
 
 
-def _evaluate(options):
+def _command_line_wins(given: dict) -> dict:
+    """A method or seed flag replaces the file's methods or seeds whichever spelling either used."""
+    wins = dict(given)
+    if "loss" in wins and "compare" not in wins:
+        wins["methods"] = [wins.pop("loss")]
+    if "seed" in wins and "seeds" not in wins:
+        wins["seeds"] = [wins["seed"]]
+    return wins
+
+
+def _evaluate(run_dir, given, as_json):
     from cbmctl.pipeline import evaluate_run
-    metrics = evaluate_run(options["evaluate_run_dir"], options["device"], options["precision_k"], options["nec"])
-    if options["as_json"]:
+    unknown = sorted(set(given) - {"device", "precision_k"})
+    if unknown:
+        raise click.UsageError(f"--evaluate scores a saved model; it takes only --device and --precision-k, not "
+                               f"{', '.join('--' + u.replace('_', '-') for u in unknown)}")
+    metrics = evaluate_run(run_dir, given.get("device", "auto"), int(given.get("precision_k", 5)))
+    if as_json:
         return print_json(metrics)
     test = metrics["test"]
-    click.echo(f"{options['evaluate_run_dir']}: test top-1 {100 * test['top1']:.2f}, top-5 {100 * test['top5']:.2f}, "
-               f"mean/class {100 * test['mean_per_class']:.2f}, NEC {test['nec']:.1f}")
+    click.echo(f"{run_dir}: test top-1 {100 * test['top1']:.2f}, top-5 {100 * test['top5']:.2f}, "
+               f"mean/class {100 * test['mean_per_class']:.2f}, ECE {test['ece']:.3f}, NEC {test['nec']:.1f}")
 
 
 def _echo_err(line):
     click.echo(line, err=True)
 
 
-def _apply_file(ctx, options, spec):
-    """Values from a config file fill every option the command line left at its default."""
-    from click.core import ParameterSource
-    names = {p.name for p in ctx.command.params}
-    for key, value in spec.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            raise click.UsageError(f"unknown option {key!r} in the config file")
-        if name not in ("evaluate_run_dir", "config_file", "resume") and \
-                ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
-            options[name] = value
-
-
-def _render(result, rows):
+def _render(result, spec):
     from cbmctl.cli.common import console
-    from rich.table import Table
+    from cbmctl.render import compare_table
+    from cbmctl.runs import RECORD_FILE, read_json
     out = console()
-    table = Table(title=f"test split — {result.run_dir}")
-    keys = [("top1", "top-1"), ("top5", "top-5"), ("mean_per_class", "mean/class"), ("l0_mean", "L0"),
-            ("nec", "NEC"), ("coverage90_mean", "cover@90")]
-    extra = sorted({k for row in rows for k in row if k.startswith(("concept_precision", "nec")) and k != "nec"})
-    table.add_column("method")
-    for _, label in keys + [(k, k.replace("concept_precision", "concept prec")) for k in extra]:
-        table.add_column(label, justify="right")
-    for row in rows:
-        cells = [row["method"]]
-        for key in [k for k, _ in keys] + extra:
-            if key not in row:
-                cells.append("-")
-                continue
-            mean, std = row[key]["mean"], row[key]["std"]
-            percent = key in ("top1", "top5", "mean_per_class") or key.startswith(("concept_precision", "nec"))\
-                and key != "nec"
-            text = f"{100 * mean:.2f}" if percent else f"{mean:.1f}"
-            if len(row["seeds"]) > 1:
-                text += f" ± {100 * std:.2f}" if percent else f" ± {std:.1f}"
-            cells.append(text)
-        table.add_row(*cells)
-    out.print(table)
-    out.print(f"run: {result.run_dir}  (config.yaml, metrics.json, model.safetensors, curves.png, train.log)")
+    out.print(compare_table(result.rows, _title(read_json(result.run_dir / RECORD_FILE, "record"), spec)))
+    if any("vs_none" in row for row in result.rows):
+        out.print("± = half-width of the 95 % interval over seeds. Δ vs none: paired difference in test top-1 (same "
+                  "seeds and split); * = significant after Holm's correction over the methods compared.", markup=False)
+    out.print(f"run: {result.run_dir}  (config.yaml, metrics.json, model.safetensors, curves.png, sparsity.png, "
+              "train.log)", markup=False)
+
+
+def _title(record: dict, spec) -> str:
+    backbone = record.get("backbone", {})
+    concept_set = record.get("concept_set", {})
+    return (f"test split — {record.get('dataset', {}).get('dataset_name', '')}, backbone "
+            f"{backbone.get('backbone_model')} ({backbone.get('backbone_pretrained')}), concepts "
+            f"{concept_set.get('name')} ({concept_set.get('size')}), head {spec.train.head}"
+            + (f" NEC {spec.train.nec}" if spec.train.head == "sparse" else "")
+            + f", seeds {','.join(map(str, spec.seeds))}")

@@ -1,7 +1,6 @@
 """What the TUI shows, computed from a run directory (model + its cache) or from a cache alone (CMS)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,18 +26,27 @@ class InspectData:
     confidence: np.ndarray | None = None   # (N,)
     activations: np.ndarray | None = None  # (N, C): CBL activations (run) or V = cos (cache)
     scores: np.ndarray | None = None       # (N, C): raw CLIP concept scores ψ
-    head: np.ndarray | None = None         # (K, C) weights turning activations into logits
+    head: np.ndarray | None = None         # (K, C) weights turning the head's inputs into logits
+    inputs: np.ndarray | None = None       # (N, C): what the head weighs (standardised activations for a sparse head)
+    head_kind: str = "dense"               # "sparse", "dense", or "cms"
     summary: dict = field(default_factory=dict)
     dataset_root: Path | None = None
 
     def contributions(self, image: int, class_index: int) -> np.ndarray:
-        return self.activations[image] * self.head[class_index]
+        inputs = self.inputs if self.inputs is not None else self.activations
+        return inputs[image] * self.head[class_index]
 
-    def active_concepts(self, image: int, relative: float = 1e-3) -> list[int]:
-        """Indices of the image's non-zero activations (|a_j| > relative · max |a|), largest first."""
+    def active_concepts(self, image: int, classes: tuple[int, ...] = (), relative: float = 1e-3) -> list[int]:
+        """The concepts worth listing for an image, largest first: with a sparse head those with a non-zero
+        weight in any of `classes` (the ones that contribute), else the non-zero activations
+        (|a_j| > relative · max |a|)."""
+        if self.head_kind == "sparse" and classes:
+            used = np.flatnonzero((self.head[list(classes)] != 0).any(axis=0))
+            size = np.abs(sum(self.contributions(image, k) for k in classes))
+            return used[np.argsort(-size[used], kind="stable")].tolist()
         magnitude = np.abs(self.activations[image])
         active = np.flatnonzero(magnitude > relative * magnitude.max())
-        return active[np.argsort(-magnitude[active])].tolist()
+        return active[np.argsort(-magnitude[active], kind="stable")].tolist()
 
     def image_path(self, image: int) -> Path | None:
         if self.dataset_root is None or "#" in self.paths[image]:
@@ -60,28 +68,36 @@ def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str =
 def load_run(run: Path, split: str = "test") -> InspectData:
     from cbmctl.cache import open_cache
     from cbmctl.explain import Explainer
-    if not (run / "model.safetensors").is_file():
-        raise CbmctlError(f"{run} has no trained model yet (an unfinished or empty run); train or resume it first")
+    from cbmctl import runs
     explainer = Explainer.from_run(run)
     meta = explainer.metadata
-    head = explainer.model.head.weight.detach().numpy()
-    cbl = explainer.model.cbl.weight.detach().numpy()
-    metrics = _read_json(run / "metrics.json")
+    model = explainer.model
+    head = model.class_concept_weights().numpy()
+    metrics = _read_json(run / runs.METRICS_FILE)
     summary = {"run": str(run), "method": meta.get("method"), "metrics": {k: metrics.get(k) for k in ("test", "val")
                                                                           if k in metrics},
                "train_config": meta.get("train_config"), "backbone": meta.get("backbone"),
                "concept_set": meta.get("concept_set"), "dataset": meta.get("dataset"), "rows": metrics.get("rows")}
-    data = InspectData(f"{run.name} — {meta.get('method')}", run, "run", explainer.concepts, explainer.classes,
-                       {"head × CBL": head @ cbl, "head": head}, split=split, head=head, summary=summary)
-    cache_path = Path(meta.get("cache", ""))
-    if not cache_path.is_file():
+    kind = f"{model.head_kind} head" + (f", NEC {meta.get('train_config', {}).get('nec')}"
+                                         if model.head_kind == "sparse" else "")
+    data = InspectData(f"{run.name} — {meta.get('method')}, {kind}", run, "run", explainer.concepts,
+                       explainer.classes, {"head": head, "head × CBL (on ψ)": model.effective_weights().numpy()},
+                       split=split, head=head, head_kind=model.head_kind, summary=summary)
+    cache_path = Path(meta["cache"]) if isinstance(meta.get("cache"), str) else None
+    if cache_path is None or not cache_path.is_file():
         summary["note"] = f"the run's cache {cache_path} is missing: no images to browse"
         return data
     cache = open_cache(cache_path)
+    recorded = (meta.get("dataset") or {}).get("dataset_fingerprint") if isinstance(meta.get("dataset"), dict) else None
+    if cache.attrs.get("dataset_fingerprint") != recorded or len(cache.classes) != len(explainer.classes):
+        summary["note"] = f"the run's cache {cache_path} now holds other data than the run was trained on: no images"
+        return data
     images = cache.split(split)
     features = torch.from_numpy(images.embeddings.astype(np.float32))
     scores, activations, logits = explainer.forward(features)
     probabilities = logits.softmax(dim=1)
+    with torch.no_grad():
+        data.inputs = model.head_inputs(activations).numpy()
     data.paths, data.labels = images.paths, images.labels
     data.predicted = logits.argmax(dim=1).numpy()
     data.confidence = probabilities.max(dim=1).values.numpy()
@@ -120,11 +136,14 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
                        {"T = cos(class, concept)": t}, split=split, paths=images.paths, labels=images.labels,
                        predicted=similarity.argmax(dim=1).numpy(), confidence=probabilities.max(dim=1).values.numpy(),
                        activations=v.numpy(), scores=v.numpy() * float(cache.attrs["logit_scale"]), head=t,
-                       summary=summary, dataset_root=root)
+                       head_kind="cms", summary=summary, dataset_root=root)
 
 
 def _read_json(path: Path) -> dict:
+    """A run's metrics for the summary: missing or unreadable is shown as absent, not an error."""
+    from cbmctl.runs import read_json
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, "metrics file")
+    except CbmctlError:
         return {}
+    return data if isinstance(data, dict) else {}

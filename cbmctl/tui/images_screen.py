@@ -88,7 +88,7 @@ class ImagesScreen(Screen):
         to_true = data.contributions(image, true)
         self.shown = [{"concept": data.concepts[j], "activation": float(data.activations[image, j]),
                        "to_predicted": float(to_predicted[j]), "to_true": float(to_true[j]),
-                       "score": float(data.scores[image, j])} for j in data.active_concepts(image)]
+                       "score": float(data.scores[image, j])} for j in data.active_concepts(image, (predicted, true))]
         label = "activation" if data.mode == "run" else "V (cos)"
         table = Table(title=f"{data.paths[image]}\ntrue [b]{data.classes[true]}[/]  predicted "
                             f"[b]{data.classes[predicted]}[/] ({data.confidence[image]:.2f})",

@@ -1,0 +1,279 @@
+"""The sparse final layer of LF-CBM / VLG-CBM (shared/METHOD.md, "Final layer"), for S models at once.
+
+Multinomial logistic regression with a bias on standardised concept activations x (train mean and std),
+penalised by the elastic net λ [α‖F‖₁ + ½(1 − α)‖F‖₂²], solved by accelerated proximal gradient (FISTA
+with adaptive restart; the proximal step soft-thresholds F, the bias is not penalised) along a path of λ
+from λ_max, where every weight is zero, downwards, each point warm-started from the previous one.
+
+A budget of N effective concepts per class (NEC = N) is met exactly as VLG-CBM does: the first path point
+with at least N·K non-zero weights is truncated globally to its N·K largest |F| and the kept weights are
+refitted with the support fixed and no penalty, keeping the refit iterate with the lowest validation loss.
+
+Every step is a full-batch gradient accumulated over row chunks of the design, so the same code runs with
+the design materialised on the device (when it fits) or produced chunk by chunk from the cached embeddings
+(bounded memory, one extra CBL product per chunk and pass). Models are stacked on a leading dimension S
+(seeds, methods): each one follows its own λ path, step size and stopping rule, so a stack gives the
+models' solo results."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from cbmctl.errors import CbmctlError
+
+
+@dataclass
+class SparseConfig:
+    alpha: float = 0.99              # share of the penalty that is l1
+    path_points: int = 100           # λ values from λ_max to λ_max · lambda_min_ratio, geometric
+    lambda_min_ratio: float = 1e-4
+    max_nec: int = 30                # the path stops once every model has this many weights per class
+    max_iterations: int = 2000       # per path point
+    tolerance: float = 1e-3          # on the largest entry of the gradient mapping (optimality, in gradient units)
+    refit_iterations: int = 500
+    check_every: int = 10            # refit: validation loss checked this often
+
+    def validate(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise CbmctlError(f"the elastic-net alpha must be in (0, 1], got {self.alpha}")
+        if self.path_points < 2 or not 0 < self.lambda_min_ratio < 1:
+            raise CbmctlError("the λ path needs at least 2 points and a ratio in (0, 1)")
+
+
+class Design:
+    """Standardised activations of S models on one split: chunks of (x: S×n×C, y: n) on the device.
+
+    `produce(start, stop)` gives rows [start, stop) for every model; with `materialise` the whole split is
+    produced once and kept (the full-batch fast path), otherwise every pass produces it again."""
+
+    def __init__(self, produce: Callable[[int, int], torch.Tensor], labels: torch.Tensor, chunk: int,
+                 materialise: bool):
+        self.labels, self.chunk = labels, max(1, int(chunk))
+        self._produce = produce
+        self._stored = produce(0, len(labels)) if materialise and len(labels) else None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), self.chunk):
+            stop = min(start + self.chunk, len(self))
+            x = self._stored[:, start:stop] if self._stored is not None else self._produce(start, stop)
+            yield x, self.labels[start:stop]
+
+    def logits(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """S×N×K logits of the split under heads (weight S×K×C, bias S×K)."""
+        return torch.cat([torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2)) for x, _ in self.chunks()],
+                         dim=1)
+
+
+def _loss_and_gradient(design: Design, weight: torch.Tensor, bias: torch.Tensor):
+    """Mean cross-entropy of every model (S) and its gradient with respect to weight (S×K×C) and bias (S×K)."""
+    s = weight.shape[0]
+    grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
+    loss = torch.zeros(s, dtype=torch.float64, device=weight.device)
+    for x, y in design.chunks():
+        logits = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+        log_p = logits.log_softmax(dim=-1)
+        loss -= log_p.gather(-1, y.expand(s, -1)[..., None]).sum((1, 2)).double()
+        residual = log_p.exp()
+        residual.scatter_add_(-1, y.expand(s, -1)[..., None], -torch.ones_like(residual[..., :1]))
+        grad_w += torch.bmm(residual.transpose(1, 2), x)
+        grad_b += residual.sum(dim=1)
+    n = max(len(design), 1)
+    return (loss / n).float(), grad_w / n, grad_b / n
+
+
+def validation_loss(design: Design, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of every model on a split (S)."""
+    return _loss_and_gradient(design, weight, bias)[0]
+
+
+def _lipschitz(design: Design, s: int, c: int) -> torch.Tensor:
+    """Per model, a Lipschitz constant of the mean cross-entropy's gradient: λ_max([X 1]ᵀ[X 1] / N) / 2 —
+    the softmax Hessian is bounded by ½ I, and the Gram matrix (C+1)² is exact, not a power-iteration guess."""
+    device = design.labels.device
+    gram = torch.zeros(s, c + 1, c + 1, dtype=torch.float64, device=device)
+    for x, _ in design.chunks():
+        augmented = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1).double()
+        gram += torch.bmm(augmented.transpose(1, 2), augmented)
+    gram /= max(len(design), 1)
+    return (torch.linalg.eigvalsh(gram)[:, -1] / 2).float()
+
+
+def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return values.sign() * (values.abs() - threshold).clamp_min(0)
+
+
+def proximal_gradient(gradient: Callable, weight: torch.Tensor, bias: torch.Tensor, step: torch.Tensor,
+                      l1: torch.Tensor, l2: torch.Tensor, max_iterations: int, tolerance: float,
+                      support: torch.Tensor | None = None, on_check: Callable | None = None, check_every: int = 0):
+    """FISTA with gradient-based adaptive restart for min_F,b f(F, b) + l1·‖F‖₁ + ½ l2·‖F‖², where
+    `gradient(F, b)` gives f's gradients (weight S×K×C, bias S×K; step, l1, l2 are S-vectors; b is not
+    penalised). `support` (S×K×C booleans) fixes the non-zero pattern. A model stops when the largest
+    entry of its gradient mapping falls under `tolerance`; stopped models stay frozen,
+    so each model's iterates are the ones it would have alone. `on_check(iteration, F, b)` is called every
+    `check_every` iterations and once at the end. Returns (weight, bias, iterations per model)."""
+    s = weight.shape[0]
+    x_w, x_b = weight.clone(), bias.clone()
+    y_w, y_b = weight.clone(), bias.clone()
+    t = torch.ones(s, device=weight.device)
+    active = torch.ones(s, dtype=torch.bool, device=weight.device)
+    iterations = torch.zeros(s, dtype=torch.long, device=weight.device)
+    step3, step2 = step[:, None, None], step[:, None]
+    iteration = 0
+    for iteration in range(1, max_iterations + 1):
+        grad_w, grad_b = gradient(y_w, y_b)
+        grad_w = grad_w + l2[:, None, None] * y_w
+        new_w = soft_threshold(y_w - step3 * grad_w, (step * l1)[:, None, None])
+        if support is not None:
+            new_w = new_w * support
+        new_b = y_b - step2 * grad_b
+        # the gradient mapping (y − x⁺)/step is zero exactly at a solution: its size measures optimality
+        mapping = torch.maximum((y_w - new_w).abs().amax((1, 2)), (y_b - new_b).abs().amax(1)) / step
+        # restart the momentum where the step went against it (O'Donoghue & Candès)
+        against = ((y_w - new_w) * (new_w - x_w)).sum((1, 2)) + ((y_b - new_b) * (new_b - x_b)).sum(1) > 0
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        momentum = torch.where(against, torch.zeros_like(t), (t - 1) / t_next)
+        t = torch.where(against, torch.ones_like(t), t_next)
+        keep = active[:, None, None]
+        moved_w = new_w + momentum[:, None, None] * (new_w - x_w)
+        moved_b = new_b + momentum[:, None] * (new_b - x_b)
+        y_w, y_b = torch.where(keep, moved_w, y_w), torch.where(active[:, None], moved_b, y_b)
+        x_w, x_b = torch.where(keep, new_w, x_w), torch.where(active[:, None], new_b, x_b)
+        iterations += active.long()
+        active = active & (mapping > tolerance)
+        if not bool(active.any()):
+            break
+        if on_check is not None and check_every and iteration % check_every == 0:
+            on_check(iteration, x_w, x_b)
+    if on_check is not None:
+        on_check(iteration, x_w, x_b)
+    return x_w, x_b, iterations
+
+
+def _cross_entropy_gradient(design: Design) -> Callable:
+    return lambda weight, bias: _loss_and_gradient(design, weight, bias)[1:]
+
+
+def lambda_max(design: Design, num_classes: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per model, the smallest λ at which every weight is zero, and the intercept-only bias (log class
+    frequencies) that is the solution there: max |∂CE/∂F| at (0, b*) / α."""
+    counts = torch.bincount(design.labels, minlength=num_classes).float()
+    frequencies = counts / counts.sum()
+    bias0 = torch.log(frequencies.clamp_min(1e-12))
+    first = next(design.chunks())[0]
+    s, c = first.shape[0], first.shape[-1]
+    weight0 = torch.zeros(s, num_classes, c, device=first.device)
+    bias0 = bias0.to(first.device).expand(s, -1).clone()
+    _, grad_w, _ = _loss_and_gradient(design, weight0, bias0)
+    return grad_w.abs().amax((1, 2)) / alpha, bias0
+
+
+@dataclass
+class SparsePath:
+    """The λ path of S models: per model a list of points {lam, nonzeros, nec, iterations, val_top1, test_top1},
+    and per NEC level the truncated-and-refitted heads (weight S×K×C, bias S×K)."""
+    points: list[list[dict]]
+    heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    refit: dict[int, list[dict]] = field(default_factory=dict)
+
+
+def truncate(weight: torch.Tensor, budget: int) -> torch.Tensor:
+    """The weight (K×C) keeping exactly its `budget` largest magnitudes (ties: lower flat index first)."""
+    flat = weight.flatten()
+    budget = min(int(budget), flat.numel())
+    order = torch.sort(flat.abs(), descending=True, stable=True).indices[:budget]
+    kept = torch.zeros_like(flat)
+    kept[order] = flat[order]
+    return kept.view_as(weight)
+
+
+def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseConfig,
+             val: Design | None = None, test: Design | None = None, log=None) -> SparsePath:
+    """The elastic-net path of every model, then for every NEC level the budgeted head (exactly
+    level·K non-zero weights, or all C·K when level ≥ C)."""
+    config.validate()
+    first = next(train.chunks())[0]
+    s, c = first.shape[0], first.shape[-1]
+    device = first.device
+    k = num_classes
+    lam_max, bias = lambda_max(train, k, config.alpha)
+    lipschitz = _lipschitz(train, s, c)
+    weight = torch.zeros(s, k, c, device=device)
+    ratios = torch.logspace(0, math.log10(config.lambda_min_ratio), config.path_points, device=device)
+    levels = sorted({min(int(level), c) for level in levels})
+    stop_at = max(max(levels), min(config.max_nec, c)) * k
+    snapshots: dict[int, list[tuple[torch.Tensor, torch.Tensor] | None]] = {lv: [None] * s for lv in levels}
+    points: list[list[dict]] = [[] for _ in range(s)]
+    for index, ratio in enumerate(ratios):
+        lam = lam_max * ratio
+        l1, l2 = lam * config.alpha, lam * (1 - config.alpha)
+        step = 1.0 / (lipschitz + l2)
+        weight, bias, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, step, l1, l2,
+                                                     config.max_iterations, config.tolerance)
+        nonzeros = (weight != 0).sum((1, 2))
+        accuracy = {name: _top1(design, weight, bias) for name, design in (("val", val), ("test", test))
+                    if design is not None}
+        for m in range(s):
+            points[m].append({"lam": float(lam[m]), "nonzeros": int(nonzeros[m]), "nec": float(nonzeros[m]) / k,
+                              "iterations": int(iterations[m]),
+                              **{f"{name}_top1": float(values[m]) for name, values in accuracy.items()}})
+            for level in levels:
+                if snapshots[level][m] is None and int(nonzeros[m]) >= level * k:
+                    snapshots[level][m] = (weight[m].clone(), bias[m].clone())
+        if log:
+            log(f"sparse path {index + 1}/{len(ratios)}: NEC {', '.join(f'{float(n) / k:.1f}' for n in nonzeros)}")
+        if bool((nonzeros >= stop_at).all()):
+            break
+    path = SparsePath(points)
+    for level in levels:
+        # a model whose path never reached the budget (level ≥ its non-zeros at λ_min) keeps its last point
+        chosen = [snap if snap is not None else (weight[m].clone(), bias[m].clone())
+                  for m, snap in enumerate(snapshots[level])]
+        truncated = torch.stack([truncate(w, level * k) for w, _ in chosen])
+        start_bias = torch.stack([b for _, b in chosen])
+        path.heads[level], path.refit[level] = refit(train, truncated, start_bias, lipschitz, config, val)
+    return path
+
+
+def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: torch.Tensor,
+          config: SparseConfig, val: Design | None = None):
+    """Refit the non-zero weights (support fixed, no penalty), keeping per model the iterate with the
+    lowest validation loss (every check_every iterations, and the starting point); without a validation
+    split, the last iterate."""
+    support = weight != 0
+    s = weight.shape[0]
+    zeros = torch.zeros(s, device=weight.device)
+    if val is None or len(val) == 0:
+        weight, bias, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz,
+                                                     zeros, zeros, config.refit_iterations, config.tolerance, support)
+        return (weight, bias), [{"iterations": int(i), "chosen_iteration": int(i)} for i in iterations]
+    best_loss = validation_loss(val, weight, bias)
+    best_w, best_b = weight.clone(), bias.clone()
+    chosen = torch.zeros(s, dtype=torch.long, device=weight.device)
+
+    def keep_best(iteration, current_w, current_b):
+        nonlocal best_w, best_b, best_loss
+        loss = validation_loss(val, current_w, current_b)
+        better = loss < best_loss
+        best_loss = torch.where(better, loss, best_loss)
+        best_w = torch.where(better[:, None, None], current_w, best_w)
+        best_b = torch.where(better[:, None], current_b, best_b)
+        chosen.copy_(torch.where(better, torch.full_like(chosen, iteration), chosen))
+
+    _, _, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz, zeros, zeros,
+                                         config.refit_iterations, config.tolerance, support, on_check=keep_best,
+                                         check_every=config.check_every)
+    return (best_w, best_b), [{"iterations": int(i), "chosen_iteration": int(c), "val_loss": float(v)}
+                              for i, c, v in zip(iterations, chosen, best_loss)]
+
+
+def _top1(design: Design, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    if len(design) == 0:
+        return torch.zeros(weight.shape[0])
+    predicted = design.logits(weight, bias).argmax(dim=-1)
+    return (predicted == design.labels[None]).float().mean(dim=1)

@@ -1,0 +1,212 @@
+"""The one typed specification of a training run (shared by the command line, --config files, a run's
+config.yaml and the library): TrainConfig holds every option of one model's training with its default,
+ExperimentSpec adds the data and the methods × seeds of one `cbmctl train`. Plain Python, no torch, so the
+command line can read defaults and check options before anything heavy is imported."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from cbmctl.errors import CbmctlError
+
+LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
+BASELINES = ("linear-probe", "zero-shot")
+METHODS = LOSSES + BASELINES
+GUMBEL_FORMS = ("paper", "reference")
+HEADS = ("sparse", "dense")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+CBL_INITS = ("identity", "random")
+
+
+def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
+    if name not in LOSSES:
+        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})")
+    if gumbel_form not in GUMBEL_FORMS:
+        raise CbmctlError(f"unknown --gumbel-form {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
+    if hard and not (name == "gumbel" and gumbel_form == "paper"):
+        raise CbmctlError("--hard applies only to --loss gumbel --gumbel-form paper (the reference form's "
+                          "−log of a hard sample is infinite)")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of one training run (and the defaults of `cbmctl train`)."""
+
+    loss: str = "gumbel"
+    gumbel_form: str = "paper"
+    tau: float = 1.0
+    hard: bool = False
+    l1_lambda: float = 1e-3
+    head: str = "sparse"
+    nec: int = 5
+    lr: float = 1e-3
+    cbl_lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    epochs: int = 1000
+    min_epochs: int = 20
+    patience: int = 30
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    cbl_init: str = "identity"
+    precision_k: int = 5
+    sparse_alpha: float = 0.99
+
+    def validate(self) -> None:
+        if self.loss not in METHODS:
+            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})")
+        if self.loss in LOSSES:
+            check_loss_options(self.loss, self.gumbel_form, self.hard)
+        elif self.gumbel_form not in GUMBEL_FORMS:
+            raise CbmctlError(f"unknown --gumbel-form {self.gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "head": HEADS, "cbl_init": CBL_INITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CbmctlError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r} "
+                                  f"({', '.join(allowed)})")
+        positive = {"tau": self.tau, "lr": self.lr, "cbl-lr": self.cbl_lr}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise CbmctlError(f"--{name} must be a positive number, got {value}")
+        for name in ("l1_lambda", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise CbmctlError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
+            if getattr(self, name) < 1:
+                raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.min_epochs < 0:
+            raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
+        if not 0 < self.sparse_alpha <= 1:
+            raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
+
+    @classmethod
+    def from_mapping(cls, values: dict, where: str = "") -> "TrainConfig":
+        """A config from plain values (command-line options, a YAML file, a run's config): unknown names are
+        an error, and each value is converted to the field's type with a one-line error when it cannot be."""
+        known = {f.name: f for f in fields(cls)}
+        converted = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise CbmctlError(f"{where + ': ' if where else ''}unknown option {key!r}")
+            converted[name] = _convert(value, known[name].type, option_label(where, name))
+        config = cls(**converted)
+        config.validate()
+        return config
+
+
+def option_label(where: str, name: str) -> str:
+    """How an error names an option: `--cbl-lr` on the command line, `file.yaml: cbl_lr` in a file."""
+    return f"{where}: {name}" if where else f"--{name.replace('_', '-')}"
+
+
+def _convert(value, kind: str, label: str):
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise CbmctlError(f"{label} must be true or false, got {value!r}")
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise CbmctlError(f"{label} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise CbmctlError(f"{label} must be a number, got {value!r}") from None
+        if kind == "int":
+            if not number.is_integer():
+                raise CbmctlError(f"{label} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    if not isinstance(value, str):
+        raise CbmctlError(f"{label} must be text, got {value!r}")
+    return value
+
+
+# options of an experiment that are not TrainConfig's: what to train on, and where the run goes
+DATA_OPTIONS = {"data": "str", "cache_path": "str", "model": "str", "pretrained": "str", "data_root": "str",
+                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str"}
+
+
+@dataclass
+class ExperimentSpec:
+    """The one typed specification of a `cbmctl train` invocation: the data, the methods × seeds, and the
+    TrainConfig shared by every model. Command-line options, --config files and a run's config.yaml all
+    become one through from_mapping, which checks every value; as_mapping is what config.yaml stores."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: list[str] = field(default_factory=lambda: ["gumbel"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: str | None = None
+    cache_path: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    data_root: str | None = None
+    concepts: str | None = None
+    concept_map: str | None = None
+    random_concepts: bool = False
+    out: str = "runs"
+
+    @classmethod
+    def from_mapping(cls, values: dict, where: str = "") -> "ExperimentSpec":
+        """From option names as the command line or a config file spells them. `loss` or `compare`
+        (a comma list or 'all') give the methods, `seed` or `seeds` (a list, a comma list, or a count N
+        meaning seeds 0..N-1) the seeds; every other name is a TrainConfig field or a data option. `where`
+        names the source in errors (a file); empty, errors name the command-line flag."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items() if v is not None}
+        methods = parse_methods(values.pop("compare", None) or values.pop("methods", None)
+                                or [values.get("loss", TrainConfig.loss)], option_label(where, "compare"))
+        values.pop("loss", None)
+        seeds = parse_seeds(values.pop("seeds", None), values.get("seed", TrainConfig.seed),
+                            option_label(where, "seeds"))
+        data = {k: _convert(values.pop(k), kind, option_label(where, k)) for k, kind in DATA_OPTIONS.items()
+                if k in values}
+        train = TrainConfig.from_mapping({**values, "loss": methods[0], "seed": seeds[0]}, where)
+        for method in methods:
+            replace(train, loss=method, hard=train.hard and method == "gumbel").validate()
+        return cls(train=train, methods=methods, seeds=seeds, **data)
+
+    def as_mapping(self) -> dict:
+        train = {k: v for k, v in asdict(self.train).items() if k not in ("loss", "seed")}
+        data = {k: getattr(self, k) for k in DATA_OPTIONS if getattr(self, k) not in (None, False)}
+        return {**data, "methods": list(self.methods), "seeds": list(self.seeds), **train}
+
+
+def parse_methods(value, where: str = "--compare") -> list[str]:
+    if isinstance(value, str):
+        value = list(METHODS) if value.strip() == "all" else [m.strip() for m in value.split(",") if m.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise CbmctlError(f"{where}: methods must be a list of {', '.join(METHODS)} (or 'all')")
+    unknown = [m for m in value if m not in METHODS]
+    if unknown:
+        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')")
+    if len(set(value)) != len(value):
+        raise CbmctlError(f"{where}: a method is listed twice")
+    return value
+
+
+def parse_seeds(value, seed=0, where: str = "--seeds") -> list[int]:
+    """A list of seeds, a comma list ('0,1,2'), or a count ('10' = seeds 0..9); None: the single `seed`."""
+    if value is None:
+        return [_convert(seed, "int", f"{where}: seed")]
+    if isinstance(value, str) and "," not in value:
+        count = _convert(value, "int", where)
+        if count < 1:
+            raise CbmctlError(f"{where}: a seed count must be at least 1, got {count}")
+        return list(range(count))
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise CbmctlError(f"{where}: a seed count must be at least 1, got {value}")
+        return list(range(value))
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise CbmctlError(f"{where}: seeds must be a list of whole numbers, got {value!r}")
+    seeds = [_convert(item.strip() if isinstance(item, str) else item, "int", where) for item in items]
+    if len(set(seeds)) != len(seeds):
+        raise CbmctlError(f"{where}: a seed is listed twice")
+    return seeds
+
+
