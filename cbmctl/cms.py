@@ -1,9 +1,12 @@
 """Concept Matrix Search (training-free) and the zero-shot and description baselines.
 
-V = cos(image, concept) (N×C), T = cos(class name, concept) (K×C); a CMS variant predicts
-argmax_c sim(V_i, T_c) (sim = cos or cos3, after none/row/col normalisation), the max-score variant
-argmax_c T[c, argmax_j V_ij]. Everything is a matrix product over row chunks of the images, so memory
-stays at chunk × C whatever N is; V is computed once per chunk for every variant."""
+V = cos(image, concept) (N×C), T = cos(class name, concept) (K×C). A CMS variant scores class c for image i
+with sim(V'_i, T'_c), where V', T' are V, T after the variant's normalisation (none, row, col, or our
+centring) and, for cos3, an element-wise cube; sim is the cosine. The max-score variant scores
+T̃[c, j*] with j* = argmax_j Ṽ_ij (Ṽ, T̃: each row divided by its sum), as the reference library does.
+`score_matrices` is the one place these rules are written; `cms`, `explain --cms` and the TUI's CMS view
+all go through it. Everything is a matrix product over row chunks of the images, so memory stays at
+chunk × C whatever N is; V is computed once per chunk for every variant."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +18,10 @@ import torch.nn.functional as F
 from cbmctl.errors import CbmctlError
 
 SIMILARITIES = ("cos", "cos3")
-NORMALIZATIONS = ("none", "row", "col")
+NORMALIZATIONS = ("none", "row", "col", "centred")
+# A sum of n cosines (|x| ≤ 1) in float32 carries a rounding error of up to ~n·6e-8: below n·1e-6 its sign
+# is noise, so such a row (or column) counts as summing to zero.
+ZERO_SUM_PER_TERM = 1e-6
 
 
 @dataclass(frozen=True)
@@ -24,84 +30,163 @@ class Variant:
     normalization: str = "none"
     max_score: bool = False
 
+    def __post_init__(self):
+        if self.similarity not in SIMILARITIES or self.normalization not in NORMALIZATIONS:
+            raise CbmctlError(f"unknown CMS variant {self.similarity}/{self.normalization} (similarity: "
+                              f"{', '.join(SIMILARITIES)}; normalisation: {', '.join(NORMALIZATIONS)})")
+
     @property
     def name(self) -> str:
         if self.max_score:
             return "CMS max-score"
-        suffix = "" if self.normalization == "none" else f", {self.normalization}-normalised"
+        suffix = {"none": "", "row": ", row-normalised", "col": ", col-normalised",
+                  "centred": ", centred"}[self.normalization]
         return f"CMS {self.similarity}{suffix}"
 
     @property
     def transductive(self) -> bool:
-        return self.normalization == "col"
+        return self.normalization == "col" and not self.max_score
 
 
-ALL_VARIANTS = tuple(Variant(s, n) for s in SIMILARITIES for n in NORMALIZATIONS) + (Variant(max_score=True),)
+# the paper's seven, then cbmctl's centred variant (METHOD, "Concept Matrix Search")
+PAPER_VARIANTS = tuple(Variant(s, n) for s in SIMILARITIES for n in ("none", "row", "col")) + \
+    (Variant(max_score=True),)
+CENTRED = Variant("cos", "centred")
+ALL_VARIANTS = PAPER_VARIANTS + (CENTRED,)
 
 
-def _prepare(matrix: torch.Tensor, similarity: str) -> torch.Tensor:
-    matrix = matrix ** 3 if similarity == "cos3" else matrix
-    return F.normalize(matrix, dim=1, eps=1e-12)
+def divide_by_sums(matrix: torch.Tensor, sums: torch.Tensor, terms: int) -> torch.Tensor:
+    """matrix / sums (broadcast), as the formula says: a negative sum flips the sign (and so an argmax into
+    an argmin). A sum that is zero up to float32 rounding (|sum| < terms · ZERO_SUM_PER_TERM) leaves its
+    row or column as it is, since dividing by it would be dividing by noise (or by zero)."""
+    zero = sums.abs() < terms * ZERO_SUM_PER_TERM
+    return matrix / torch.where(zero, torch.ones_like(sums), sums)
 
 
-def _row_normalise(matrix: torch.Tensor) -> torch.Tensor:
-    sums = matrix.sum(dim=1, keepdim=True)
-    return matrix / torch.where(sums.abs() < 1e-12, torch.ones_like(sums), sums)
+def row_normalise(matrix: torch.Tensor) -> torch.Tensor:
+    return divide_by_sums(matrix, matrix.sum(dim=1, keepdim=True), matrix.shape[1])
 
 
-def class_concept_matrix(class_vectors, concept_vectors) -> torch.Tensor:
-    """T (K×C): cosine of each class text embedding with each concept embedding."""
-    return F.normalize(torch.as_tensor(class_vectors, dtype=torch.float32), dim=1) @ \
-        F.normalize(torch.as_tensor(concept_vectors, dtype=torch.float32), dim=1).T
+@dataclass
+class CMSScores:
+    """One chunk of images scored by one variant."""
+
+    v: torch.Tensor       # (N, C) V = cos(image, concept)
+    t: torch.Tensor       # (K, C) T = cos(class, concept)
+    v_used: torch.Tensor  # (N, C) V as the variant uses it (normalised / centred, cubed for cos3)
+    t_used: torch.Tensor  # (K, C) T likewise
+    scores: torch.Tensor  # (N, K) per-class score; the prediction is its argmax
+
+    def contributions(self, class_index: int) -> torch.Tensor:
+        """(N, C): V'_ij · T'_cj for class c. For the cosine rules score_ic = Σ_j of these / (‖V'_i‖ ‖T'_c‖);
+        for the default variant (cos, none) they are V_ij · T_cj."""
+        return self.v_used * self.t_used[class_index]
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.scores.argmax(dim=1)
 
 
-def predict(features, concept_vectors, class_vectors, variants=ALL_VARIANTS, chunk: int = 4096,
-            device="cpu") -> dict[Variant, torch.Tensor]:
-    """Predicted class per image for every variant, computed over chunks of `chunk` images."""
-    device = torch.device(device)
-    concepts = F.normalize(torch.as_tensor(concept_vectors, dtype=torch.float32, device=device), dim=1)
-    classes = F.normalize(torch.as_tensor(class_vectors, dtype=torch.float32, device=device), dim=1)
+def score_matrices(v: torch.Tensor, t: torch.Tensor, variant: Variant, v_column_sums=None, v_train_mean=None,
+                   column_terms: int | None = None) -> CMSScores:
+    """The CMS rule of `variant` on V (N×C) and T (K×C).
+
+    col needs v_column_sums (Σ_i V_ij over the evaluated images, column_terms of them); centred needs
+    v_train_mean (the mean of V over the train split)."""
+    if variant.max_score:
+        v_used, t_used = row_normalise(v), row_normalise(t)
+        chosen = v_used.argmax(dim=1)                        # j* per image
+        return CMSScores(v, t, v_used, t_used, t_used[:, chosen].T)
+    if variant.normalization == "none":
+        v_used, t_used = v, t
+    elif variant.normalization == "row":
+        v_used, t_used = row_normalise(v), row_normalise(t)
+    elif variant.normalization == "col":
+        if v_column_sums is None:
+            raise CbmctlError("col-normalised CMS needs the column sums of V over the evaluated images")
+        v_used = divide_by_sums(v, v_column_sums, column_terms or len(v))
+        t_used = divide_by_sums(t, t.sum(dim=0), len(t))
+    else:
+        if v_train_mean is None:
+            raise CbmctlError("centred CMS needs the train split's mean concept scores (mean of V over train)")
+        # the class-independent part: what every class shares (T's column mean) and what every image shows
+        # (V's train mean); known before any evaluated image is seen
+        v_used, t_used = v - v_train_mean, t - t.mean(dim=0)
+    if variant.similarity == "cos3":
+        v_used, t_used = v_used ** 3, t_used ** 3
+    scores = F.normalize(v_used, dim=1, eps=1e-12) @ F.normalize(t_used, dim=1, eps=1e-12).T
+    return CMSScores(v, t, v_used, t_used, scores)
+
+
+class ConceptMatrixSearch:
+    """T for one concept set and class list, and V for chunks of image embeddings (class_vectors None: V only)."""
+
+    def __init__(self, concept_vectors, class_vectors=None, device="cpu"):
+        self.device = torch.device(device)
+        self.concepts = F.normalize(torch.as_tensor(concept_vectors, dtype=torch.float32).to(self.device), dim=1)
+        self.t = None if class_vectors is None else \
+            F.normalize(torch.as_tensor(class_vectors, dtype=torch.float32).to(self.device), dim=1) @ self.concepts.T
+
+    def normalised(self, features) -> torch.Tensor:
+        return F.normalize(torch.as_tensor(features).to(self.device, torch.float32), dim=1)
+
+    def v(self, features) -> torch.Tensor:
+        return self.normalised(features) @ self.concepts.T
+
+    def column_sums(self, chunks) -> tuple[torch.Tensor, int]:
+        """(Σ_i V_ij over every image of the chunks, number of images), without V:
+        Σ_i cos(x_i, d_j) = (Σ_i x̂_i) · d_j."""
+        total, count = torch.zeros(self.concepts.shape[1], device=self.device), 0
+        for chunk in chunks:
+            total += self.normalised(chunk).sum(dim=0)
+            count += len(chunk)
+        return total @ self.concepts.T, count
+
+    def mean_v(self, chunks) -> torch.Tensor:
+        """The mean of V over every image of the chunks (the train split, for centred CMS)."""
+        sums, count = self.column_sums(chunks)
+        if not count:
+            raise CbmctlError("centred CMS needs train images to centre V with; the train split is empty")
+        return sums / count
+
+    def score(self, features, variant: Variant = Variant(), **statistics) -> CMSScores:
+        return score_matrices(self.v(features), self.t, variant, **statistics)
+
+
+def _chunks(features, chunk: int):
+    return (features[start:start + chunk] for start in range(0, len(features), chunk))
+
+
+def predict(features, concept_vectors, class_vectors, variants=PAPER_VARIANTS, chunk: int = 4096,
+            device="cpu", v_train_mean=None) -> dict[Variant, torch.Tensor]:
+    """Predicted class per image for every variant, computed over chunks of `chunk` images. The centred
+    variant needs v_train_mean (see ConceptMatrixSearch.mean_v over the train split)."""
+    search = ConceptMatrixSearch(concept_vectors, class_vectors, device)
     features = torch.as_tensor(features)
-    t = classes @ concepts.T
-    # column sums of V over all evaluated images need no V: sum_i cos(x_i, d_j) = (sum_i x̂_i) · d_j
-    column_sums = None
-    if any(v.normalization == "col" for v in variants):
-        total = torch.zeros(concepts.shape[1], device=device)
-        for start in range(0, len(features), chunk):
-            total += F.normalize(features[start:start + chunk].to(device, torch.float32), dim=1).sum(dim=0)
-        column_sums = total @ concepts.T
-        column_sums = torch.where(column_sums.abs() < 1e-12, torch.ones_like(column_sums), column_sums)
-    class_sums = t.sum(dim=0)
-    class_sums = torch.where(class_sums.abs() < 1e-12, torch.ones_like(class_sums), class_sums)
-    prepared_t = {}
-    for variant in variants:
-        if variant.max_score:
-            continue
-        base = {"none": t, "row": _row_normalise(t), "col": t / class_sums}[variant.normalization]
-        prepared_t[variant] = _prepare(base, variant.similarity)
+    statistics = {}
+    if any(v.normalization == "col" and not v.max_score for v in variants):
+        sums, count = search.column_sums(_chunks(features, chunk))
+        statistics.update(v_column_sums=sums, column_terms=count)
+    if v_train_mean is not None:
+        statistics["v_train_mean"] = torch.as_tensor(v_train_mean, dtype=torch.float32).to(search.device)
     predictions = {v: [] for v in variants}
-    for start in range(0, len(features), chunk):
-        v = F.normalize(features[start:start + chunk].to(device, torch.float32), dim=1) @ concepts.T
+    for piece in _chunks(features, chunk):
+        v = search.v(piece)
         for variant in variants:
-            if variant.max_score:
-                predictions[variant].append(t[:, v.argmax(dim=1)].argmax(dim=0).cpu())
-                continue
-            base = {"none": v, "row": _row_normalise(v),
-                    "col": v / column_sums if column_sums is not None else v}[variant.normalization]
-            scores = _prepare(base, variant.similarity) @ prepared_t[variant].T
-            predictions[variant].append(scores.argmax(dim=1).cpu())
+            predictions[variant].append(score_matrices(v, search.t, variant, **statistics).predicted.cpu())
     return {v: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for v, p in predictions.items()}
 
 
-def zero_shot_predict(features, class_vectors, chunk: int = 4096) -> torch.Tensor:
-    classes = F.normalize(torch.as_tensor(class_vectors, dtype=torch.float32), dim=1)
+def zero_shot_predict(features, class_vectors, chunk: int = 4096, device="cpu") -> torch.Tensor:
+    device = torch.device(device)
+    classes = F.normalize(torch.as_tensor(class_vectors, dtype=torch.float32).to(device), dim=1)
     features = torch.as_tensor(features)
-    return torch.cat([(F.normalize(features[s:s + chunk].float(), dim=1) @ classes.T).argmax(dim=1)
-                      for s in range(0, len(features), chunk)])
+    return torch.cat([(F.normalize(piece.to(device, torch.float32), dim=1) @ classes.T).argmax(dim=1).cpu()
+                      for piece in _chunks(features, chunk)])
 
 
 def description_predict(features, concept_vectors, concepts: list[str], classes: list[str],
-                        associations: dict[str, list[str]], chunk: int = 4096) -> torch.Tensor:
+                        associations: dict[str, list[str]], chunk: int = 4096, device="cpu") -> torch.Tensor:
     """Each class scored by the mean similarity of the image to the concepts associated with it."""
     index = {c: j for j, c in enumerate(concepts)}
     weights = torch.zeros(len(classes), len(concepts))
@@ -110,10 +195,10 @@ def description_predict(features, concept_vectors, concepts: list[str], classes:
         if not members:
             raise CbmctlError(f"the concept set associates no concept with class {name!r}")
         weights[k, members] = 1.0 / len(members)
-    concepts_n = F.normalize(torch.as_tensor(concept_vectors, dtype=torch.float32), dim=1)
-    features = torch.as_tensor(features)
-    return torch.cat([((F.normalize(features[s:s + chunk].float(), dim=1) @ concepts_n.T) @ weights.T).argmax(dim=1)
-                      for s in range(0, len(features), chunk)])
+    search = ConceptMatrixSearch(concept_vectors, device=device)
+    weights = weights.to(search.device)
+    return torch.cat([(search.v(piece) @ weights.T).argmax(dim=1).cpu()
+                      for piece in _chunks(torch.as_tensor(features), chunk)])
 
 
 def accuracy_report(predicted: torch.Tensor, labels, num_classes: int, per_class: bool = False) -> dict:
@@ -128,40 +213,68 @@ def accuracy_report(predicted: torch.Tensor, labels, num_classes: int, per_class
     return report
 
 
+def split_embedding_chunks(cache, split: str, chunk: int = 4096):
+    """A cache split's image embeddings, `chunk` rows at a time (a train split may not fit in memory)."""
+    with cache._open() as handle:  # Cache.split reads a whole split; here only row slices are needed
+        embeddings = handle[f"splits/{split}/embeddings"]
+        for start in range(0, embeddings.shape[0], chunk):
+            yield embeddings[start:start + chunk].astype(np.float32)
+
+
 def cms_report(cache, concept_set, split: str = "test", per_class: bool = False, random_control: bool = True,
                device="cpu", chunk: int = 4096) -> dict:
     """Every CMS variant side by side with zero-shot CLIP, the description baseline and the random-concept
-    control, on one split of a cache."""
+    control, on one split of a cache. The centred variant centres V with the train split's mean."""
+    from cbmctl.backbones import resolve_device
     from cbmctl.train import concept_vectors, random_concept_set
+    device = resolve_device(str(device))
     data = cache.split(split)
     classes = cache.classes
     concept_embeddings = concept_vectors(cache, concept_set, device)
     class_embeddings = cache.class_embeddings()
     features = torch.from_numpy(data.embeddings.astype(np.float32))
     rows, notes = [], []
-    for variant, predicted in predict(features, concept_embeddings, class_embeddings, ALL_VARIANTS, chunk).items():
-        rows.append({"method": variant.name, "transductive": variant.transductive,
+
+    def add_row(method, predicted, transductive=False):
+        rows.append({"method": method, "transductive": transductive,
                      **accuracy_report(predicted, data.labels, len(classes), per_class)})
-    rows.append({"method": "zero-shot CLIP", "transductive": False,
-                 **accuracy_report(zero_shot_predict(features, class_embeddings, chunk), data.labels, len(classes),
-                                   per_class)})
+
+    variants, v_train_mean = PAPER_VARIANTS, None
+    if "train" in cache.splits:
+        search = ConceptMatrixSearch(concept_embeddings, class_embeddings, device)
+        train_sums, train_count = search.column_sums(split_embedding_chunks(cache, "train", chunk))
+        if train_count:
+            variants, v_train_mean = ALL_VARIANTS, train_sums / train_count
+            notes.append(f"{CENTRED.name} is cbmctl's addition, not the paper's: T's columns centred over "
+                         f"classes, V's with the mean over the {train_count} train images (not transductive)")
+            if split == "train":
+                notes.append("evaluating the train split: the centring mean is taken over the evaluated images")
+    if v_train_mean is None:
+        notes.append(f"{CENTRED.name} skipped: the cache has no train images to centre V with")
+    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean)
+    for variant, predicted in predictions.items():
+        add_row(variant.name, predicted, variant.transductive)
+    add_row("zero-shot CLIP", zero_shot_predict(features, class_embeddings, chunk, device))
     if concept_set.associations:
-        predicted = description_predict(features, concept_embeddings, concept_set.concepts, classes,
-                                        concept_set.associations, chunk)
-        rows.append({"method": "description (class concepts)", "transductive": False,
-                     **accuracy_report(predicted, data.labels, len(classes), per_class)})
+        add_row("description (class concepts)",
+                description_predict(features, concept_embeddings, concept_set.concepts, classes,
+                                    concept_set.associations, chunk, device))
     else:
         notes.append(f"description baseline skipped: concept set {concept_set.name!r} does not say which concepts "
                      "describe which class (give a {class: [concepts]} .json/.yaml set)")
     if random_control:
         try:
             random_embeddings = concept_vectors(cache, random_concept_set(concept_set), device)
-            predicted = predict(features, random_embeddings, class_embeddings, (Variant(),), chunk)[Variant()]
-            rows.append({"method": f"CMS cos, {len(concept_set.concepts)} random words", "transductive": False,
-                         **accuracy_report(predicted, data.labels, len(classes), per_class)})
+            predicted = predict(features, random_embeddings, class_embeddings, (Variant(),), chunk, device)[Variant()]
+            add_row(f"CMS cos, {len(concept_set.concepts)} random words", predicted)
         except CbmctlError as error:
             notes.append(f"random-concept control skipped: {error}")
     if any(r["transductive"] for r in rows):
         notes.append("col-normalised variants divide by column sums over the evaluated images: transductive")
     return {"split": split, "images": int(len(features)), "classes": len(classes),
-            "concept_set": concept_set.record(), "cache": str(cache.path), "rows": rows, "notes": notes}
+            "concept_set": concept_set.record(), "backbone": backbone_record(cache), "cache": str(cache.path),
+            "device": str(device), "rows": rows, "notes": notes}
+
+
+def backbone_record(cache) -> dict:
+    return {"model": cache.attrs.get("backbone_model"), "pretrained": cache.attrs.get("backbone_pretrained")}

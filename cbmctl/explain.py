@@ -164,11 +164,10 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
                 class_vectors, logit_scale: float, top_k: int = 10, class_name: str | None = None,
                 top_classes: int = 5) -> list[Explanation]:
     """Explanation without a trained model: the image's top concepts by V and the class chosen through T
-    (the CMS cos rule); contribution = V_ij · T_cj."""
-    concept_vectors = F.normalize(torch.as_tensor(concept_vectors).float(), dim=1)
-    t = F.normalize(torch.as_tensor(class_vectors).float(), dim=1) @ concept_vectors.T
-    v = F.normalize(features.float(), dim=1) @ concept_vectors.T
-    similarity = F.normalize(v, dim=1) @ F.normalize(t, dim=1).T
+    (the default CMS rule, cos, via cbmctl.cms); contribution = V_ij · T_cj."""
+    from cbmctl.cms import ConceptMatrixSearch
+    cms = ConceptMatrixSearch(concept_vectors, class_vectors).score(features)
+    v, t, similarity = cms.v, cms.t, cms.scores
     probabilities = (similarity * logit_scale).softmax(dim=1)
     lowered = [c.lower() for c in classes]
     if class_name and class_name.lower() not in lowered:
@@ -177,7 +176,7 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
     for i, name in enumerate(names):
         predicted = int(similarity[i].argmax())
         target = lowered.index(class_name.lower()) if class_name else predicted
-        contribution = v[i] * t[target]
+        contribution = cms.contributions(target)[i]
         order = v[i].argsort(descending=True)[:top_k]
         rows = [ConceptRow(concepts[j], float(v[i, j]), float(t[target, j]), float(contribution[j]),
                            float(logit_scale * v[i, j])) for j in order.tolist()]

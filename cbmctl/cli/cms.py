@@ -3,39 +3,53 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import console, print_json
+from cbmctl.cli.common import backbone_options, console, print_json
+
+
+def _shown(text) -> str:
+    """Names read from a cache or concept file, with control characters escaped (never sent raw)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 @click.command()
 @click.argument("data", required=False)
 @click.option("--dataset", "dataset_option", default=None, help="Same as DATA: a dataset folder or name, or a cache.")
-@click.option("--model", "-m", default=None)
-@click.option("--pretrained", "-p", default=None)
+@backbone_options
 @click.option("--concepts", "-c", default=None, help="Concept set NAME or PATH (default as in train).")
-@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False))
-@click.option("--data-root", default=None, envvar="CBMCTL_DATA")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
+              help="Cache file to read (made by embedding DATA when it does not exist yet).")
+@click.option("--data-root", default=None, envvar="CBMCTL_DATA",
+              help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Split to evaluate (the centred variant always centres with train).")
 @click.option("--per-class", is_flag=True, help="Add per-class accuracy.")
 @click.option("--no-random-control", is_flag=True, help="Skip the random-word control (it needs the backbone).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def cms(data, dataset_option, model, pretrained, concepts, cache_path, data_root, split, per_class,
-        no_random_control, device, as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print the report (every row, notes, device) as JSON.")
+def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, data_root, split, per_class,
+        no_random_control, as_json):
     """Concept Matrix Search: predict argmax_c sim(V_i, T_c) from V = cos(image, concepts) and
-    T = cos(class names, concepts), next to zero-shot CLIP, a description baseline and a random-concept
-    control, on one split (test by default). No training."""
+    T = cos(class names, concepts), in the paper's variants and cbmctl's centred one (V centred with the
+    train split's mean), next to zero-shot CLIP, a description baseline and a random-concept control, on
+    one split (test by default). No training."""
+    from cbmctl.backbones import resolve_device
     from cbmctl.cms import cms_report
     from cbmctl.pipeline import resolve_cache, resolve_concepts
     log = None if as_json else (lambda line: click.echo(line, err=True))
+    resolved = resolve_device(device)
+    if log and device.lower() == "auto":
+        log(f"device: {resolved} (--device auto)")
     cache, config = resolve_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
-                                  data_root=data_root, device=device, log=log)
+                                  data_root=data_root, device=resolved, log=log)
     concept_set = resolve_concepts(concepts, config, cache)
-    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device="cpu")
+    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved)
     if as_json:
         return print_json(report)
     from rich.table import Table
-    table = Table(title=f"{split} split: {report['images']} images, {report['classes']} classes, "
-                        f"{len(concept_set.concepts)} concepts ({concept_set.name})")
+    from rich.text import Text
+    backbone = report["backbone"]
+    table = Table(title=Text(f"{split} split: {report['images']} images, {report['classes']} classes, "
+                             f"{len(concept_set.concepts)} concepts ({_shown(concept_set.name)}), backbone "
+                             f"{_shown(backbone['model'])} ({_shown(backbone['pretrained'])})"))
     table.add_column("method", no_wrap=True)
     table.add_column("top-1", justify="right")
     table.add_column("mean/class", justify="right")
@@ -45,11 +59,10 @@ def cms(data, dataset_option, model, pretrained, concepts, cache_path, data_root
     out = console()
     out.print(table)
     for note in report["notes"]:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {_shown(note)}", markup=False)
     if per_class:
-        classes = cache.classes
         detail = Table("class", *[r["method"] for r in report["rows"]], title="per-class top-1")
-        for k, name in enumerate(classes):
-            detail.add_row(name, *[("-" if r["per_class"][k] is None else f"{100 * r['per_class'][k]:.1f}")
-                                   for r in report["rows"]])
+        for k, name in enumerate(cache.classes):
+            detail.add_row(Text(_shown(name)), *[("-" if r["per_class"][k] is None else f"{100 * r['per_class'][k]:.1f}")
+                                                 for r in report["rows"]])
         out.print(detail)

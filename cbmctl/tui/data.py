@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
 
@@ -121,12 +120,11 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
     if stored is None:
         raise CbmctlError(f"{path} has no text embeddings for concept set {concept_set.name!r}; run "
                           f"`cbmctl concepts embed {concept_set.name} --cache {path}` first")
-    concept_vectors = F.normalize(torch.from_numpy(np.asarray(stored[1], np.float32)), dim=1)
-    class_vectors = F.normalize(torch.from_numpy(cache.class_embeddings().astype(np.float32)), dim=1)
-    t = (class_vectors @ concept_vectors.T).numpy()
+    from cbmctl.cms import ConceptMatrixSearch
     images = cache.split(split)
-    v = F.normalize(torch.from_numpy(images.embeddings.astype(np.float32)), dim=1) @ concept_vectors.T
-    similarity = F.normalize(v, dim=1) @ F.normalize(torch.from_numpy(t), dim=1).T
+    cms = ConceptMatrixSearch(np.asarray(stored[1], np.float32), cache.class_embeddings()).score(
+        images.embeddings.astype(np.float32))  # the default CMS rule (cos), as `cbmctl cms` and `explain --cms`
+    t, v, similarity = cms.t.numpy(), cms.v, cms.scores
     probabilities = (similarity * float(cache.attrs["logit_scale"])).softmax(dim=1)
     summary = {"cache": str(path), "mode": "no run: Concept Matrix Search view (T and V are cosines)",
                "backbone": {k: cache.attrs[k] for k in ("backbone_model", "backbone_pretrained", "weights_sha256")},
