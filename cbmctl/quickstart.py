@@ -21,16 +21,7 @@ class Quickstart:
         self.run = self.run or self.runs / "quickstart-gumbel"
 
 
-def train_defaults() -> dict:
-    """Every `cbmctl train` option at its command-line default, so quickstart trains exactly as `train`."""
-    from cbmctl.cli.train import train
-    with train.make_context("train", [], resilient_parsing=True) as context:
-        return dict(context.params)
-
-
 def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
-    import json
-
     from cbmctl import runs
     from cbmctl.backbones import DEMO_MODEL, load_backbone
     from cbmctl.cache import open_cache
@@ -40,6 +31,7 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
     from cbmctl.embed import default_cache_path, embed_dataset
     from cbmctl.explain import Explainer, embed_images
     from cbmctl.pipeline import resolve_concepts, run_train
+    from cbmctl.spec import ExperimentSpec
     plan = Quickstart(Path(root))
     say("[1/5] demo world")
     if (plan.world / "images.txt").is_file():
@@ -55,27 +47,30 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
     report = embed_dataset(dataset, backbone, plan.cache, workers=0, progress=progress)
     say(f"      {report.status}: {plan.cache} ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
     say("[3/5] train a Sparse-CBM (gumbel loss)")
-    if (plan.run / runs.METRICS_FILE).is_file() and (plan.run / "model.safetensors").is_file():
+    if runs.is_finished(plan.run) and (plan.run / runs.WEIGHTS_FILE).is_file():
         say(f"      reusing {plan.run}")
-        metrics = json.loads((plan.run / runs.METRICS_FILE).read_text())
+        metrics = runs.read_metrics(plan.run)
     else:
         if plan.run.exists():
             raise CbmctlError(f"{plan.run} is an unfinished run; remove it or resume it with "
                               f"`cbmctl train --resume {plan.run}`")
-        options = {**train_defaults(), "data": str(plan.world), "cache_path": str(plan.cache),
-                   "out": str(plan.runs), "device": "cpu"}
-        result, _ = run_train(options, say if progress else None, run_dir=plan.run)
-        metrics = json.loads((result.run_dir / runs.METRICS_FILE).read_text())
+        # `cbmctl train`'s defaults, from the one specification both use
+        spec = ExperimentSpec.from_mapping({"data": str(plan.world), "cache_path": str(plan.cache),
+                                            "out": str(plan.runs), "device": "cpu"})
+        result = run_train(spec, say if progress else None, run_dir=plan.run)
+        metrics = runs.read_metrics(result.run_dir)
     runs.point_latest(plan.runs, plan.run)
     test = metrics["test"]
-    say(f"      test top-1 {100 * test['top1']:.2f} %, L0 {test['l0_mean']:.1f} active concepts per image, "
-        f"concept precision@5 {100 * test.get('concept_precision@5', float('nan')):.1f} %")
+    say(f"      test top-1 {100 * test['top1']:.2f} % with the sparse head (NEC {test['nec']:g} concepts per class; "
+        f"dense head {100 * test['dense_top1']:.2f} %), concept precision@5 "
+        f"{100 * test.get('concept_precision@5', float('nan')):.1f} %")
     say("[4/5] Concept Matrix Search (training-free)")
     cache = open_cache(plan.cache)
     concept_set = resolve_concepts(None, load_config(plan.world), cache)
     cms = cms_report(cache, concept_set, "test", random_control=True)
     best = {row["method"]: row["top1"] for row in cms["rows"]}
-    say(f"      CMS cos {100 * best['CMS cos']:.2f} %, zero-shot CLIP {100 * best['zero-shot CLIP']:.2f} %")
+    say(f"      CMS cos {100 * best['CMS cos']:.2f} %, centred CMS (ours) {100 * best['CMS cos, centred']:.2f} %, "
+        f"zero-shot CLIP {100 * best['zero-shot CLIP']:.2f} %")
     say("[5/5] explain one test image")
     explainer = Explainer.from_run(plan.run)
     test_split = cache.split("test")

@@ -321,7 +321,8 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
         with torch.no_grad():
             dense.cbl.weight.copy_(cbl[m].cpu())
         sparse = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "sparse")
-        weight, bias = path.heads[config.nec]
+        # a budget above C concepts per class is every weight (as VLG-CBM's truncation does)
+        weight, bias = path.heads[min(config.nec, len(data.concepts))]
         sparse.set_head("sparse", weight[m].cpu(), bias[m].cpu(), mean[m].cpu(), std[m].cpu())
         with torch.no_grad():
             sparse.cbl.weight.copy_(cbl[m].cpu())

@@ -113,11 +113,12 @@ def demo_run(tmp_path_factory):
 
 def test_train_needs_no_flag_on_the_demo_world(demo_run):
     root, _, output = demo_run
-    for column in ("top-1", "L0", "NEC", "cover@90", "concept prec@5"):
+    for column in ("top-1", "dense", "NEC=5", "ANEC", "ECE", "concept p@5", "entropy", "Hoyer"):
         assert column in output
+    assert "backbone demo (shipped), concepts demo (33), head sparse NEC 5" in output
     metrics = json.loads(((root / "runs" / "latest").resolve() / "metrics.json").read_text())
     test = metrics["test"]
-    assert test["top1"] > 0.3 and 0 < test["concept_precision@5"] <= 1
+    assert test["top1"] > 0.3 and 0 < test["concept_precision@5"] <= 1 and test["nec"] == 5
     assert metrics["record"]["backbone"]["backbone_model"] == "demo"
 
 

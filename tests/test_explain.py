@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cbmctl.errors import CbmctlError
 from cbmctl.explain import Explainer, cms_explain
 from cbmctl.train import TrainConfig, prepare_data, train_cbm
 from makers import make_cub, make_synthetic_cache
@@ -11,47 +12,63 @@ from makers import make_cub, make_synthetic_cache
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
 
 
-@pytest.fixture(scope="module")
-def explainer(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sparse", "dense"])
+def explainer(request, tmp_path_factory):
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
     cache = make_synthetic_cache(tmp_path_factory.mktemp("x") / "c.h5", CONCEPTS)
     data = prepare_data(open_cache(cache), ConceptSet("s", CONCEPTS, "test"))
-    result = train_cbm(data, TrainConfig(epochs=15, device="cpu", batch_size=64))
+    result = train_cbm(data, TrainConfig(epochs=15, device="cpu", batch_size=64, head=request.param, nec=2))
     return Explainer(result.model, CONCEPTS, data.classes, data.concept_vectors, data.class_vectors,
                      data.logit_scale), data
 
 
 def test_zeroing_a_concept_changes_the_logits_by_exactly_its_contribution(explainer):
     explainer, data = explainer
+    model = explainer.model
     features = data.features["test"][:20]
     before_a, before_logits, after_a, after_logits = explainer.intervene(features, {}, ["striped pattern"])
     j = CONCEPTS.index("striped pattern")
-    removed = before_a[:, j:j + 1] * explainer.model.head.weight.detach()[:, j][None, :]
+    weight = model.class_concept_weights()
+    inputs = model.head_inputs(before_a)
+    removed = inputs[:, j:j + 1] * weight[:, j][None, :]
     assert torch.allclose(after_logits, before_logits - removed, atol=1e-5)
     assert removed.abs().max() > 1e-3  # the concept did contribute something
     _, _, set_a, set_logits = explainer.intervene(features, {"red": 2.5}, [])
     k = CONCEPTS.index("red")
-    delta = (2.5 - before_a[:, k:k + 1]) * explainer.model.head.weight.detach()[:, k][None, :]
-    assert torch.allclose(set_logits, before_logits + delta, atol=1e-5) and (set_a[:, k] == 2.5).all()
+    delta = (2.5 - before_a[:, k:k + 1]) / model.activation_std[k] * weight[:, k][None, :]
+    assert torch.allclose(set_logits, before_logits + delta, atol=1e-4) and (set_a[:, k] == 2.5).all()
     edited = explainer.without_concepts(["striped pattern"])
     assert torch.allclose(edited(explainer.scores(features))[1], before_logits - removed, atol=1e-5)
+    with pytest.raises(CbmctlError, match="must be a finite number"):
+        explainer.intervene(features, {"red": float("nan")}, [])
+    with pytest.raises(CbmctlError, match="must be a finite number"):
+        explainer.intervene(features, {"red": 1e308}, [])
 
 
-def test_explanation_contributions_are_activation_times_weight(explainer):
+def test_explanation_contributions_sum_to_the_logit(explainer):
     explainer, data = explainer
+    model = explainer.model
     features = data.features["test"][:3]
     results = explainer.explain(features, ["a", "b", "c"], top_k=4)
     _, activations, logits = explainer.forward(features)
+    inputs = model.head_inputs(activations)
+    weight = model.class_concept_weights()
     for i, result in enumerate(results):
-        assert result.predicted == data.classes[int(logits[i].argmax())]
-        contributions = [row.contribution for row in result.concepts]
-        assert contributions == sorted(contributions, reverse=True) and len(contributions) == 4
-        for row in result.concepts:
-            assert row.contribution == pytest.approx(row.activation * row.weight, rel=1e-5, abs=1e-7)
-        # all contributions to the explained class sum to its logit
+        assert result.predicted == data.classes[int(logits[i].argmax())] and result.head == model.head_kind
         c = data.classes.index(result.explained_class)
-        total = float((activations[i] * explainer.model.head.weight.detach()[c]).sum())
+        contributions = [row.contribution for row in result.concepts]
+        assert contributions == sorted(contributions, reverse=True)
+        if model.head_kind == "sparse":
+            # exactly the concepts the class's row uses, however many top_k would allow
+            used = {CONCEPTS[j] for j in (weight[c] != 0).nonzero().flatten().tolist()}
+            assert {row.concept for row in result.concepts} == used and len(used) <= 4
+        else:
+            assert len(contributions) == 4
+        for row in result.concepts:
+            assert row.contribution == pytest.approx(row.head_input * row.weight, rel=1e-5, abs=1e-7)
+        # every concept's contribution to the explained class, plus its bias, is its logit
+        total = float((inputs[i] * weight[c]).sum()) + result.bias
         assert total == pytest.approx(result.logit, abs=1e-4)
     other = explainer.explain(features, ["a", "b", "c"], class_name="class 3")
     assert all(r.explained_class == "class 3" for r in other)
@@ -90,7 +107,7 @@ def test_explain_command_json_and_bad_images(cli, trained_run, tmp_path):
     assert [e["image"] for e in payload["explanations"]] == images
     first = payload["explanations"][0]
     assert set(first) >= {"image", "predicted", "probability", "top_classes", "explained_class", "concepts"}
-    assert set(first["concepts"][0]) == {"concept", "activation", "weight", "contribution", "score"}
+    assert set(first["concepts"][0]) == {"concept", "activation", "head_input", "weight", "contribution", "score"}
     assert len(first["concepts"]) == 3
     assert {e["image"]: e["error"] for e in payload["errors"]} == {
         str(tmp_path / "missing.jpg"): "file not found", str(tmp_path / "notes.jpg"): "not an image"}
@@ -116,7 +133,7 @@ def test_explain_interventions_and_edited_runs(cli, trained_run, tmp_path):
     assert scored.exit_code == 0, scored.output
     metrics = json.loads(scored.output)
     assert metrics["evaluated"]["edited"]["removed_concepts"] == ["long beak"]
-    from cbmctl.model import load_model
+    from cbmctl.runs import load_model
     model, _ = load_model(edited)
     assert float(model.head.weight.detach()[:, 2].abs().sum()) == 0.0
 
