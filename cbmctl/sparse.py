@@ -155,7 +155,8 @@ def proximal_gradient(gradient: Callable, weight: torch.Tensor, bias: torch.Tens
     return x_w, x_b, iterations
 
 
-def _cross_entropy_gradient(design: Design) -> Callable:
+def cross_entropy_gradient(design: Design) -> Callable:
+    """The gradient callable of proximal_gradient for the mean cross-entropy on a design."""
     return lambda weight, bias: _loss_and_gradient(design, weight, bias)[1:]
 
 
@@ -213,7 +214,7 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
         lam = lam_max * ratio
         l1, l2 = lam * config.alpha, lam * (1 - config.alpha)
         step = 1.0 / (lipschitz + l2)
-        weight, bias, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, step, l1, l2,
+        weight, bias, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, step, l1, l2,
                                                      config.max_iterations, config.tolerance)
         nonzeros = (weight != 0).sum((1, 2))
         accuracy = {name: _top1(design, weight, bias) for name, design in (("val", val), ("test", test))
@@ -249,7 +250,7 @@ def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: to
     s = weight.shape[0]
     zeros = torch.zeros(s, device=weight.device)
     if val is None or len(val) == 0:
-        weight, bias, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz,
+        weight, bias, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz,
                                                      zeros, zeros, config.refit_iterations, config.tolerance, support)
         return (weight, bias), [{"iterations": int(i), "chosen_iteration": int(i)} for i in iterations]
     best_loss = validation_loss(val, weight, bias)
@@ -265,7 +266,7 @@ def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: to
         best_b = torch.where(better[:, None], current_b, best_b)
         chosen.copy_(torch.where(better, torch.full_like(chosen, iteration), chosen))
 
-    _, _, iterations = proximal_gradient(_cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz, zeros, zeros,
+    _, _, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz, zeros, zeros,
                                          config.refit_iterations, config.tolerance, support, on_check=keep_best,
                                          check_every=config.check_every)
     return (best_w, best_b), [{"iterations": int(i), "chosen_iteration": int(c), "val_loss": float(v)}

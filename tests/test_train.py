@@ -196,3 +196,19 @@ def test_resuming_a_finished_run_says_so(cli, cache_file, tmp_path):
     cli("train", cache_file, "--concepts", concepts, "--epochs", "2", "--device", "cpu", "--out", out, "--quiet")
     result = cli("train", "--resume", (out / "latest").resolve(), "--quiet")
     assert result.exit_code == 1 and "already finished; nothing to resume" in result.output
+
+
+def test_models_trained_together_equal_models_trained_alone(data):
+    from cbmctl.train import train_many
+    members = [("gumbel", 0), ("none", 1), ("contrastive", 2), ("gumbel", 3)]
+    config = quick(epochs=40, patience=3, min_epochs=2, lr=0.05, cbl_lr=0.05)
+    together = train_many(data, config, members)
+    for (loss, seed), stacked in zip(members, together):
+        alone = train_cbm(data, replace(config, loss=loss, seed=seed))
+        assert stacked.best_epoch == alone.best_epoch and len(stacked.history) == len(alone.history)
+        assert torch.allclose(stacked.model.cbl.weight, alone.model.cbl.weight, atol=1e-5)
+        assert torch.allclose(stacked.extra["dense"].head.weight, alone.extra["dense"].head.weight, atol=1e-5)
+        assert torch.allclose(stacked.model.head.weight, alone.model.head.weight, atol=1e-4)
+        assert stacked.metrics["test"]["top1"] == pytest.approx(alone.metrics["test"]["top1"], abs=1 / 80)
+    # early stopping is per model: not every member ran for the same number of epochs
+    assert len({len(r.history) for r in together}) > 1

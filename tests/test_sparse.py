@@ -1,0 +1,138 @@
+"""The sparse final layer's solver against closed forms, optimality conditions and the NEC protocol."""
+import math
+
+import pytest
+import torch
+
+from cbmctl.sparse import (Design, SparseConfig, cross_entropy_gradient, fit_path, lambda_max, proximal_gradient,
+                           truncate)
+
+
+def design_of(x: torch.Tensor, y: torch.Tensor, chunk: int = 1000, materialise: bool = True) -> Design:
+    """x: S×N×C (one design per stacked model) or N×C."""
+    x = x if x.dim() == 3 else x[None]
+    return Design(lambda start, stop: x[:, start:stop], y, chunk, materialise)
+
+
+def orthogonal_design(n=64, p=4, seed=0):
+    """Centred columns with XᵀX/n = I, so least squares with an elastic net has a closed form."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, p + 1, generator=generator, dtype=torch.float64))
+    ones = torch.ones(n, 1, dtype=torch.float64) / math.sqrt(n)
+    basis = q[:, 1:] - ones @ (ones.T @ q[:, 1:])  # orthogonal to the constant column
+    basis, _ = torch.linalg.qr(basis)
+    return (basis * math.sqrt(n)).float()
+
+
+def test_proximal_gradient_matches_the_elastic_net_closed_form_on_an_orthogonal_design():
+    x = orthogonal_design()
+    y = torch.tensor([3.0, -1.0, 0.2, -0.05]) @ x.T + 0.7  # z = Xᵀy/n = the coefficients above, mean 0.7
+    z = x.T @ y / len(y)
+
+    def least_squares(weight, bias):  # gradient of ½·mean((x w + b − y)²), K = 1 output
+        residual = (x @ weight[:, 0, :].T).T + bias - y[None]  # S×N
+        return (residual @ x / len(y))[:, None, :], residual.mean(dim=1, keepdim=True)
+
+    lams, alpha = torch.tensor([0.0, 0.1, 0.5, 2.0]), 0.7
+    s = len(lams)
+    step = 1 / (1 + lams * (1 - alpha))  # 1 / Lipschitz constant of the smooth part (XᵀX/n = I)
+    weight, bias, _ = proximal_gradient(least_squares, torch.zeros(s, 1, 4), torch.zeros(s, 1), step,
+                                        lams * alpha, lams * (1 - alpha), 5000, 1e-7)
+    for m, lam in enumerate(lams.tolist()):
+        expected = torch.sign(z) * (z.abs() - lam * alpha).clamp_min(0) / (1 + lam * (1 - alpha))
+        assert torch.allclose(weight[m, 0], expected, atol=1e-5), (lam, weight[m, 0], expected)
+        assert float(bias[m, 0]) == pytest.approx(0.7, abs=1e-5)
+    # the largest λ zeroes every coefficient below λα = 1.4 (|z| = 3 survives, the others do not)
+    assert (weight[3, 0] != 0).tolist() == [True, False, False, False]
+
+
+def classification_problem(n=240, c=6, k=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    centres = torch.randn(k, c, generator=generator) * 1.5
+    x = centres[labels] + torch.randn(n, c, generator=generator)
+    x = (x - x.mean(0)) / x.std(0)
+    return x, labels
+
+
+def test_logistic_solution_satisfies_the_elastic_net_optimality_conditions():
+    x, y = classification_problem()
+    design = design_of(x, y)
+    lam, alpha = 0.05, 0.9
+    weight, bias, iterations = proximal_gradient(cross_entropy_gradient(design), torch.zeros(1, 3, 6),
+                                                 torch.zeros(1, 3), torch.tensor([0.5]), torch.tensor([lam * alpha]),
+                                                 torch.tensor([lam * (1 - alpha)]), 20000, 1e-7)
+    grad_w, grad_b = cross_entropy_gradient(design)(weight, bias)
+    smooth = grad_w + lam * (1 - alpha) * weight
+    zero = weight == 0
+    assert zero.any() and (~zero).any()  # a real mix of active and inactive weights
+    # subgradient conditions: |∇| ≤ λα where w = 0, ∇ + λα·sign(w) = 0 where w ≠ 0; ∇_b = 0
+    assert (smooth[zero].abs() <= lam * alpha + 1e-5).all()
+    assert torch.allclose(smooth[~zero] + lam * alpha * weight[~zero].sign(), torch.zeros(1), atol=1e-5)
+    assert grad_b.abs().max() < 1e-5 and int(iterations[0]) < 20000
+
+
+def test_lambda_max_is_exactly_where_the_first_weight_appears():
+    x, y = classification_problem()
+    design = design_of(x, y)
+    top, bias = lambda_max(design, 3, 0.99)
+    start_w = torch.zeros(1, 3, 6)
+    for factor, expect_zero in ((1.001, True), (0.9, False)):
+        lam = top * factor
+        weight, _, _ = proximal_gradient(cross_entropy_gradient(design), start_w, bias.clone(), torch.tensor([0.5]),
+                                         lam * 0.99, lam * 0.01, 5000, 1e-7)
+        assert bool((weight == 0).all()) == expect_zero
+    # at λ_max the bias alone is optimal: the log class frequencies
+    assert torch.allclose(bias[0], torch.log(torch.full((3,), 1 / 3)), atol=1e-6)
+
+
+def one_feature_per_class(n=320, c=8, k=4, seed=0):
+    """Feature j carries class j mod k with a strength falling with j: concepts join the path one by one."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    strength = torch.linspace(2.5, 0.5, c)
+    x = (labels[:, None] == (torch.arange(c) % k)[None]).float() * strength + torch.randn(n, c, generator=generator)
+    return (x - x.mean(0)) / x.std(0), labels
+
+
+def test_path_is_monotone_and_the_nec_budget_is_exact():
+    x, y = one_feature_per_class()
+    design = design_of(x, y)
+    path = fit_path(design, 4, [1, 2, 3, 30], SparseConfig(tolerance=1e-4, max_nec=8), design, design)
+    points = path.points[0]
+    lams = [p["lam"] for p in points]
+    nonzeros = [p["nonzeros"] for p in points]
+    assert lams == sorted(lams, reverse=True) and nonzeros[0] == 0
+    assert nonzeros == sorted(nonzeros)  # on this problem weights only ever join the model
+    assert nonzeros[-1] >= 3 * 4
+    for level in (1, 2, 3):
+        weight, bias = path.heads[level]
+        assert int((weight != 0).sum()) == level * 4  # exactly NEC × K after truncation and refit
+    # a budget above C concepts per class is capped at C: all the weights the path reached
+    assert int((path.heads[8][0] != 0).sum()) == nonzeros[-1]
+    for refit in path.refit.values():
+        assert refit[0]["chosen_iteration"] <= refit[0]["iterations"]
+    # sparser heads cannot fit the training data better: validation here is the train split itself
+    accuracy = [p["val_top1"] for p in points]
+    assert accuracy[-1] > accuracy[1] > 0.25
+
+
+def test_truncation_keeps_the_largest_magnitudes_exactly():
+    weight = torch.tensor([[0.5, -3.0, 0.0], [2.0, -0.5, 1.0]])
+    kept = truncate(weight, 3)
+    assert kept.tolist() == [[0.0, -3.0, 0.0], [2.0, 0.0, 1.0]]
+    ties = truncate(torch.tensor([[1.0, -1.0], [1.0, 1.0]]), 2)
+    assert ties.tolist() == [[1.0, -1.0], [0.0, 0.0]]  # equal magnitudes: the first in row-major order win
+
+
+def test_stacked_models_get_their_solo_paths_and_streaming_equals_materialised():
+    (x1, y), (x2, _) = classification_problem(seed=1), classification_problem(seed=2)
+    config = SparseConfig(path_points=15, max_nec=6)
+    stacked = fit_path(design_of(torch.stack([x1, x2]), y), 3, [2], config)
+    for m, x in enumerate((x1, x2)):
+        alone = fit_path(design_of(x, y), 3, [2], config)
+        assert [p["nonzeros"] for p in stacked.points[m]] == [p["nonzeros"] for p in alone.points[0]]
+        assert torch.allclose(stacked.heads[2][0][m], alone.heads[2][0][0], atol=1e-5)
+    streamed = fit_path(design_of(x1, y, chunk=50, materialise=False), 3, [2], config)
+    materialised = fit_path(design_of(x1, y), 3, [2], config)
+    assert torch.allclose(streamed.heads[2][0], materialised.heads[2][0], atol=1e-5)
