@@ -177,7 +177,7 @@ def _load_associated(path: Path, name: str, source: str) -> ConceptSet:
         for item in items:
             if not isinstance(item, str):
                 raise CbmctlError(f"{shown}: class {str(class_name)!r}: {reprlib.repr(item)} is not a concept "
-                                  f"(a {type(item).__name__}; concepts are text)")
+                                  f"({type(item).__name__}, where concepts are text)")
             if has_control(item.replace("\t", " ")):
                 raise CbmctlError(f"{shown}: class {str(class_name)!r}: concept {item!r} holds the control "
                                   f"character {first_control(item)}")

@@ -25,11 +25,12 @@ def read_bytes_capped(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> bytes:
             raise CbmctlError(f"{safe_text(path)}: {size:,} bytes, over the {max_bytes:,}-byte limit for this "
                               "kind of file")
         with open(path, "rb") as handle:
-            raw = handle.read(max_bytes + 1)
+            # read(n) allocates n bytes up front, so ask for the size the file has, not for the limit
+            raw, more = handle.read(size), handle.read(1)
     except OSError as error:
         raise CbmctlError(f"{safe_text(path)}: cannot read ({error.strerror or error})") from None
-    if len(raw) > max_bytes:  # it grew after the size check, or is not a regular file
-        raise CbmctlError(f"{safe_text(path)}: over the {max_bytes:,}-byte limit for this kind of file")
+    if more or len(raw) != size:
+        raise CbmctlError(f"{safe_text(path)}: changed while being read (or is not a regular file)")
     return raw
 
 

@@ -8,11 +8,12 @@ rich does not protect against this: measured with rich 15, `Console.print` and `
 BEL, BS, VT, FF and CR, and pass ESC, OSC, NUL, C1 and bidi/zero-width characters through.
 
     safe_text(text)     -> str   every control character shown visibly as an escape (ESC as `\\x1b`,
-                                 U+202E as `\\u202e`), nothing else changed; use it on any untrusted string
+                                 U+202E as `\\u202e`, a newline as `\\n`), nothing else changed; use it on any untrusted string
                                  before click.echo / console.print(..., markup=False) / a rich Text cell.
                                  `keep_newlines=True` keeps "\\n" for text that is meant to span lines.
     has_control(text)   -> bool  whether text holds any such character (a tab counts).
-    strip_control(text) -> str   the same characters removed (for repairing text, not for display).
+    strip_control(text) -> str   the same characters removed, terminal escape sequences (CSI such as
+                                 ESC[2J, OSC such as ESC]0;title BEL) as a whole (for repairing text).
     first_control(text) -> str | None   the first one, escaped, for an error message ("holds \\x1b").
 
 "Control character" here means Unicode categories Cc (C0 incl. NUL, TAB, LF, ESC; DEL; C1), Cf (format:
@@ -23,16 +24,28 @@ wrap it in rich.text.Text (or pass markup=False, or rich.markup.escape it) as we
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# ECMA-48: OSC/DCS/APC/PM/SOS strings up to BEL or ST, CSI sequences up to their final byte, other
+# two-character escapes; 7-bit (ESC x) and 8-bit (C1) introducers alike.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b[\]P^_X]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[ -~]?")
 
 
 def _is_control(char: str) -> bool:
     return unicodedata.category(char) in _CONTROL_CATEGORIES
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
@@ -62,7 +75,7 @@ def strip_control(text: str) -> str:
     """`text` without its control characters."""
     if text.isprintable():
         return text
-    return "".join(c for c in text if not _is_control(c))
+    return "".join(c for c in _ESCAPE_SEQUENCE.sub("", text) if not _is_control(c))
 
 
 def first_control(text: str) -> str | None:

@@ -51,7 +51,7 @@ def _rows(file: Path):
             for number, row in enumerate(reader, 2):
                 yield number, {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str) and k}
         except csv.Error as error:
-            raise CbmctlError(f"{safe_text(file)}:{reader.line_num}: not CSV ({error})") from None
+            raise CbmctlError(f"{safe_text(file)}: not CSV near line {reader.line_num + 1} ({error})") from None
 
 
 def _field(file: Path, number: int, row: dict, key: str) -> str:
