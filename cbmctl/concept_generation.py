@@ -11,8 +11,8 @@ The endpoint and its answers are untrusted. Requests go through httpx with these
 * at most `retries` attempts with exponential backoff, on timeouts, connection errors, 429/5xx and
   malformed answers; a request that still fails is reported and skipped.
 Answers are cleaned before they become concepts: control characters are stripped, lines over
-MAX_LINE_CHARS and lines starting with '#' (a concept file reads those as comments) are dropped, each with
-a warning."""
+MAX_LINE_CHARS and lines starting with '#' (a concept file reads those as comments) are dropped, and at
+most MAX_PHRASES_PER_ANSWER phrases are kept, each change with a warning."""
 from __future__ import annotations
 
 import asyncio
@@ -35,6 +35,7 @@ PROMPTS = {
 }
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a chat answer of a few phrases is a few KB
 MAX_LINE_CHARS = 100  # a phrase of at most six words; anything longer is not a concept
+MAX_PHRASES_PER_ANSWER = 100  # a list of features is a dozen lines; 4 MB of them would swamp the filter
 MAX_REDIRECTS = 3
 FATAL_STATUS = (400, 401, 403, 404)  # configuration errors: retrying or asking for other classes won't help
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -55,9 +56,13 @@ class Endpoint:
         try:
             url = httpx.URL(self.base_url)
         except httpx.InvalidURL as error:
-            raise CbmctlError(f"--base-url {safe_text(self.base_url)!r} is not a URL ({error})") from None
-        if url.scheme not in DEFAULT_PORTS or not url.host:
-            raise CbmctlError(f"--base-url {safe_text(self.base_url)!r}: expected http(s)://host[:port]/path")
+            raise CbmctlError(f"--base-url {self.base_url!r} is not a URL ({safe_text(error)})") from None
+        if url.scheme not in DEFAULT_PORTS or not url.host or not 0 < (url.port or 80) < 65536:
+            raise CbmctlError(f"--base-url {self.base_url!r}: expected http(s)://host[:port]/path")
+        if self.api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", self.api_key):
+            # an HTTP header carries printable ASCII only; anything else is a pasting mistake
+            raise CbmctlError("the API key holds spaces, control or non-ASCII characters; check --api-key / "
+                              "OPENAI_API_KEY")
         if not self.timeout > 0:
             raise CbmctlError(f"the request timeout must be positive, not {self.timeout}")
 
@@ -162,8 +167,8 @@ async def _ask(client, endpoint: Endpoint, prompt: str) -> str:
             return await asyncio.wait_for(_attempt(client, endpoint, body, headers), endpoint.timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             last = f"timed out after {endpoint.timeout:g} s"
-        except httpx.TransportError as error:
-            last = f"connection failed ({type(error).__name__}: {safe_text(str(error))[:80]})"
+        except (httpx.HTTPError, OSError) as error:  # connection, protocol and decoding errors alike
+            last = f"request failed ({type(error).__name__}: {safe_text(str(error))[:80]})"
         except _Retry as error:
             last = str(error)
     raise AnswerError(f"{last} after {endpoint.retries} attempts")
@@ -197,7 +202,8 @@ def ask(endpoint: Endpoint, prompt: str) -> str:
 def parse_answer(text: str, max_words: int = 6, notes: list[str] | None = None) -> list[str]:
     """Lines of an answer as concepts: bullets and numbering stripped, lower-cased, trailing punctuation
     removed, sentences dropped. Control characters are stripped; lines over MAX_LINE_CHARS and lines that
-    start with '#' are dropped; each of these is counted in `notes` (when given) as one line of text."""
+    start with '#' are dropped, and phrases beyond MAX_PHRASES_PER_ANSWER; each of these is counted in
+    `notes` (when given) as one line of text."""
     concepts = []
     counts = {"control": 0, "long": 0, "comment": 0}
     for line in text.splitlines():
@@ -215,7 +221,12 @@ def parse_answer(text: str, max_words: int = 6, notes: list[str] | None = None) 
             counts["comment"] += 1
         elif item and len(item.split()) <= max_words and not item.endswith("?"):
             concepts.append(item)
+    if len(concepts) > MAX_PHRASES_PER_ANSWER:
+        counts["many"] = len(concepts) - MAX_PHRASES_PER_ANSWER
+        concepts = concepts[:MAX_PHRASES_PER_ANSWER]
     if notes is not None:
+        if counts.get("many"):
+            notes.append(f"{counts['many']} phrase(s) beyond the first {MAX_PHRASES_PER_ANSWER} ignored")
         if counts["control"]:
             notes.append(f"control characters stripped from {counts['control']} line(s)")
         if counts["long"]:

@@ -82,7 +82,7 @@ def serve():
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.respond, server.seen = respond, []
         server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server
     yield start
@@ -452,6 +452,11 @@ def test_cub_class_names_and_bad_values(tmp_path):
     with pytest.raises(CbmctlError, match="classes.txt: classes 0 'black footed albatross' and 1"):
         load_dataset(cub)
     (cub / "classes.txt").write_text(classes)
+    images = (cub / "images.txt").read_text()
+    (cub / "images.txt").write_text(images.replace("\n", "\x00\n", 1))  # no OS opens a name with NUL
+    with pytest.raises(CbmctlError, match=r"images.txt:1: the image path .* holds a control character"):
+        load_dataset(cub)
+    (cub / "images.txt").write_text(images)
     (cub / "image_class_labels.txt").write_text((cub / "image_class_labels.txt").read_text().replace(" 1\n", " ²\n", 1))
     with pytest.raises(CbmctlError, match="absent from classes.txt"):
         load_dataset(cub)
@@ -499,3 +504,29 @@ def test_dataset_yaml_converts_numbers_written_as_text(tmp_path):
     cub = make_cub(tmp_path, per_class=12)
     (cub / "cbmctl.yaml").write_text("val_fraction: '0.25'\n")
     assert load_dataset(cub).val_fraction == 0.25
+
+
+def test_parse_answer_bounds_phrases_and_says_so():
+    from cbmctl.concept_generation import MAX_PHRASES_PER_ANSWER, parse_answer
+    notes = []
+    concepts = parse_answer("".join(f"- phrase {i}\n" for i in range(MAX_PHRASES_PER_ANSWER + 7)), notes=notes)
+    assert concepts[-1] == f"phrase {MAX_PHRASES_PER_ANSWER - 1}" and len(concepts) == MAX_PHRASES_PER_ANSWER
+    assert notes == [f"7 phrase(s) beyond the first {MAX_PHRASES_PER_ANSWER} ignored"]
+
+
+@pytest.mark.parametrize("key", ["two words", "line\nbreak", "ключ"])
+def test_api_keys_a_header_cannot_carry_are_refused(key):
+    with pytest.raises(CbmctlError, match="API key holds spaces, control or non-ASCII"):
+        Endpoint("http://127.0.0.1:9/v1", key, "m")
+
+
+def test_a_garbled_compressed_answer_is_a_reported_failure(serve):
+    def garbled(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", "12")
+        handler.end_headers()
+        handler.wfile.write(b"not gzip at all"[:12])
+    server = serve(garbled)
+    with pytest.raises(CbmctlError, match="no usable concepts .request failed .DecodingError"):
+        generate(["albatross"], Endpoint(server.url, None, "m", timeout=5, retries=1, backoff=0))

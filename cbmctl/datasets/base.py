@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from cbmctl.data_files import read_text_capped
-from cbmctl.sanitize import safe_text
+from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import has_control, safe_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Listing files (Places365's 1.8 M-line train list, a manifest of ImageNet) are tens of MB; this bounds
@@ -21,6 +22,14 @@ MAX_LIST_BYTES = 1024 * 1024 * 1024
 def read_list_file(path: Path) -> str:
     """A dataset's text file (index, labels, class names) as UTF-8 text, or a one-line error."""
     return read_text_capped(path, MAX_LIST_BYTES)
+
+
+def listed_path(path: str, file: Path, number: int) -> str:
+    """An image path read from a listing file; control characters (NUL, newline, ESC ...) are refused, as
+    no OS opens the first and every report would print the others."""
+    if has_control(path):
+        raise CbmctlError(f"{safe_text(file)}:{number}: the image path {path[:80]!r} holds a control character")
+    return path
 
 
 def parse_index(text: str) -> int | None:
@@ -52,7 +61,7 @@ class FileImages:
         for record in records:
             try:
                 size = (self.root / record.path).stat().st_size
-            except OSError:
+            except (OSError, ValueError):  # missing, unreadable, or a name the OS refuses (NUL)
                 size = -1
             yield f"{record.path}\t{record.label}\t{size}"
 

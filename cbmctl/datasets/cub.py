@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl.concepts import validate_class_names
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, parse_index, read_list_file
+from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, listed_path, parse_index, read_list_file
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
@@ -24,7 +24,8 @@ def detect(path: Path) -> bool:
     return path.is_dir() and find_root(path) is not None
 
 
-def _read_pairs(path: Path) -> dict[int, str]:
+def _read_pairs(path: Path, paths: bool = False) -> dict[int, str]:
+    """'<id> <value>' lines; with `paths`, values are image paths and may hold no control character."""
     pairs = {}
     for number, line in enumerate(read_list_file(path).splitlines(), 1):
         if not line.strip():
@@ -36,7 +37,7 @@ def _read_pairs(path: Path) -> dict[int, str]:
             raise CbmctlError(f"{safe_text(path)}:{number}: id {key[:40]!r} is not a non-negative integer")
         if int(key) in pairs:
             raise CbmctlError(f"{safe_text(path)}:{number}: id {key} appears twice")
-        pairs[int(key)] = value.strip()
+        pairs[int(key)] = listed_path(value.strip(), path, number) if paths else value.strip()
     return pairs
 
 
@@ -79,7 +80,7 @@ def read(path: Path) -> Dataset:
     root = find_root(path)
     if root is None:
         raise CbmctlError(f"{path} is not a CUB_200_2011 directory (needs {', '.join(REQUIRED)})")
-    images = _read_pairs(root / "images.txt")
+    images = _read_pairs(root / "images.txt", paths=True)
     labels = _read_pairs(root / "image_class_labels.txt")
     is_train = _read_pairs(root / "train_test_split.txt")
     classes_by_id = _read_pairs(root / "classes.txt")

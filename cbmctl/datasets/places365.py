@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cbmctl.concepts import validate_class_names
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, parse_index, read_list_file
+from cbmctl.datasets.base import (Dataset, ImageRecord, clean_class_name, listed_path, parse_index,
+                                  read_list_file)
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
@@ -34,7 +35,8 @@ def _read_list(path: Path, image_dir: str, num_classes: int) -> list[ImageRecord
         if len(fields) != 2 or parse_index(fields[1]) is None or int(fields[1]) >= num_classes:
             raise CbmctlError(f"{safe_text(path)}:{number}: expected '<image> <class index below {num_classes}>', "
                               f"got {line[:80]!r}")
-        records.append(ImageRecord(f"{image_dir}/{fields[0].lstrip('/')}", int(fields[1])))
+        image = listed_path(fields[0].lstrip("/"), path, number)
+        records.append(ImageRecord(f"{image_dir}/{image}", int(fields[1])))
     return records
 
 
