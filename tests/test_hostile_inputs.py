@@ -530,3 +530,26 @@ def test_a_garbled_compressed_answer_is_a_reported_failure(serve):
     server = serve(garbled)
     with pytest.raises(CbmctlError, match="no usable concepts .request failed .DecodingError"):
         generate(["albatross"], Endpoint(server.url, None, "m", timeout=5, retries=1, backoff=0))
+
+
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_yaml_aliases_refused_with_and_without_libyaml(tmp_path, monkeypatch, libyaml):
+    import yaml
+
+    from cbmctl import data_files
+    if libyaml and not yaml.__with_libyaml__:
+        pytest.skip("PyYAML built without libyaml")
+    monkeypatch.setattr(yaml, "__with_libyaml__", libyaml)
+    data_files._yaml_loader.cache_clear()
+    try:
+        path = tmp_path / "m.yaml"
+        path.write_text("a: &x [one, two]\nb: *x\n")
+        with pytest.raises(CbmctlError, match=r"m.yaml:2:4: not valid YAML \(aliases"):
+            data_files.load_yaml(path)
+        path.write_text("a: [one]\nb: [two]\na: [three]\n")
+        with pytest.raises(CbmctlError, match=r"m.yaml:3:1: not valid YAML \(duplicate key 'a'\)"):
+            data_files.load_yaml(path)
+        path.write_text("bird: [red wings, 'long tail']\n")
+        assert data_files.load_yaml(path) == {"bird": ["red wings", "long tail"]}
+    finally:
+        data_files._yaml_loader.cache_clear()
