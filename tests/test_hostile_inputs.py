@@ -553,3 +553,18 @@ def test_yaml_aliases_refused_with_and_without_libyaml(tmp_path, monkeypatch, li
         assert data_files.load_yaml(path) == {"bird": ["red wings", "long tail"]}
     finally:
         data_files._yaml_loader.cache_clear()
+
+
+def test_a_redirect_to_an_invalid_url_is_a_reported_failure(serve):
+    server = serve(redirect_to("http://[::1"))
+    with pytest.raises(CbmctlError, match="no usable concepts .request failed .RemoteProtocolError: Invalid URL in location"):
+        generate(["albatross"], Endpoint(server.url, SECRET, "m", timeout=5, retries=1, backoff=0))
+
+
+def test_generation_runs_inside_a_running_event_loop(serve):
+    import asyncio
+    server = serve(chat_answer("- red wings"))
+
+    async def notebook_cell():  # as in Jupyter, where an event loop already runs
+        return generate(["albatross"], Endpoint(server.url, None, "m", timeout=5, retries=1))
+    assert asyncio.run(notebook_cell()).concepts == ["red wings"]
