@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
 MAX_CONCEPT_CHARS = 30
@@ -45,7 +47,7 @@ def builtin_sets() -> dict[str, Path]:
 
 def builtin_classes(name: str) -> list[str] | None:
     path = BUILTIN_DIR / f"{name}_classes.txt"
-    return read_lines(path)[0] if path.is_file() else None
+    return read_lines(path, dedupe=False)[0] if path.is_file() else None
 
 
 def normalise(text: str) -> str:
@@ -57,10 +59,26 @@ def normalise(text: str) -> str:
     return text
 
 
-def read_lines(path: Path) -> tuple[list[str], list[FileIssue]]:
+def _split_lines(text: str) -> list[str]:
+    # Only CR and LF end a line: str.splitlines would also split at \x0b, \x1c or U+2028, numbering
+    # lines differently from an editor, and hide those characters from the control-character check.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _control_issue(number: int, line: str) -> FileIssue | None:
+    """An error for a line holding a control character (a tab is only white space)."""
+    found = first_control(line.replace("\t", " "))
+    if found is None:
+        return None
+    return FileIssue(number, "error", f"holds the control character {found} (a concept or class name must be "
+                                      "plain text)")
+
+
+def read_lines(path: Path, dedupe: bool = True) -> tuple[list[str], list[FileIssue]]:
     """Entries of a one-per-line text file: UTF-8 with or without BOM, CRLF or LF, '#' comments and blank
-    lines ignored, exact duplicates (after normalising) dropped. Returns (entries, what was noticed)."""
-    raw = Path(path).read_bytes()
+    lines ignored, exact duplicates (after normalising) dropped unless `dedupe` is False. Lines holding
+    control characters are left out with an error issue. Returns (entries, what was noticed)."""
+    raw = read_bytes_capped(path)
     issues = []
     if raw.startswith(b"\xef\xbb\xbf"):
         issues.append(FileIssue(1, "warning", "starts with a UTF-8 byte-order mark (ignored)"))
@@ -68,11 +86,11 @@ def read_lines(path: Path) -> tuple[list[str], list[FileIssue]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise CbmctlError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        raise CbmctlError(f"{safe_text(path)}: not UTF-8 text (byte {error.start})") from None
     if "\r\n" in text:
         issues.append(FileIssue(None, "warning", "Windows line endings (CRLF; read as LF)"))
     entries, seen = [], {}
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _split_lines(text)
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped:
@@ -81,73 +99,136 @@ def read_lines(path: Path) -> tuple[list[str], list[FileIssue]]:
             continue
         if stripped.startswith("#"):
             continue
+        control = _control_issue(number, line)
+        if control is not None:
+            issues.append(control)
+            continue
         if stripped != line.rstrip("\n"):
             issues.append(FileIssue(number, "warning", "leading or trailing spaces (stripped)"))
         key = normalise(stripped)
-        if key in seen:
+        if dedupe and key in seen:
             issues.append(FileIssue(number, "warning", f"duplicate of line {seen[key]} {stripped!r} (dropped)"))
             continue
-        seen[key] = number
+        seen.setdefault(key, number)
         entries.append(re.sub(r"\s+", " ", stripped))
     return entries, issues
 
 
-def load_concept_set(spec: str) -> ConceptSet:
-    """A built-in set by name, or a file by path."""
+def _raise_first_error(path, issues: list[FileIssue]) -> None:
+    error = next((i for i in issues if i.severity == "error"), None)
+    if error is not None:
+        raise CbmctlError(_issue_text(path, error))
+
+
+MAP_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def locate_concept_set(spec: str) -> tuple[Path, str, str]:
+    """(file, name, source) of a built-in set NAME or a file PATH."""
     sets = builtin_sets()
     path = Path(spec).expanduser()
     if path.is_file():
-        name, source = path.stem, str(path)
-    elif spec in sets:
-        path, name, source = sets[spec], spec, f"builtin:{spec}"
-    else:
-        raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set "
-                          f"({', '.join(sets) or 'none'})")
-    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        return path, path.stem, str(path)
+    if spec in sets:
+        return sets[spec], spec, f"builtin:{spec}"
+    raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set ({', '.join(sets) or 'none'})")
+
+
+def load_concept_set(spec: str) -> ConceptSet:
+    """A built-in set by name, or a file by path."""
+    path, name, source = locate_concept_set(spec)
+    if path.suffix.lower() in MAP_SUFFIXES:
         return _load_associated(path, name, source)
     concepts, issues = read_lines(path)
+    _raise_first_error(path, issues)
     if not concepts:
-        raise CbmctlError(f"{path}: the concept set is empty")
+        raise CbmctlError(f"{safe_text(path)}: the concept set is empty")
     return ConceptSet(name, concepts, source, [_issue_text(path, i) for i in issues])
+
+
+def check_concept_set(spec: str, classes: list[str] | None = None, tokenizer=None, context_length: int = 77
+                      ) -> tuple[ConceptSet, Path, list[FileIssue]]:
+    """`concepts check`: the set as far as it is readable, its file and every issue, errors included (a
+    concept map's structural errors are raised, as there is no line to point at)."""
+    path, name, source = locate_concept_set(spec)
+    if path.suffix.lower() in MAP_SUFFIXES:
+        loaded = _load_associated(path, name, source)
+        return loaded, path, _concept_issues(loaded.concepts, {}, classes, tokenizer, context_length)
+    issues = check_file(path, classes, tokenizer, context_length)
+    return ConceptSet(name, read_lines(path)[0], source), path, issues
 
 
 def _load_associated(path: Path, name: str, source: str) -> ConceptSet:
     """A {class name: [concepts]} mapping (JSON or YAML): the concepts, de-duplicated in first-seen order,
-    and which class each describes (for CMS's description baseline)."""
-    import yaml
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, yaml.YAMLError) as error:
-        raise CbmctlError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise CbmctlError(f"{path}: expected a mapping of class name -> list of concepts")
+    and which class each describes (for CMS's description baseline). Anything but text where a class name
+    or a concept belongs is an error naming the class."""
+    import reprlib
+    data = load_structured(path)
+    shown = safe_text(path)
+    if not isinstance(data, dict):
+        raise CbmctlError(f"{shown}: expected a mapping of class name -> list of concepts")
     concepts, seen, associations = [], set(), {}
     for class_name, items in data.items():
-        associations[str(class_name)] = [re.sub(r"\s+", " ", str(c).strip()) for c in items if str(c).strip()]
-        for concept in associations[str(class_name)]:
+        if isinstance(class_name, bool) or not isinstance(class_name, (str, int)):
+            raise CbmctlError(f"{shown}: class name {reprlib.repr(class_name)} is not text")
+        if not isinstance(items, list):
+            raise CbmctlError(f"{shown}: class {str(class_name)!r}: expected a list of concepts, got "
+                              f"{reprlib.repr(items)}")
+        for item in items:
+            if not isinstance(item, str):
+                raise CbmctlError(f"{shown}: class {str(class_name)!r}: {reprlib.repr(item)} is not a concept "
+                                  f"({type(item).__name__}, where concepts are text)")
+            if has_control(item.replace("\t", " ")):
+                raise CbmctlError(f"{shown}: class {str(class_name)!r}: concept {item!r} holds the control "
+                                  f"character {first_control(item)}")
+        associations[str(class_name)] = [re.sub(r"\s+", " ", c.strip()) for c in items if c.strip()]
+    validate_class_names(list(associations), shown)
+    for class_concepts in associations.values():
+        for concept in class_concepts:
             if normalise(concept) not in seen:
                 seen.add(normalise(concept))
                 concepts.append(concept)
     if not concepts:
-        raise CbmctlError(f"{path}: the concept set is empty")
+        raise CbmctlError(f"{shown}: the concept set is empty")
     return ConceptSet(name, concepts, source, [], associations)
+
+
+def validate_class_names(names: list[str], source) -> list[str]:
+    """Refuse, in one line naming `source`, a class list that would make labels ambiguous or unsafe to
+    show: an empty name, a control character (newline, ESC, bidi override ...), or two names that differ
+    only by case or spacing. Returns the names unchanged."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise CbmctlError(f"{safe_text(source)}: class {index} has an empty name")
+        if has_control(name):
+            raise CbmctlError(f"{safe_text(source)}: class {index} {name!r} holds the control character "
+                              f"{first_control(name)}")
+        key = " ".join(name.split()).casefold()
+        if key in seen:
+            first = seen[key]
+            raise CbmctlError(f"{safe_text(source)}: classes {first} {names[first]!r} and {index} {name!r} differ "
+                              "only by case or spacing; rename one")
+        seen[key] = index
+    return names
 
 
 def load_class_list(spec: str) -> list[str]:
     """Class names from a file (one per line, label order) or a built-in list by dataset name."""
     path = Path(spec).expanduser()
     if path.is_file():
-        classes, _ = read_lines(path)
-    else:
-        classes = builtin_classes(spec)
-        if classes is None:
-            raise CbmctlError(f"class list {spec!r}: no such file, and not a built-in list")
+        classes, issues = read_lines(path, dedupe=False)
+        _raise_first_error(path, issues)
+        return validate_class_names(classes, path)
+    classes = builtin_classes(spec)
+    if classes is None:
+        raise CbmctlError(f"class list {spec!r}: no such file, and not a built-in list")
     return classes
 
 
 def _issue_text(path, issue: FileIssue) -> str:
     where = f"{path}:{issue.line}" if issue.line else str(path)
-    return f"{where}: {issue.message}"
+    return safe_text(f"{where}: {issue.message}")
 
 
 def check_class_list(classes: list[str]) -> list[FileIssue]:
@@ -165,15 +246,21 @@ def check_class_list(classes: list[str]) -> list[FileIssue]:
 
 def check_file(path: Path, classes: list[str] | None = None, tokenizer=None, context_length: int = 77
                ) -> list[FileIssue]:
-    """Everything worth telling about a concept file. Errors: empty set, concepts longer than the text
-    encoder's context (they would be truncated), concepts that are class names (they leak the label)."""
-    raw_lines = Path(path).read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
+    """Everything worth telling about a concept file. Errors: empty set, control characters, concepts
+    longer than the text encoder's context (they would be truncated), concepts that are class names (they
+    leak the label)."""
     concepts, issues = read_lines(path)
-    if not concepts:
-        issues.append(FileIssue(None, "error", "no concepts"))
+    raw_lines = _split_lines(read_bytes_capped(path).decode("utf-8", errors="replace").lstrip("\ufeff"))
     line_of = {}
     for number, line in enumerate(raw_lines, 1):
         line_of.setdefault(re.sub(r"\s+", " ", line.strip()), number)
+    return sorted(issues + _concept_issues(concepts, line_of, classes, tokenizer, context_length),
+                  key=lambda i: (i.line or 0, i.severity))
+
+
+def _concept_issues(concepts: list[str], line_of: dict[str, int], classes, tokenizer, context_length: int
+                    ) -> list[FileIssue]:
+    issues = [] if concepts else [FileIssue(None, "error", "no concepts")]
     class_keys = {normalise(c): c for c in classes or []}
     for concept in concepts:
         number = line_of.get(concept)
@@ -190,7 +277,7 @@ def check_file(path: Path, classes: list[str] | None = None, tokenizer=None, con
                                                      f"{class_keys[normalise(concept)]!r}"))
     if classes:
         issues.extend(check_class_list(classes))
-    return sorted(issues, key=lambda i: (i.line or 0, i.severity))
+    return issues
 
 
 def _token_count(tokenizer, text: str) -> int:

@@ -42,7 +42,8 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CbmctlError as error:
-            click.echo(f"Error: {error}", err=True)
+            from cbmctl.sanitize import safe_text  # messages quote names from files and servers
+            click.echo(f"Error: {safe_text(error)}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

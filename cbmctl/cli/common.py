@@ -7,9 +7,14 @@ import json
 import click
 
 
-def backbone_options(func):
+def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.yaml, else ViT-L-14"):
+    """--model/--pretrained/--device; `@backbone_options(model_default=...)` for commands that take no
+    dataset, so that the help says where their default really comes from."""
+    if func is None:
+        return functools.partial(backbone_options, model_default=model_default)
+
     @click.option("--model", "-m", default=None, help="open_clip name (ViT-L-14), hf-hub:org/repo, 'demo', or a "
-                  "model-config .json. Default: the dataset's cbmctl.yaml, else ViT-L-14.")
+                  f"model-config .json. Default: {model_default}.")
     @click.option("--pretrained", "-p", default=None, help="Zoo tag (openai, laion2b_s34b_b79k), a local "
                   ".pt/.safetensors file, or 'none' for random weights.")
     @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")

@@ -7,6 +7,13 @@ from pathlib import Path
 import click
 
 from cbmctl.cli.common import backbone_options, print_json
+from cbmctl.sanitize import safe_text
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Every line these commands print holds names from files or servers: shown with control characters
+    escaped, never raw."""
+    click.echo(safe_text(line), err=err)
 
 
 @click.group()
@@ -44,8 +51,8 @@ def show(concept_set, as_json):
     if as_json:
         return print_json({**loaded.record(), "concepts": loaded.concepts, "warnings": loaded.warnings})
     for warning in loaded.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    text = "\n".join(loaded.concepts)
+        _say(f"warning: {warning}", err=True)
+    text = "\n".join(safe_text(concept) for concept in loaded.concepts)
     click.echo_via_pager(text + "\n") if len(loaded.concepts) > 50 else click.echo(text)
 
 
@@ -63,23 +70,22 @@ def _classes_for(spec, concept_set):
               "the demo CLIP for the demo set).")
 @click.option("--json", "as_json", is_flag=True)
 def check(concept_set, classes, model, as_json):
-    """Report duplicates, blank lines, BOM/CRLF, over-long concepts and class names used as concepts.
-    Exits 1 on errors, 0 with warnings only."""
+    """Report control characters, duplicates, blank lines, BOM/CRLF, over-long concepts and class names
+    used as concepts. Exits 1 on errors, 0 with warnings only."""
     from cbmctl.backbones import DEFAULT_MODEL, load_tokenizer
-    from cbmctl.concepts import builtin_sets, check_file, load_concept_set
-    loaded = load_concept_set(concept_set)
-    path = Path(concept_set) if Path(concept_set).is_file() else builtin_sets()[concept_set]
-    tokenizer, context = load_tokenizer(model or ("demo" if loaded.name == "demo" else DEFAULT_MODEL))
-    issues = check_file(path, _classes_for(classes, loaded.name), tokenizer, context)
+    from cbmctl.concepts import check_concept_set, locate_concept_set
+    _, name, _ = locate_concept_set(concept_set)
+    tokenizer, context = load_tokenizer(model or ("demo" if name == "demo" else DEFAULT_MODEL))
+    loaded, path, issues = check_concept_set(concept_set, _classes_for(classes, name), tokenizer, context)
     errors = [i for i in issues if i.severity == "error"]
     if as_json:
         print_json({**loaded.record(), "issues": [vars(i) for i in issues], "ok": not errors})
     else:
         for issue in issues:
             where = f"{path}:{issue.line}" if issue.line else str(path)
-            click.echo(f"{issue.severity}: {where}: {issue.message}")
-        click.echo(f"{loaded.name}: {len(loaded.concepts)} concepts, {len(errors)} error(s), "
-                   f"{len(issues) - len(errors)} warning(s)")
+            _say(f"{issue.severity}: {where}: {issue.message}")
+        _say(f"{loaded.name}: {len(loaded.concepts)} concepts, {len(errors)} error(s), "
+             f"{len(issues) - len(errors)} warning(s)")
     if errors:
         raise SystemExit(1)
 
@@ -89,7 +95,7 @@ def check(concept_set, classes, model, as_json):
 @click.option("--classes", default=None, help="Class list (file or built-in name); default: the set's own.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the kept concepts.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@backbone_options
+@backbone_options(model_default="the --cache's backbone, else ViT-L-14 (the demo CLIP for the demo set)")
 @click.option("--max-chars", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--class-similarity", default=0.85, show_default=True, type=float)
 @click.option("--duplicate-similarity", default=0.9, show_default=True, type=float)
@@ -106,7 +112,7 @@ def filter_command(concept_set, classes, out, force, model, pretrained, device, 
     from cbmctl.concepts import ConceptSet, FilterThresholds, encode_concepts, filter_concepts, load_concept_set
     out = Path(out)
     if out.exists() and not force:
-        raise click.ClickException(f"{out} exists; pass --force to replace it")
+        raise click.ClickException(f"{safe_text(out)} exists; pass --force to replace it")
     loaded = load_concept_set(concept_set)
     class_names = _classes_for(classes, loaded.name)
     backbone, cache = _backbone(model, pretrained, device, cache_path, loaded.name)
@@ -124,15 +130,16 @@ def filter_command(concept_set, classes, out, force, model, pretrained, device, 
         return print_json({"kept": kept, "dropped": [{"concept": c, "reason": r} for c, r in dropped],
                            "out": str(out)})
     for concept, reason in dropped:
-        click.echo(f"drop {concept!r}: {reason}")
-    click.echo(f"kept {len(kept)} of {len(loaded.concepts)} concepts -> {out}")
+        _say(f"drop {concept!r}: {reason}")
+    _say(f"kept {len(kept)} of {len(loaded.concepts)} concepts -> {out}")
 
 
 def _write_lines(path: Path, lines, header: str) -> None:
     import os
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"# {header}\n" + "".join(f"{line}\n" for line in lines), encoding="utf-8")
+    # a header holding a newline would turn its remainder into a concept on re-reading
+    tmp.write_text(f"# {safe_text(header)}\n" + "".join(f"{line}\n" for line in lines), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -142,15 +149,17 @@ def _backbone(model, pretrained, device, cache_path, set_name):
         from cbmctl.cache import open_cache
         cache = open_cache(cache_path)
         if model and model != cache.attrs["backbone_model"]:
-            raise click.ClickException(f"--model {model} differs from the cache's {cache.attrs['backbone_model']}")
+            raise click.ClickException(safe_text(f"--model {model} differs from the cache's "
+                                                 f"{cache.attrs['backbone_model']}"))
         return load_backbone_of_cache(cache, device), cache
     return load_backbone(model or ("demo" if set_name == "demo" else DEFAULT_MODEL), pretrained, device), None
 
 
 @concepts.command(name="embed")
 @click.argument("concept_set")
-@click.option("--cache", "cache_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--device", default="auto", show_default=True)
+@click.option("--cache", "cache_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The embedding cache whose backbone encodes the concepts and whose text store keeps them.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
 def embed_command(concept_set, cache_path, device):
     """Add a concept set's text embeddings to a cache's text store (no work if already there)."""
     from cbmctl.concepts import encode_concepts, load_concept_set
@@ -158,8 +167,8 @@ def embed_command(concept_set, cache_path, device):
     backbone, _ = _backbone(None, None, device, cache_path, loaded.name)
     _, key, created = encode_concepts(backbone, loaded, cache_path)
     state = "added" if created else "already there"
-    click.echo(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} as "
-               f"text/{key} in {cache_path}")
+    _say(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} as "
+         f"text/{key} in {cache_path}")
 
 
 @concepts.command()
@@ -170,10 +179,13 @@ def embed_command(concept_set, cache_path, device):
               "[env OPENAI_BASE_URL]")
 @click.option("--api-key", default=None, help="[env OPENAI_API_KEY]")
 @click.option("--llm-model", default=None, help="Chat model name [env CBMCTL_LLM_MODEL; default gpt-4o-mini]")
-@click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds per request.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(1, 10))
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="Seconds per attempt: connecting, waiting and receiving the whole answer must fit in it.")
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(1, 10),
+              help="Attempts per request (timeouts, connection errors, 429/5xx, malformed answers); a request "
+                   "that still fails is reported and skipped.")
 @click.option("--no-filter", is_flag=True, help="Write the raw de-duplicated concepts without filtering.")
-@backbone_options
+@backbone_options(model_default="ViT-L-14, whose text encoder filters the answers (unused with --no-filter)")
 def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, retries, no_filter, model,
              pretrained, device):
     """Generate concepts for a class list with a chat model (features, superclasses, surroundings), then
@@ -183,13 +195,17 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
     from cbmctl.concepts import ConceptSet, FilterThresholds, encode_concepts, filter_concepts, load_class_list
     out = Path(out)
     if out.exists() and not force:
-        raise click.ClickException(f"{out} exists; pass --force to replace it")
+        raise click.ClickException(f"{safe_text(out)} exists; pass --force to replace it")
     endpoint = Endpoint.from_options(base_url, api_key, llm_model, timeout, retries)
     classes = load_class_list(classes_spec)
+    if endpoint.sends_key_in_clear():
+        _say(f"warning: the API key goes unencrypted over http to {endpoint.base_url}", err=True)
     with click.progressbar(length=3 * len(classes), label="asking", file=sys.stderr) as bar:
         result = run_generation(classes, endpoint, progress=lambda: bar.update(1))
+    for warning in result.warnings:
+        _say(f"warning: {warning}", err=True)
     for name, kind, reason in result.failures:
-        click.echo(f"warning: {name} / {kind}: {reason}", err=True)
+        _say(f"warning: {name} / {kind}: {reason}", err=True)
     kept, dropped = result.concepts, []
     if not no_filter:
         backbone, _ = _backbone(model, pretrained, device, None, "")
@@ -198,7 +214,7 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
         class_vectors = encode_concepts(backbone, ConceptSet("classes", classes, "classes"))[0]
         kept, dropped = filter_concepts(result.concepts, classes, vectors, class_vectors, FilterThresholds())
         for concept, reason in dropped:
-            click.echo(f"drop {concept!r}: {reason}")
+            _say(f"drop {concept!r}: {reason}")
     _write_lines(out, kept, f"generated by {endpoint.model} for {len(classes)} classes")
-    click.echo(f"{len(result.concepts)} concepts generated, {len(kept)} kept -> {out}"
-               + (f" ({len(result.failures)} request(s) failed)" if result.failures else ""))
+    _say(f"{len(result.concepts)} concepts generated, {len(kept)} kept -> {out}"
+         + (f" ({len(result.failures)} request(s) failed)" if result.failures else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cbmctl.concepts import validate_class_names
 from cbmctl.datasets import cifar, cub, imagefolder, manifest, places365
 from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, disambiguate
 from cbmctl.datasets.config import DatasetConfig, apply_class_names, load_config
@@ -108,6 +109,7 @@ def load_dataset(
         raise CbmctlError(f"{path} is not laid out as {format}")
     dataset = READERS[format].read(path)
     dataset.classes = apply_class_names(dataset.classes, config.class_names, config_dir / "cbmctl.yaml")
+    validate_class_names(dataset.classes, path)  # every reader checks its own; this keeps any new one honest
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     fraction = fraction if config.val_fraction is None or val_fraction is not None else config.val_fraction
     seed = val_seed if val_seed is not None else (config.val_seed if config.val_seed is not None else DEFAULT_VAL_SEED)

@@ -9,7 +9,32 @@ from typing import Callable
 
 import numpy as np
 
+from cbmctl.data_files import read_text_capped
+from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import has_control, safe_text
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Listing files (Places365's 1.8 M-line train list, a manifest of ImageNet) are tens of MB; this bounds
+# what a forged one can make us hold, and turns a decoding error into one line.
+MAX_LIST_BYTES = 1024 * 1024 * 1024
+
+
+def read_list_file(path: Path) -> str:
+    """A dataset's text file (index, labels, class names) as UTF-8 text, or a one-line error."""
+    return read_text_capped(path, MAX_LIST_BYTES)
+
+
+def listed_path(path: str, file: Path, number: int) -> str:
+    """An image path read from a listing file; control characters (NUL, newline, ESC ...) are refused, as
+    no OS opens the first and every report would print the others."""
+    if has_control(path):
+        raise CbmctlError(f"{safe_text(file)}:{number}: the image path {path[:80]!r} holds a control character")
+    return path
+
+
+def parse_index(text: str) -> int | None:
+    """A non-negative decimal integer, or None (str.isdigit alone accepts '²', which int() refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -36,7 +61,7 @@ class FileImages:
         for record in records:
             try:
                 size = (self.root / record.path).stat().st_size
-            except OSError:
+            except (OSError, ValueError):  # missing, unreadable, or a name the OS refuses (NUL)
                 size = -1
             yield f"{record.path}\t{record.label}\t{size}"
 
@@ -84,8 +109,9 @@ class Dataset:
         return digest.hexdigest()
 
     def summary(self) -> str:
+        """One line for a terminal (the name comes from a folder, so it is shown escaped)."""
         sizes = ", ".join(f"{split} {len(records)}" for split, records in self.splits.items())
-        return f"{self.name} ({self.format}): {self.num_classes} classes; {sizes}"
+        return safe_text(f"{self.name} ({self.format}): {self.num_classes} classes; {sizes}")
 
 
 def clean_class_name(raw: str) -> str:
@@ -99,8 +125,9 @@ def clean_class_name(raw: str) -> str:
 
 
 def disambiguate(names: list[str], keys: list[str]) -> list[str]:
-    """Keep label order; where two classes share a name, suffix each with its key (e.g. a WordNet id)."""
+    """Keep label order; where two classes share a name, also one differing only by case (ImageNet's
+    'Cardigan' the corgi and 'cardigan' the sweater), suffix each with its key (e.g. a WordNet id)."""
     counts: dict[str, int] = {}
     for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return [f"{name} ({key})" if counts[name] > 1 else name for name, key in zip(names, keys)]
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    return [f"{name} ({key})" if counts[name.casefold()] > 1 else name for name, key in zip(names, keys)]

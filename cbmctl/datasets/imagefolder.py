@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cbmctl.datasets.base import IMAGE_EXTENSIONS, Dataset, ImageRecord, disambiguate
+from cbmctl.concepts import validate_class_names
+from cbmctl.datasets.base import IMAGE_EXTENSIONS, Dataset, ImageRecord, disambiguate, read_list_file
 from cbmctl.errors import CbmctlError
 
 # Files that map ImageNet synset folder names (n01440764) to readable names, "wnid name[, synonym...]".
@@ -18,16 +19,17 @@ def detect(path: Path) -> bool:
     return path.is_dir() and (path / "train").is_dir() and bool(_class_dirs(path / "train"))
 
 
-def _synset_names(root: Path) -> dict[str, str]:
-    for candidate in (root / name for name in SYNSET_FILES):
-        if candidate.is_file():
-            names = {}
-            for line in candidate.read_text(encoding="utf-8").splitlines():
-                wnid, _, rest = line.strip().partition(" ")
-                if wnid and rest:
-                    names[wnid] = rest.split(",")[0].strip()
-            return names
-    return {}
+def _synset_file(root: Path) -> Path | None:
+    return next((candidate for candidate in (root / name for name in SYNSET_FILES) if candidate.is_file()), None)
+
+
+def _synset_names(file: Path | None) -> dict[str, str]:
+    names = {}
+    for line in read_list_file(file).splitlines() if file else ():
+        wnid, _, rest = line.strip().partition(" ")
+        if wnid and rest.split(",")[0].strip():
+            names[wnid] = rest.split(",")[0].strip()
+    return names
 
 
 def _images(split_dir: Path, folders: list[str], root: Path) -> list[ImageRecord]:
@@ -56,13 +58,14 @@ def read(root: Path) -> Dataset:
     else:
         for name in held_out:
             splits[name] = _images(root / name, folders, root)
-    synsets = _synset_names(root)
+    synset_file = _synset_file(root)
+    synsets = _synset_names(synset_file)
     names = [synsets.get(folder, folder).replace("_", " ") for folder in folders]
     dataset = Dataset(
         name=root.name,
         root=root,
         format="imagefolder",
-        classes=disambiguate(names, folders),
+        classes=validate_class_names(disambiguate(names, folders), synset_file or root / "train"),
         splits=splits,
     )
     if not splits["train"]:

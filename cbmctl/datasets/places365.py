@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name
+from cbmctl.concepts import validate_class_names
+from cbmctl.datasets.base import (Dataset, ImageRecord, clean_class_name, listed_path, parse_index,
+                                  read_list_file)
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import safe_text
 
 CATEGORIES = "categories_places365.txt"
 TRAIN_LIST = "places365_train_standard.txt"
@@ -25,25 +28,33 @@ def _first_dir(root: Path, names) -> str | None:
 
 def _read_list(path: Path, image_dir: str, num_classes: int) -> list[ImageRecord]:
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_list_file(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) >= num_classes:
-            raise CbmctlError(f"{path}:{number}: expected '<image> <class index>', got {line!r}")
-        records.append(ImageRecord(f"{image_dir}/{fields[0].lstrip('/')}", int(fields[1])))
+        if len(fields) != 2 or parse_index(fields[1]) is None or int(fields[1]) >= num_classes:
+            raise CbmctlError(f"{safe_text(path)}:{number}: expected '<image> <class index below {num_classes}>', "
+                              f"got {line[:80]!r}")
+        image = listed_path(fields[0].lstrip("/"), path, number)
+        records.append(ImageRecord(f"{image_dir}/{image}", int(fields[1])))
     return records
 
 
 def read(root: Path) -> Dataset:
     categories = {}
-    for number, line in enumerate((root / CATEGORIES).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_list_file(root / CATEGORIES).splitlines(), 1):
         if line.strip():
             name, _, index = line.strip().rpartition(" ")
-            if not index.isdigit():
-                raise CbmctlError(f"{root / CATEGORIES}:{number}: expected '<category> <index>'")
+            if parse_index(index) is None or int(index) in categories:
+                raise CbmctlError(f"{safe_text(root / CATEGORIES)}:{number}: expected '<category> <index>' with "
+                                  f"an index not seen before, got {line[:80]!r}")
             categories[int(index)] = name
-    classes = [clean_class_name(categories[i]) for i in sorted(categories)]
+    if sorted(categories) != list(range(len(categories))):
+        missing = next(i for i in range(len(categories)) if i not in categories)
+        raise CbmctlError(f"{safe_text(root / CATEGORIES)}: category indices must run 0..{len(categories) - 1}; "
+                          f"{missing} is missing")
+    classes = validate_class_names([clean_class_name(categories[i]) for i in range(len(categories))],
+                                   root / CATEGORIES)
     train_dir, val_dir = _first_dir(root, TRAIN_DIRS), _first_dir(root, VAL_DIRS)
     if val_dir is None:
         raise CbmctlError(f"{root}: no validation images folder ({' or '.join(VAL_DIRS)})")
