@@ -15,7 +15,8 @@ from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, trai
 
 # the metrics a comparison summarises, in table order (percentages first); absent ones are skipped
 SUMMARY_KEYS = ("top1", "dense_top1", "nec5_top1", "anec", "top5", "mean_per_class", "ece", "nec",
-                "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean", "coverage90_mean")
+                "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean", "coverage90_mean", "cbl_change",
+                "cbl_offdiagonal")
 REFERENCE = "none"
 
 
@@ -103,7 +104,8 @@ def compare_rows(methods: list[str], seeds: list[int], results: dict[str, list[T
     split), marked significant by Holm's procedure over the methods compared."""
     rows = []
     for method in methods:
-        tests = [r.metrics["test"] for r in results[method]]
+        # test-split metrics and the model's own (how the CBL moved), per seed
+        tests = [{**r.metrics["test"], **r.metrics.get("model", {})} for r in results[method]]
         keys = [k for k, v in tests[0].items() if isinstance(v, (int, float)) and k != "images"]
         varies = method not in BASELINES
         row = {"method": describe(_method_config(base, method, seeds[0])), "loss": method, "seeds": seeds}

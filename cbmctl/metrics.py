@@ -109,6 +109,16 @@ def anec(accuracy_at: dict[int, float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def cbl_weight_metrics(weight: torch.Tensor, initial: torch.Tensor) -> dict:
+    """How far the CBL (C×C) moved from its start (‖W − W₀‖/‖W₀‖), and how much of its weight lies off the
+    diagonal (Σ_{i≠j}|W_ij| / Σ|W|: 0 means unit j reads concept j alone)."""
+    weight, initial = weight.detach().float(), initial.detach().float()
+    total = weight.abs().sum().clamp_min(1e-30)
+    off_diagonal = total - weight.diagonal().abs().sum()
+    return {"cbl_change": float((weight - initial).norm() / initial.norm().clamp_min(1e-30)),
+            "cbl_offdiagonal": float(off_diagonal / total)}
+
+
 def coverage(contributions: torch.Tensor, share: float = 0.9) -> torch.Tensor:
     """Per image, the fewest concepts whose positive contributions reach `share` of the positive total
     (contributions to the predicted class, B×C). Images with no positive contribution count 0."""

@@ -99,9 +99,13 @@ def model_tensors(model: ConceptBottleneckModel, vectors: dict | None = None) ->
 
 
 def _names(metadata: dict, key: str, where: str) -> list[str]:
+    from cbmctl.sanitize import first_control, has_control
     names = metadata.get(key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CbmctlError(f"{where}: '{key}' must be a non-empty list of names")
+    for index, name in enumerate(names):
+        if has_control(name):
+            raise CbmctlError(f"{where}: {key[:-1]} {index} holds the control character {first_control(name)}")
     return names
 
 

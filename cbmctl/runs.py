@@ -41,14 +41,15 @@ MAX_JSON_BYTES = 256 << 20
 
 
 def versions() -> dict:
-    import torch
-    info = {"cbmctl": __import__("cbmctl").__version__, "torch": torch.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
-    try:
-        import open_clip
-        info["open_clip"] = open_clip.__version__
-    except ImportError:
-        pass
+    """The versions a run was made with (read from the installed metadata: importing open_clip takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+    info = {"cbmctl": __import__("cbmctl").__version__, "python": sys.version.split()[0],
+            "platform": platform.platform()}
+    for name, package in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("numpy", "numpy")):
+        try:
+            info[name] = version(package)
+        except PackageNotFoundError:
+            pass
     return info
 
 
@@ -125,11 +126,9 @@ def write_yaml(path: Path, data) -> None:
 
 
 def read_yaml(path: Path, what: str = "config") -> dict:
-    import yaml
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise CbmctlError(f"{path}: cannot read the {what} ({str(error).splitlines()[0]})") from None
+    """A YAML mapping, size-capped and without aliases (cbmctl.data_files.load_yaml)."""
+    from cbmctl.data_files import load_yaml
+    data = load_yaml(Path(path)) or {}
     if not isinstance(data, dict):
         raise CbmctlError(f"{path}: the {what} must be a mapping of option names to values")
     return data

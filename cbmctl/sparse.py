@@ -25,10 +25,14 @@ import torch
 from cbmctl.errors import CbmctlError
 
 
+STEP_SHRINK = 0.8     # the step search tries a 1/0.8 longer step every iteration ...
+MAX_BACKTRACKS = 60   # ... and halves it until the bound holds (2^60: from any start to any curvature)
+
+
 @dataclass
 class SparseConfig:
     alpha: float = 0.99              # share of the penalty that is l1
-    path_points: int = 100           # λ values from λ_max to λ_max · lambda_min_ratio, geometric
+    path_points: int = 100          # λ values from λ_max to λ_max · lambda_min_ratio, geometric
     lambda_min_ratio: float = 1e-4
     max_nec: int = 30                # the path stops once every model has this many weights per class
     max_iterations: int = 2000       # per path point
@@ -58,11 +62,12 @@ class Design:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def chunks(self, members: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) chunks; `members` (indices) restricts x to those models."""
         for start in range(0, len(self), self.chunk):
             stop = min(start + self.chunk, len(self))
             x = self._stored[:, start:stop] if self._stored is not None else self._produce(start, stop)
-            yield x, self.labels[start:stop]
+            yield (x if members is None else x[members]), self.labels[start:stop]
 
     def logits(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """S×N×K logits of the split under heads (weight S×K×C, bias S×K)."""
@@ -70,26 +75,33 @@ class Design:
                          dim=1)
 
 
-def _loss_and_gradient(design: Design, weight: torch.Tensor, bias: torch.Tensor):
-    """Mean cross-entropy of every model (S) and its gradient with respect to weight (S×K×C) and bias (S×K)."""
+def _loss_and_gradient(design: Design, weight: torch.Tensor, bias: torch.Tensor, members=None):
+    """Mean cross-entropy of every model (S) and its gradient with respect to weight (S×K×C) and bias (S×K);
+    with `members`, weight and bias belong to those models of the design only."""
     s = weight.shape[0]
     grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
     loss = torch.zeros(s, dtype=torch.float64, device=weight.device)
-    for x, y in design.chunks():
+    for x, y in design.chunks(members):
         logits = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+        index = y.expand(s, -1)[..., None]
         log_p = logits.log_softmax(dim=-1)
-        loss -= log_p.gather(-1, y.expand(s, -1)[..., None]).sum((1, 2)).double()
-        residual = log_p.exp()
-        residual.scatter_add_(-1, y.expand(s, -1)[..., None], -torch.ones_like(residual[..., :1]))
-        grad_w += torch.bmm(residual.transpose(1, 2), x)
+        loss -= log_p.gather(-1, index).sum((1, 2)).double()
+        residual = log_p.exp_()
+        residual.scatter_add_(-1, index, -torch.ones_like(residual[..., :1]).expand_as(index))
+        grad_w.baddbmm_(residual.transpose(1, 2), x)
         grad_b += residual.sum(dim=1)
     n = max(len(design), 1)
     return (loss / n).float(), grad_w / n, grad_b / n
 
 
-def validation_loss(design: Design, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of every model on a split (S)."""
-    return _loss_and_gradient(design, weight, bias)[0]
+def validation_loss(design: Design, weight: torch.Tensor, bias: torch.Tensor, members=None) -> torch.Tensor:
+    """Mean cross-entropy of every model on a split (S), without the gradient."""
+    s = weight.shape[0]
+    loss = torch.zeros(s, dtype=torch.float64, device=weight.device)
+    for x, y in design.chunks(members):
+        logits = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+        loss -= logits.log_softmax(dim=-1).gather(-1, y.expand(s, -1)[..., None]).sum((1, 2)).double()
+    return (loss / max(len(design), 1)).float()
 
 
 def _lipschitz(design: Design, s: int, c: int) -> torch.Tensor:
@@ -108,37 +120,74 @@ def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tenso
     return values.sign() * (values.abs() - threshold).clamp_min(0)
 
 
-def proximal_gradient(gradient: Callable, weight: torch.Tensor, bias: torch.Tensor, step: torch.Tensor,
+def proximal_gradient(smooth: Callable, weight: torch.Tensor, bias: torch.Tensor, lipschitz: torch.Tensor,
                       l1: torch.Tensor, l2: torch.Tensor, max_iterations: int, tolerance: float,
                       support: torch.Tensor | None = None, on_check: Callable | None = None, check_every: int = 0):
-    """FISTA with gradient-based adaptive restart for min_F,b f(F, b) + l1·‖F‖₁ + ½ l2·‖F‖², where
-    `gradient(F, b)` gives f's gradients (weight S×K×C, bias S×K; step, l1, l2 are S-vectors; b is not
-    penalised). `support` (S×K×C booleans) fixes the non-zero pattern. A model stops when the largest
-    entry of its gradient mapping falls under `tolerance`; stopped models stay frozen,
-    so each model's iterates are the ones it would have alone. `on_check(iteration, F, b)` is called every
-    `check_every` iterations and once at the end. Returns (weight, bias, iterations per model)."""
+    """FISTA for min_F,b f(F, b) + l1·‖F‖₁ + ½ l2·‖F‖² (weight S×K×C, bias S×K, not penalised; lipschitz, l1,
+    l2 are S-vectors), with a backtracking step per model and gradient-based adaptive restart.
+
+    `smooth(F, b, gradient, members)` gives f per model and, when `gradient`, its gradients, for the models
+    `members` (indices; F and b hold just those), so models that have stopped cost nothing. The step 1/L starts
+    from `lipschitz`, shrinks a little every iteration and doubles until the quadratic upper bound holds
+    at the new point (Beck & Teboulle), so it follows the local curvature, which for a softmax is far below
+    the global bound once the classes separate. `support` (S×K×C booleans) fixes the non-zero pattern.
+    A model stops when the largest entry of its gradient mapping L·(y − x⁺) falls under `tolerance`;
+    stopped models stay frozen, so each model's iterates are the ones it would have alone.
+    `on_check(iteration, F, b)` is called every `check_every` iterations and once at the end.
+    Returns (weight, bias, iterations per model, final L per model)."""
     s = weight.shape[0]
     x_w, x_b = weight.clone(), bias.clone()
     y_w, y_b = weight.clone(), bias.clone()
-    t = torch.ones(s, device=weight.device)
+    t = torch.ones(s, device=weight.device, dtype=weight.dtype)
+    lipschitz = lipschitz.clone().to(weight.dtype)
     active = torch.ones(s, dtype=torch.bool, device=weight.device)
     iterations = torch.zeros(s, dtype=torch.long, device=weight.device)
-    step3, step2 = step[:, None, None], step[:, None]
+
+    def value(w, b, grad, members):
+        """f + ½ l2‖F‖² (and its gradients) of the models `members`, computed for those only."""
+        sub_w, sub_b, sub_l2 = w[members], b[members], l2[members]
+        penalty = 0.5 * sub_l2 * (sub_w * sub_w).sum((1, 2))
+        full = torch.zeros(s, dtype=w.dtype, device=w.device)
+        if not grad:
+            return full.index_copy(0, members, (smooth(sub_w, sub_b, False, members) + penalty).to(w.dtype))
+        f, grad_w, grad_b = smooth(sub_w, sub_b, True, members)
+        return (full.index_copy(0, members, (f + penalty).to(w.dtype)),
+                torch.zeros_like(w).index_copy(0, members, grad_w + sub_l2[:, None, None] * sub_w),
+                torch.zeros_like(b).index_copy(0, members, grad_b))
+
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        grad_w, grad_b = gradient(y_w, y_b)
-        grad_w = grad_w + l2[:, None, None] * y_w
-        new_w = soft_threshold(y_w - step3 * grad_w, (step * l1)[:, None, None])
-        if support is not None:
-            new_w = new_w * support
-        new_b = y_b - step2 * grad_b
-        # the gradient mapping (y − x⁺)/step is zero exactly at a solution: its size measures optimality
-        mapping = torch.maximum((y_w - new_w).abs().amax((1, 2)), (y_b - new_b).abs().amax(1)) / step
+        members = active.nonzero().flatten()
+        f_y, grad_w, grad_b = value(y_w, y_b, True, members)
+        lipschitz = torch.where(active, lipschitz * STEP_SHRINK, lipschitz)
+        new_w, new_b = y_w.clone(), y_b.clone()
+        pending = active.clone()
+        for _ in range(MAX_BACKTRACKS):
+            step = 1.0 / lipschitz
+            candidate_w = soft_threshold(y_w - step[:, None, None] * grad_w, (step * l1)[:, None, None])
+            if support is not None:
+                candidate_w = candidate_w * support
+            candidate_b = y_b - step[:, None] * grad_b
+            d_w, d_b = candidate_w - y_w, candidate_b - y_b
+            bound = f_y + (grad_w * d_w).sum((1, 2)) + (grad_b * d_b).sum(1) + \
+                lipschitz / 2 * ((d_w * d_w).sum((1, 2)) + (d_b * d_b).sum(1))
+            f_x = value(candidate_w, candidate_b, False, pending.nonzero().flatten())
+            # rounding in f itself must not reject the true step (or accept a far too long one)
+            fits = f_x <= bound + 8 * torch.finfo(f_x.dtype).eps * torch.maximum(f_x.abs(), f_y.abs())
+            accept = pending & fits
+            new_w = torch.where(accept[:, None, None], candidate_w, new_w)
+            new_b = torch.where(accept[:, None], candidate_b, new_b)
+            pending = pending & ~fits
+            if not bool(pending.any()):
+                break
+            lipschitz = torch.where(pending, lipschitz * 2, lipschitz)
+        # the gradient mapping L·(y − x⁺) is zero exactly at a solution: its size measures optimality
+        mapping = torch.maximum((y_w - new_w).abs().amax((1, 2)), (y_b - new_b).abs().amax(1)) * lipschitz
         # restart the momentum where the step went against it (O'Donoghue & Candès)
         against = ((y_w - new_w) * (new_w - x_w)).sum((1, 2)) + ((y_b - new_b) * (new_b - x_b)).sum(1) > 0
         t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         momentum = torch.where(against, torch.zeros_like(t), (t - 1) / t_next)
-        t = torch.where(against, torch.ones_like(t), t_next)
+        t = torch.where(active, torch.where(against, torch.ones_like(t), t_next), t)
         keep = active[:, None, None]
         moved_w = new_w + momentum[:, None, None] * (new_w - x_w)
         moved_b = new_b + momentum[:, None] * (new_b - x_b)
@@ -152,12 +201,16 @@ def proximal_gradient(gradient: Callable, weight: torch.Tensor, bias: torch.Tens
             on_check(iteration, x_w, x_b)
     if on_check is not None:
         on_check(iteration, x_w, x_b)
-    return x_w, x_b, iterations
+    return x_w, x_b, iterations, lipschitz
 
 
-def cross_entropy_gradient(design: Design) -> Callable:
-    """The gradient callable of proximal_gradient for the mean cross-entropy on a design."""
-    return lambda weight, bias: _loss_and_gradient(design, weight, bias)[1:]
+def cross_entropy(design: Design) -> Callable:
+    """The `smooth` callable of proximal_gradient for the mean cross-entropy on a design."""
+    def smooth(weight, bias, gradient, members=None):
+        if gradient:
+            return _loss_and_gradient(design, weight, bias, members)
+        return validation_loss(design, weight, bias, members)
+    return smooth
 
 
 def lambda_max(design: Design, num_classes: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +257,7 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
     k = num_classes
     lam_max, bias = lambda_max(train, k, config.alpha)
     lipschitz = _lipschitz(train, s, c)
+    curvature = lipschitz.clone()  # the step search starts each point from the last point's step
     weight = torch.zeros(s, k, c, device=device)
     ratios = torch.logspace(0, math.log10(config.lambda_min_ratio), config.path_points, device=device)
     levels = sorted({min(int(level), c) for level in levels})
@@ -213,9 +267,8 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
     for index, ratio in enumerate(ratios):
         lam = lam_max * ratio
         l1, l2 = lam * config.alpha, lam * (1 - config.alpha)
-        step = 1.0 / (lipschitz + l2)
-        weight, bias, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, step, l1, l2,
-                                                     config.max_iterations, config.tolerance)
+        weight, bias, iterations, curvature = proximal_gradient(cross_entropy(train), weight, bias, curvature,
+                                                                l1, l2, config.max_iterations, config.tolerance)
         nonzeros = (weight != 0).sum((1, 2))
         accuracy = {name: _top1(design, weight, bias) for name, design in (("val", val), ("test", test))
                     if design is not None}
@@ -250,8 +303,8 @@ def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: to
     s = weight.shape[0]
     zeros = torch.zeros(s, device=weight.device)
     if val is None or len(val) == 0:
-        weight, bias, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz,
-                                                     zeros, zeros, config.refit_iterations, config.tolerance, support)
+        weight, bias, iterations, _ = proximal_gradient(cross_entropy(train), weight, bias, lipschitz, zeros, zeros,
+                                                        config.refit_iterations, config.tolerance, support)
         return (weight, bias), [{"iterations": int(i), "chosen_iteration": int(i)} for i in iterations]
     best_loss = validation_loss(val, weight, bias)
     best_w, best_b = weight.clone(), bias.clone()
@@ -266,9 +319,9 @@ def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: to
         best_b = torch.where(better[:, None], current_b, best_b)
         chosen.copy_(torch.where(better, torch.full_like(chosen, iteration), chosen))
 
-    _, _, iterations = proximal_gradient(cross_entropy_gradient(train), weight, bias, 1.0 / lipschitz, zeros, zeros,
-                                         config.refit_iterations, config.tolerance, support, on_check=keep_best,
-                                         check_every=config.check_every)
+    _, _, iterations, _ = proximal_gradient(cross_entropy(train), weight, bias, lipschitz, zeros, zeros,
+                                            config.refit_iterations, config.tolerance, support, on_check=keep_best,
+                                            check_every=config.check_every)
     return (best_w, best_b), [{"iterations": int(i), "chosen_iteration": int(c), "val_loss": float(v)}
                               for i, c, v in zip(iterations, chosen, best_loss)]
 

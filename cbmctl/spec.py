@@ -37,7 +37,7 @@ class TrainConfig:
     gumbel_form: str = "paper"
     tau: float = 1.0
     hard: bool = False
-    l1_lambda: float = 1e-3
+    l1_lambda: float = 0.1
     head: str = "sparse"
     nec: int = 5
     lr: float = 1e-3

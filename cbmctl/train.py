@@ -15,6 +15,7 @@ at NEC = 5 (and the whole accuracy-sparsity path), whichever head it keeps as it
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from cbmctl.spec import BASELINES, TrainConfig
 PRECOMPUTE_BYTES = 2 << 30
 # the sparse head's design matrix (models × train images × concepts) is kept on the device up to this size
 SPARSE_MATERIALISE_BYTES = 4 << 30
+# a checkpoint is written after the first epoch and then at most this often (an epoch of a small dataset
+# takes milliseconds; writing every epoch would cost more than the training)
+CHECKPOINT_SECONDS = 10.0
 
 
 @dataclass
@@ -219,6 +223,7 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
         if log:
             log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
+    saved_at = -1.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
     for epoch in range(stack.epoch + 1, base.epochs + 1):
         if all(stack.stopped):
@@ -280,8 +285,9 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
         stack.epoch = epoch
         if log:
             log(_epoch_line(epoch, configs, stack))
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and (time.monotonic() - saved_at >= CHECKPOINT_SECONDS or saved_at < 0):
             runs.save_checkpoint(checkpoint_dir, *stack.state())
+            saved_at = time.monotonic()
     return _finish(data, configs, stack, device, log)
 
 
@@ -303,61 +309,55 @@ def _epoch_line(epoch: int, configs, stack: _Stack) -> str:
     return f"epoch {epoch:3d}  {running}/{len(configs)} models still training"
 
 
+def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tensor, bias=None, mean=None, std=None):
+    model = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", kind)
+    model.set_head(kind, weight.cpu(), None if bias is None else bias.cpu(), None if mean is None else mean.cpu(),
+                   None if std is None else std.cpu())
+    with torch.no_grad():
+        model.cbl.weight.copy_(cbl.cpu())
+    return model.eval()
+
+
 def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
     from cbmctl.sparse import SparseConfig, fit_path
     base = configs[0]
+    c = len(data.concepts)
     cbl, dense_head = stack.best_cbl, stack.best_head
     sources = {split: _Scores(data, split, device) for split in ("train", "val", "test")}
     mean, std = _activation_moments(sources["train"], cbl)
     designs = {split: _design(source, cbl, mean, std) for split, source in sources.items()}
-    levels = sorted(set(M.NEC_LEVELS) | {c.nec for c in configs})
-    path = fit_path(designs["train"], len(data.classes), levels,
-                    SparseConfig(alpha=base.sparse_alpha), designs["val"], designs["test"], log=None)
+    # budgets above C concepts per class are every weight (as VLG-CBM's truncation does)
+    levels = sorted({min(level, c) for level in M.NEC_LEVELS} | {min(config.nec, c) for config in configs})
+    path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
+                    designs["val"], designs["test"])
     results = []
     for m, config in enumerate(configs):
-        dense = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "dense")
-        dense.set_head("dense", dense_head[m].cpu())
-        with torch.no_grad():
-            dense.cbl.weight.copy_(cbl[m].cpu())
-        sparse = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "sparse")
-        # a budget above C concepts per class is every weight (as VLG-CBM's truncation does)
-        weight, bias = path.heads[min(config.nec, len(data.concepts))]
-        sparse.set_head("sparse", weight[m].cpu(), bias[m].cpu(), mean[m].cpu(), std[m].cpu())
-        with torch.no_grad():
-            sparse.cbl.weight.copy_(cbl[m].cpu())
+        dense = _model(data, cbl[m], "dense", dense_head[m])
+        heads = {level: _model(data, cbl[m], "sparse", weight[m], bias[m], mean[m], std[m])
+                 for level, (weight, bias) in path.heads.items()}
+        sparse = heads[min(config.nec, c)]
         chosen = sparse if config.head == "sparse" else dense
-        metrics = evaluate_splits(chosen, data, config)
-        for split in ("val", "test"):
-            metrics["dense"] = metrics.get("dense", {})
-            metrics["dense"][split] = evaluate_head(dense, data, split, device)
-            metrics["sparse"] = metrics.get("sparse", {"nec": config.nec})
-            metrics["sparse"][split] = evaluate_head(sparse, data, split, device)
-        accuracy_at = {}
-        for level in M.NEC_LEVELS:
-            head_w, head_b = path.heads[min(level, len(data.concepts))]
-            probe = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", "sparse")
-            probe.set_head("sparse", head_w[m].cpu(), head_b[m].cpu(), mean[m].cpu(), std[m].cpu())
-            with torch.no_grad():
-                probe.cbl.weight.copy_(cbl[m].cpu())
-            accuracy_at[level] = evaluate_head(probe, data, "test", device)["top1"]
-        history = stack.history[m]
-        best = stack.best_epoch[m]
+        metrics = {split: evaluate_model(chosen, sources[split], data, split, config) for split in ("test", "val")}
+        metrics["dense"] = {split: evaluate_head(dense, sources[split]) for split in ("val", "test")}
+        metrics["sparse"] = {"nec": config.nec, **{split: evaluate_head(sparse, sources[split])
+                                                     for split in ("val", "test")}}
+        accuracy_at = {level: evaluate_head(heads[min(level, c)], sources["test"])["top1"] for level in M.NEC_LEVELS}
+        history, best = stack.history[m], stack.best_epoch[m]
         test = metrics["test"]
         test["dense_top1"] = metrics["dense"]["test"]["top1"]
         test[f"nec{config.nec}_top1"] = metrics["sparse"]["test"]["top1"]
-        if config.nec != 5:
-            test["nec5_top1"] = accuracy_at[5]
+        test["nec5_top1"] = accuracy_at[5]
         test["anec"] = M.anec(accuracy_at)
         metrics.update({
             "head": config.head, "nec_accuracy": {str(k): v for k, v in accuracy_at.items()},
             "anec": test["anec"], "path": path.points[m], "refit": {str(k): v[m] for k, v in path.refit.items()},
+            "model": M.cbl_weight_metrics(cbl[m], stack.initial_cbl[m]),
             "best_epoch": best, "epochs_run": history[-1]["epoch"] if history else 0,
+            "stopped_early": bool(stack.stopped[m]),
             "ce_at_best": history[best - 1]["ce"] if best else None,
-            "cbl_change": float((cbl[m] - stack.initial_cbl[m]).norm() / stack.initial_cbl[m].norm().clamp_min(1e-12)),
         })
-        results.append(TrainResult(chosen.cpu().eval(), metrics, history, best,
-                                   {"dense": dense.eval(), "sparse": sparse.eval()}))
+        results.append(TrainResult(chosen, metrics, history, best, {"dense": dense, "sparse": sparse}))
     return results
 
 
@@ -403,18 +403,16 @@ def _model_outputs(model: ConceptBottleneckModel, source: _Scores, chunk: int = 
     return torch.cat(activations), torch.cat(logits)
 
 
-def evaluate_head(model: ConceptBottleneckModel, data: TrainingData, split: str, device) -> dict:
+def evaluate_head(model: ConceptBottleneckModel, source: _Scores) -> dict:
     """Accuracy and calibration of a model on one split."""
-    model = model.to(device).eval()
-    source = _Scores(data, split, device)
-    _, logits = _model_outputs(model, source)
+    _, logits = _model_outputs(model.to(source.device).eval(), source)
     return M.classification_metrics(logits, source.labels, model.num_classes)
 
 
 def evaluate_model(model: ConceptBottleneckModel, source: _Scores, data: TrainingData, split: str,
                    config: TrainConfig) -> dict:
     """Accuracy, calibration, sparsity and faithfulness of `model` on one split."""
-    activations, logits = _model_outputs(model, source)
+    activations, logits = _model_outputs(model.to(source.device).eval(), source)
     labels = source.labels
     predicted = logits.argmax(dim=1)
     contributions = model.contributions(activations, predicted)
