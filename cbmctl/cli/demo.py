@@ -35,7 +35,7 @@ def demo():
               help="Concept sets shipped with the world, first is the default in its cbmctl.yaml: "
                    "clean, distractors, noisy (comma-separated).")
 @click.option("--distractors", default=None, type=int,
-              help="Distractor phrases in the 'distractors' set (default 200 of 224).")
+              help="Distractor phrases in the 'distractors' set (default 200; at most the 224 the demo CLIP can compose).")
 @click.option("--concept-noise", default=None, type=float,
               help="Share of the 22 attribute concepts missing or replaced in the 'noisy' set (default 0.25).")
 def make(directory, seed, preset, images_per_class, **knobs):
