@@ -13,15 +13,51 @@ def demo():
 
 @demo.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, byte-identical files.")
-@click.option("--images-per-class", default=40, show_default=True, type=click.IntRange(2),
-              help="Images per species (half train, half test, as in CUB).")
-def make(directory, seed, images_per_class):
-    """Generate a demo world in DIRECTORY (CUB_200_2011 layout + attributes + cbmctl.yaml)."""
-    from cbmctl.demo.world import make_world, species
-    root = make_world(directory, seed=seed, images_per_class=images_per_class)
-    click.echo(f"wrote {root}: {len(species())} species × {images_per_class} images (seed {seed}); "
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed and knobs, byte-identical files.")
+@click.option("--preset", default="default", show_default=True,
+              type=click.Choice(["default", "fewshot", "noisy-concepts", "hard"]),
+              help="default: 20 train + 20 test images per species, clean concepts. fewshot: 6 train (5 after "
+                   "the validation carve) + 40 test. noisy-concepts: 40 test, default concept set with 200 "
+                   "distractor phrases. hard: fewshot + 6 extra confusable pairs + the distractor set. The "
+                   "options below override the preset's value.")
+@click.option("--images-per-class", default=None, type=int,
+              help="Images per species, half train and half test (the pre-preset form of the two below).")
+@click.option("--train-per-class", default=None, type=int,
+              help="Train images per species (cbmctl carves validation out of them: 10 %, at least 1).")
+@click.option("--test-per-class", default=None, type=int, help="Test images per species.")
+@click.option("--fidelity", default=None,
+              help="How often an image shows its species' value: one number for every family, or "
+                   "FAMILY=P pairs (color=0.7,shape=0.9). Default 0.85 colour and shape, 0.8 the rest.")
+@click.option("--confusable", default=None, type=int,
+              help="Extra species pairs made to differ in one attribute (edits one family of one species; "
+                   "the base profiles already have 3 such pairs).")
+@click.option("--concept-sets", default=None,
+              help="Concept sets shipped with the world, first is the default in its cbmctl.yaml: "
+                   "clean, distractors, noisy (comma-separated).")
+@click.option("--distractors", default=None, type=int,
+              help="Distractor phrases in the 'distractors' set (default 200; at most the 224 the demo CLIP can compose).")
+@click.option("--concept-noise", default=None, type=float,
+              help="Share of the 22 attribute concepts missing or replaced in the 'noisy' set (default 0.25).")
+def make(directory, seed, preset, images_per_class, **knobs):
+    """Generate a demo world in DIRECTORY (CUB_200_2011 layout + attributes + cbmctl.yaml + world.json)."""
+    from cbmctl.demo.presets import read_world_spec
+    from cbmctl.demo.world import make_world
+    root = make_world(directory, seed=seed, images_per_class=images_per_class, preset=preset, **knobs)
+    _, spec = read_world_spec(root)
+    default_set = spec.concept_sets[0]
+    click.echo(f"preset {spec.preset}: {spec.train_per_class} train + {spec.test_per_class} test images per species, "
+               f"fidelity {_fidelity_text(spec.fidelity)}, {spec.confusable} extra confusable pairs, concept sets "
+               f"{', '.join(spec.concept_sets)} (default {default_set}); all knobs in {root / 'world.json'}",
+               err=True)
+    click.echo(f"wrote {root}: 30 species × {spec.train_per_class + spec.test_per_class} images (seed {seed}); "
                f"next: cbmctl embed {root}")
+
+
+def _fidelity_text(fidelity: dict) -> str:
+    values = set(fidelity.values())
+    if len(values) == 1:
+        return f"{values.pop():g}"
+    return ",".join(f"{family}={value:g}" for family, value in fidelity.items())
 
 
 @demo.command(name="eval")
@@ -42,7 +78,7 @@ def evaluate(directory, split, cache_path, device, as_json):
     backbone = load_backbone(DEMO_MODEL, None, device)
     cache = cache_path or default_cache_path(dataset, DEMO_MODEL, None)
     embed_dataset(dataset, backbone, cache, progress=not as_json)
-    report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split)}
+    report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split, dataset.root)}
     if as_json:
         return print_json(report)
     from cbmctl.cli.common import console
@@ -57,4 +93,15 @@ def evaluate(directory, split, cache_path, device, as_json):
     table.add_row(f"linear probe species (L2 {report['linear_probe_class']['l2']:g})",
                   f"{report['linear_probe_class']['accuracy']:.3f}", f"{report['zero_shot_class']['chance']:.3f}")
     table.add_row("species ceiling (Bayes, true attributes)", f"{report['class_ceiling']['expected']:.3f}", "")
+    for pair in report["confusable_pairs"]:
+        table.add_row(f"  pair {' / '.join(pair['species'])} (differ in {pair['family']})",
+                      f"{pair['pair_ceiling']:.3f}", "0.500")
+    for name, row in report["concept_sets"].items():
+        if "precision@5" in row:
+            table.add_row(f"concepts '{name}' ({row['concepts']}): CLIP precision@5, best {row['best_precision@5']:.3f}",
+                          f"{row['precision@5']:.3f}", "")
     console().print(table)
+    knobs = report["knobs"]
+    console().print(f"preset {report['preset']}, seed {report['seed']}: {knobs['train_per_class']} train + "
+                    f"{knobs['test_per_class']} test images per species, fidelity {_fidelity_text(knobs['fidelity'])}, "
+                    f"{knobs['confusable']} extra confusable pairs", highlight=False)

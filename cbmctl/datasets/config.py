@@ -82,7 +82,11 @@ def load_config(directory: Path) -> DatasetConfig:
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise CbmctlError(f"{safe_text(path)}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return DatasetConfig(**{key: _setting(path, key, value) for key, value in data.items()})
+    config = DatasetConfig(**{key: _setting(path, key, value) for key, value in data.items()})
+    if isinstance(config.concepts, str) and (Path(directory) / config.concepts).is_file():
+        # a concept file beside cbmctl.yaml (e.g. a demo world's concepts/), whatever the working directory
+        config.concepts = str((Path(directory) / config.concepts).resolve())
+    return config
 
 
 def apply_class_names(classes: list[str], override, source: Path) -> list[str]:

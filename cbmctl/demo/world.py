@@ -1,9 +1,13 @@
 """A generated, CUB-like world: made-up species, each a noisy profile over visual attributes.
 
 The species and their profiles are fixed (the same in every world, so the shipped CLIP knows their
-names); a world's seed only decides which images are drawn. Same seed -> byte-identical files."""
+names); a world's seed only decides which images are drawn. Same seed and knobs -> byte-identical files.
+Difficulty presets and their knobs (cbmctl.demo.presets) change how many images are drawn, how faithfully
+an image shows its species' profile, which concept sets ship with the world, and (`confusable`) make a few
+species pairs differ in a single attribute by editing one family of one species' profile."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +95,71 @@ def attribute_list() -> list[tuple[str, str]]:
     return [(family, value) for family, values in FAMILIES.items() for value in values]
 
 
-def sample_attributes(profile: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
+def profile_distance(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The families in which two profiles differ."""
+    return [family for family in FAMILIES if a[family] != b[family]]
+
+
+def single_attribute_pairs(all_species: list[Species]) -> list[tuple[int, int, str]]:
+    """(i, j, family) for every pair of species whose profiles differ in exactly one family."""
+    pairs = []
+    for i in range(len(all_species)):
+        for j in range(i + 1, len(all_species)):
+            differ = profile_distance(all_species[i].profile, all_species[j].profile)
+            if len(differ) == 1:
+                pairs.append((i, j, differ[0]))
+    return pairs
+
+
+# Which family a confusable pair is made to share first: pattern, background and size keep every species'
+# (colour, shape) pair distinct, as the base profiles are.
+EDIT_ORDER = ("pattern", "background", "size", "shape", "color")
+
+
+def _confusable_edits(all_species: list[Species]) -> list[dict]:
+    """Every edit, in order, that turns a pair two families apart into a pair one family apart by giving
+    the later species the earlier one's value in one family, so that no other pair comes within one
+    family of each other and no species is in two confusable pairs."""
+    profiles = [dict(s.profile) for s in all_species]
+    used = {k for i, j, _ in single_attribute_pairs(all_species) for k in (i, j)}
+    edits = []
+    for i in range(len(profiles)):
+        for j in range(i + 1, len(profiles)):
+            differ = profile_distance(profiles[i], profiles[j])
+            if i in used or j in used or len(differ) != 2:
+                continue
+            for family in sorted(differ, key=EDIT_ORDER.index):
+                edited = {**profiles[j], family: profiles[i][family]}
+                if all(len(profile_distance(edited, profiles[k])) >= 2 for k in range(len(profiles)) if k not in (i, j)):
+                    edits.append({"species": all_species[j].name, "family": family, "from": profiles[j][family],
+                                  "to": profiles[i][family], "like": all_species[i].name})
+                    profiles[j] = edited
+                    used.update((i, j))
+                    break
+    return edits
+
+
+def max_confusable() -> int:
+    return len(_confusable_edits(species()))
+
+
+def world_species(confusable: int = 0) -> tuple[list[Species], list[dict]]:
+    """The species of a world with `confusable` extra single-attribute pairs, and the profile edits made.
+    The CLIP learnt each name with its base profile, so an edited species' name still describes the base
+    profile: zero-shot and CMS (which use names) see that species one family off."""
+    base = species()
+    edits = _confusable_edits(base)[:confusable]
+    by_name = {edit["species"]: edit for edit in edits}
+    result = [Species(s.name, {**s.profile, by_name[s.name]["family"]: by_name[s.name]["to"]}) if s.name in by_name
+              else s for s in base]
+    return result, edits
+
+
+def sample_attributes(profile: dict[str, str], rng: np.random.Generator,
+                      fidelity: dict[str, float] = FIDELITY) -> dict[str, str]:
     attributes = {}
     for family, values in FAMILIES.items():
-        if rng.random() < FIDELITY[family]:
+        if rng.random() < fidelity[family]:
             attributes[family] = profile[family]
         else:
             others = [v for v in values if v != profile[family]]
@@ -159,28 +224,40 @@ def _folder_name(index: int, name: str) -> str:
     return f"{index + 1:03d}.{name.title().replace(' ', '_')}"
 
 
-def make_world(directory, seed: int = 0, images_per_class: int = 40, train_fraction: float = 0.5) -> Path:
-    """Write a world in the CUB_200_2011 layout (+ attributes and a cbmctl.yaml) and return its path."""
+def make_world(directory, seed: int = 0, images_per_class: int | None = None, preset: str = "default",
+               **knobs) -> Path:
+    """Write a world in the CUB_200_2011 layout (+ attributes, cbmctl.yaml, world.json, and the concept
+    sets its knobs ask for) and return its path. `images_per_class` is the pre-preset way of saying
+    train_per_class = test_per_class = half of it; knobs are those of cbmctl.demo.presets.WorldSpec."""
+    from cbmctl.demo import presets
+    from cbmctl.demo.world_concepts import write_concept_sets
     root = Path(directory)
     if root.exists() and any(root.iterdir()):
         raise CbmctlError(f"{root} exists and is not empty; choose a new directory")
-    if images_per_class < 2:
-        raise CbmctlError("--images-per-class must be at least 2 (one train and one test image)")
-    all_species = species()
+    if images_per_class is not None:
+        if knobs.get("train_per_class") is not None or knobs.get("test_per_class") is not None:
+            raise CbmctlError("give --images-per-class or --train-per-class/--test-per-class, not both")
+        if images_per_class < 2:
+            raise CbmctlError("--images-per-class must be at least 2 (one train and one test image)")
+        knobs["train_per_class"] = max(1, int(round(0.5 * images_per_class)))
+        knobs["test_per_class"] = images_per_class - knobs["train_per_class"]
+    spec = presets.resolve_spec(preset, **knobs)
+    all_species, edits = world_species(spec.confusable)
     attributes = attribute_list()
     column = {pair: j for j, pair in enumerate(attributes)}
     rng = np.random.default_rng(seed)
+    per_class = spec.train_per_class + spec.test_per_class
     (root / "images").mkdir(parents=True)
     images, labels, splits, attribute_rows = [], [], [], []
     image_id = 0
     for k, sp in enumerate(all_species):
         folder = _folder_name(k, sp.name)
         (root / "images" / folder).mkdir()
-        is_train = np.zeros(images_per_class, dtype=bool)
-        is_train[rng.permutation(images_per_class)[: max(1, int(round(train_fraction * images_per_class)))]] = True
-        for i in range(images_per_class):
+        is_train = np.zeros(per_class, dtype=bool)
+        is_train[rng.permutation(per_class)[: spec.train_per_class]] = True
+        for i in range(per_class):
             image_id += 1
-            drawn = sample_attributes(sp.profile, rng)
+            drawn = sample_attributes(sp.profile, rng, spec.fidelity)
             file = f"{folder}/{sp.name.title().replace(' ', '_')}_{i:04d}.jpg"
             render(drawn, rng).save(root / "images" / file, quality=92)
             images.append(f"{image_id} {file}")
@@ -197,10 +274,22 @@ def make_world(directory, seed: int = 0, images_per_class: int = 40, train_fract
         (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "attributes").mkdir()
     (root / "attributes" / "image_attribute_labels.txt").write_text("\n".join(attribute_rows) + "\n")
+    sets = write_concept_sets(root, spec, seed)
     (root / "cbmctl.yaml").write_text(
         "# defaults for every cbmctl command run on this world (command-line flags win)\n"
-        "model: demo\nconcepts: demo\n", encoding="utf-8")
-    (root / "WORLD.txt").write_text(
-        f"cbmctl demo world: seed {seed}, {images_per_class} images per species, "
-        f"{len(all_species)} species, {IMAGE_SIZE}px\n", encoding="utf-8")
+        f"model: demo\nconcepts: {sets[spec.concept_sets[0]]['concepts']}\n", encoding="utf-8")
+    summary = (f"cbmctl demo world: seed {seed}, {per_class} images per species, "
+               f"{len(all_species)} species, {IMAGE_SIZE}px\n")
+    if not presets.is_plain_world(spec):  # the default world's files stay exactly what they were
+        summary += (f"preset {spec.preset}: {spec.train_per_class} train + {spec.test_per_class} test images per "
+                    f"species, {spec.confusable} extra confusable pairs, concept sets "
+                    f"{', '.join(spec.concept_sets)} (first is the default); every knob in {presets.WORLD_FILE}\n")
+    (root / "WORLD.txt").write_text(summary, encoding="utf-8")
+    record = {"format": presets.WORLD_FORMAT, "version": presets.WORLD_VERSION, "seed": seed, "preset": spec.preset,
+              "knobs": spec.knobs(),
+              "species": [{"name": s.name, "profile": s.profile} for s in all_species],
+              "single_attribute_pairs": [{"species": [all_species[i].name, all_species[j].name], "family": family}
+                                         for i, j, family in single_attribute_pairs(all_species)],
+              "profile_edits": edits, "concept_sets": sets}
+    (root / presets.WORLD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return root

@@ -1,0 +1,165 @@
+"""Difficulty presets for the demo world and the knobs they set, validated, and recorded in each world's
+world.json so that `demo eval` (and a reader) know exactly which world they are looking at.
+
+The default world is easy on purpose (plenty of images, clean concepts, a CLIP that sees every attribute);
+the other presets each make one thing hard so that a benchmark can tell CBL objectives apart:
+  fewshot         few training images per species (a large test set, so differences are measurable)
+  noisy-concepts  the world's default concept set carries ~200 distractor phrases the CLIP knows
+  hard            both, plus species pairs that differ in a single attribute"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+
+WORLD_FILE = "world.json"
+WORLD_FORMAT = "cbmctl-demo-world"
+WORLD_VERSION = 1
+MAX_WORLD_FILE = 1_000_000  # bytes; a world.json is a few kB
+CONCEPT_SETS = ("clean", "distractors", "noisy")
+
+
+def _default_fidelity() -> dict[str, float]:
+    from cbmctl.demo.world import FIDELITY
+    return dict(FIDELITY)
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Every knob of a world. The first name in concept_sets is the world's default concept set."""
+    preset: str = "default"
+    train_per_class: int = 20  # the official train split; cbmctl carves validation out of it
+    test_per_class: int = 20
+    fidelity: dict = field(default_factory=_default_fidelity)  # family -> P(image shows its species' value)
+    confusable: int = 0  # extra species pairs made to differ in a single attribute
+    concept_sets: tuple = ("clean",)
+    distractors: int = 200  # compositional distractor phrases in the 'distractors' set
+    concept_noise: float = 0.25  # share of the 22 attribute concepts missing or replaced in the 'noisy' set
+
+    def knobs(self) -> dict:
+        data = asdict(self)
+        data.pop("preset")
+        data["concept_sets"] = list(self.concept_sets)
+        return data
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "fewshot": {"train_per_class": 6, "test_per_class": 40, "concept_sets": ("clean", "distractors", "noisy")},
+    "noisy-concepts": {"test_per_class": 40, "concept_sets": ("distractors", "noisy", "clean")},
+    "hard": {"train_per_class": 6, "test_per_class": 40, "confusable": 6,
+             "concept_sets": ("distractors", "noisy", "clean")},
+}
+
+
+def parse_fidelity(text) -> float | dict[str, float]:
+    """'0.7' (every family) or 'color=0.7,shape=0.9' (those families; the others keep the preset's)."""
+    if isinstance(text, dict):  # as recorded in world.json
+        return {str(family): value for family, value in text.items()}
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    text = str(text).strip()
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        return {family.strip(): float(value) for family, value in pairs}
+    except ValueError:
+        raise CbmctlError(f"--fidelity {text!r}: give a number in [0, 1] or FAMILY=NUMBER pairs, e.g. "
+                          "color=0.7,shape=0.9") from None
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise CbmctlError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
+    """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
+    from cbmctl.demo.world import FAMILIES, max_confusable
+    if preset not in PRESETS:
+        raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
+    if unknown:
+        raise CbmctlError(f"unknown world knob {unknown[0]!r}")
+    spec = replace(WorldSpec(), preset=preset, **PRESETS[preset])
+    given = {k: v for k, v in overrides.items() if v is not None and k != "preset"}
+    fidelity = dict(spec.fidelity)
+    if "fidelity" in given:
+        value = parse_fidelity(given.pop("fidelity"))
+        if isinstance(value, dict):
+            for family in value:
+                if family not in FAMILIES:
+                    raise CbmctlError(f"--fidelity: unknown family {family!r} (families: {', '.join(FAMILIES)})")
+            fidelity.update(value)
+        else:
+            fidelity = {family: value for family in FAMILIES}
+    for family, value in fidelity.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise CbmctlError(f"--fidelity {family}={value!r}: must be between 0 and 1")
+    if set(fidelity) != set(FAMILIES):
+        raise CbmctlError(f"fidelity must give every family ({', '.join(FAMILIES)})")
+    if "concept_sets" in given:
+        sets = given.pop("concept_sets")
+        sets = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
+        bad = [s for s in sets if s not in CONCEPT_SETS]
+        if bad or not sets or len(set(sets)) != len(sets):
+            raise CbmctlError(f"--concept-sets {','.join(map(str, sets))!r}: name each of "
+                              f"{', '.join(CONCEPT_SETS)} at most once (the first is the world's default)")
+        given["concept_sets"] = tuple(sets)
+    spec = replace(spec, fidelity={f: float(fidelity[f]) for f in FAMILIES}, **given)
+    for name in ("train_per_class", "test_per_class"):
+        if _as_int(f"--{name.replace('_', '-')}", getattr(spec, name)) < 1:
+            raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1")
+    spec = replace(spec, train_per_class=int(spec.train_per_class), test_per_class=int(spec.test_per_class))
+    most = max_confusable()
+    if not 0 <= _as_int("--confusable", spec.confusable) <= most:
+        raise CbmctlError(f"--confusable {spec.confusable}: between 0 and {most} (pairs that can be made to "
+                          "differ in one attribute without touching any other pair)")
+    from cbmctl.demo.world_concepts import distractor_pool
+    pool = len(distractor_pool())
+    if not 0 <= _as_int("--distractors", spec.distractors) <= pool:
+        raise CbmctlError(f"--distractors {spec.distractors}: between 0 and {pool} (the phrases the demo CLIP "
+                          "can compose)")
+    if "distractors" in spec.concept_sets and spec.distractors == 0:
+        raise CbmctlError("the 'distractors' concept set needs --distractors above 0")
+    noise = spec.concept_noise
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
+        raise CbmctlError(f"--concept-noise {noise!r}: a share between 0 and 1")
+    return replace(spec, confusable=int(spec.confusable), distractors=int(spec.distractors),
+                   concept_noise=float(noise))
+
+
+def is_plain_world(spec: WorldSpec) -> bool:
+    """True for the default preset with no knob changed but the image counts: a world that cbmctl made
+    before presets existed, whose files stay exactly what they were."""
+    counts = {"train_per_class", "test_per_class"}
+    default = resolve_spec("default").knobs()
+    return spec.preset == "default" and all(v == default[k] for k, v in spec.knobs().items() if k not in counts)
+
+
+def read_world_spec(root) -> tuple[int | None, WorldSpec]:
+    """(seed, knobs) of a world from its world.json; a world made before presets existed is the default
+    world (seed unknown)."""
+    path = Path(root) / WORLD_FILE
+    if not path.is_file():
+        return None, resolve_spec("default")
+    if path.stat().st_size > MAX_WORLD_FILE:
+        raise CbmctlError(f"{path}: larger than {MAX_WORLD_FILE // 1000} kB, not a demo world's record")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CbmctlError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict) or data.get("format") != WORLD_FORMAT or not isinstance(data.get("knobs"), dict):
+        raise CbmctlError(f"{path}: not a cbmctl demo world record")
+    if data.get("version") != WORLD_VERSION:
+        raise CbmctlError(f"{path}: record version {data.get('version')!r}; this cbmctl reads {WORLD_VERSION}")
+    try:
+        spec = resolve_spec(str(data.get("preset", "default")), **data["knobs"])
+    except CbmctlError as error:
+        raise CbmctlError(f"{path}: {error}") from None
+    seed = data.get("seed")
+    return (seed if isinstance(seed, int) and not isinstance(seed, bool) else None), spec
