@@ -201,6 +201,15 @@ class _Stack:
         self.stopped = [bool(v) for v in plain["stopped"]]
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of ceil(n / batch_size) batches of near-equal size (none larger than batch_size): the
+    batch-level objectives (contrastive, Gumbel, cos³) never see a tiny leftover batch (150 images in
+    batches of 128 become 75 + 75, not 128 + 22)."""
+    count = max(1, math.ceil(n / batch_size))
+    edges = [round(i * n / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def _learning_rate_factor(config: TrainConfig, epoch: int) -> float:
     if config.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(config.epochs, 1)))
@@ -234,8 +243,8 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
                 group["lr"] = lr * factor
         permutations = torch.stack([torch.randperm(n, generator=g) for g in stack.order]).to(device)
         sums = torch.zeros(s, 4, dtype=torch.float64, device=device)  # loss, cbl loss, ce, correct
-        for start in range(0, n, base.batch_size):
-            index = permutations[:, start:start + base.batch_size]
+        for start, stop in batch_bounds(n, base.batch_size):
+            index = permutations[:, start:stop]
             scores, labels = train.gather(index), train.labels[index]
             with autocast:
                 activations, logits = _stack_forward(scores, stack.cbl, stack.head)
