@@ -50,6 +50,8 @@ def versions() -> dict:
             info[name] = version(package)
         except PackageNotFoundError:
             pass
+    if "torch" in sys.modules:  # the build tag too (2.14.1+cu130), which the metadata omits
+        info["torch"] = sys.modules["torch"].__version__
     return info
 
 

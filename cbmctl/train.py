@@ -232,7 +232,7 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
         if log:
             log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
-    saved_at = -1.0
+    saved_at, saved_epoch = -1.0, stack.epoch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
     for epoch in range(stack.epoch + 1, base.epochs + 1):
         if all(stack.stopped):
@@ -296,7 +296,10 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
             log(_epoch_line(epoch, configs, stack))
         if checkpoint_dir is not None and (time.monotonic() - saved_at >= CHECKPOINT_SECONDS or saved_at < 0):
             runs.save_checkpoint(checkpoint_dir, *stack.state())
-            saved_at = time.monotonic()
+            saved_at, saved_epoch = time.monotonic(), epoch
+    if checkpoint_dir is not None and saved_epoch != stack.epoch:
+        # the trained CBLs survive a crash in the sparse fit that follows
+        runs.save_checkpoint(checkpoint_dir, *stack.state())
     return _finish(data, configs, stack, device, log)
 
 
