@@ -46,12 +46,15 @@ def synthetic_data(n, concepts, classes, dim, seed=0):
 
 def epoch_seconds(data, device, batch_size, loss="gumbel") -> float:
     """One epoch (training steps + validation pass): the difference between a 2-epoch and a 1-epoch run,
-    both after an untimed warm-up run (allocator and kernel selection would otherwise count once)."""
-    from cbmctl.train import TrainConfig, train_cbm
+    both after an untimed warm-up run (allocator and kernel selection would otherwise count once). The
+    sparse head fitted after training is timed by benchmarks/sparse_head.py."""
+    from cbmctl.backbones import resolve_device
+    from cbmctl.train import TrainConfig, member_configs, train_stack
 
     def run(epochs):
         started = time.perf_counter()
-        train_cbm(data, TrainConfig(loss=loss, epochs=epochs, device=device, batch_size=batch_size, patience=99))
+        config = TrainConfig(loss=loss, epochs=epochs, device=device, batch_size=batch_size, patience=99)
+        train_stack(data, member_configs(config, [(loss, 0)]), resolve_device(device))
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - started

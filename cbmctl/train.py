@@ -115,7 +115,7 @@ def _optimizer(name, params, lr, weight_decay):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def _member_configs(base: TrainConfig, members: list[tuple[str, int]]) -> list[TrainConfig]:
+def member_configs(base: TrainConfig, members: list[tuple[str, int]]) -> list[TrainConfig]:
     configs = [replace(base, loss=loss, seed=seed, hard=base.hard and loss == "gumbel") for loss, seed in members]
     for config in configs:
         config.validate()
@@ -218,12 +218,21 @@ def _learning_rate_factor(config: TrainConfig, epoch: int) -> float:
 
 def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, int]],
                checkpoint_dir: Path | None = None, log=None) -> list[TrainResult]:
-    """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring);
-    with `checkpoint_dir`, a checkpoint there is written after every epoch and resumed from when present."""
-    from cbmctl import runs
+    """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring),
+    then fit the sparse heads and evaluate; with `checkpoint_dir`, a checkpoint there is written while
+    training and resumed from when present."""
     from cbmctl.backbones import resolve_device
-    configs = _member_configs(base, members)
+    configs = member_configs(base, members)
     device = resolve_device(base.device)
+    stack = train_stack(data, configs, device, checkpoint_dir, log)
+    return _finish(data, configs, stack, device, log)
+
+
+def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoint_dir: Path | None = None,
+                log=None) -> "_Stack":
+    """The epochs of train_many: the stacked CBLs and dense heads, each model stopped on its validation loss."""
+    from cbmctl import runs
+    base = configs[0]
     train, val = _Scores(data, "train", device), _Scores(data, "val", device)
     stack = _Stack(data, configs, device)
     saved = runs.load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
@@ -300,7 +309,7 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
     if checkpoint_dir is not None and saved_epoch != stack.epoch:
         # the trained CBLs survive a crash in the sparse fit that follows
         runs.save_checkpoint(checkpoint_dir, *stack.state())
-    return _finish(data, configs, stack, device, log)
+    return stack
 
 
 class _no_autocast:
