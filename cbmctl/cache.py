@@ -94,7 +94,8 @@ def _open_failure(path, error: OSError) -> str:
     if "truncated file" in reason:
         found = re.search(r"eof = (\d+).*stored_eof = (\d+)", reason)
         reason = f"truncated: {found.group(1)} of {found.group(2)} bytes" if found else "truncated"
-    elif "signature not found" in reason:
+        return f"{path} is not a readable HDF5 cache ({reason}); re-embed it with `cbmctl embed DATA --overwrite`"
+    if "signature not found" in reason:
         reason = "not an HDF5 file"
     return f"{path} is not a readable HDF5 cache ({reason[:100]})"
 

@@ -206,6 +206,7 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
                               rows=np.asarray(rows, np.int64), skipped_rows=np.asarray(skipped_rows, np.int64),
                               skipped_reasons=np.asarray(reasons, dtype=str))
             chunks, rows, skipped_rows, reasons, done_in_shard = [], [], [], [], 0
+            fault_point("embed:after-shard")
             nxt = next(shard_iter, None)
             if nxt is not None:
                 split, index, start, end = nxt
@@ -263,7 +264,7 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
             journal.discard()
             raise CbmctlError(f"none of the {sum(sizes.values())} images could be embedded"
                               + (f" (first: {skipped[0][1]}: {skipped[0][2]})" if skipped else ""))
-        fault_point("embed:before-replace")
+        fault_point("embed:before-replace", cache)
     journal.discard()
     return counts, skipped
 

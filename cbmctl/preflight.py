@@ -37,6 +37,7 @@ class CachePlan:
     templates: list[str] = field(default_factory=list)
     request: object = None  # BackboneRequest
     warnings: list[str] = field(default_factory=list)
+    explicit_cache: bool = False  # named with --cache (else the default path for DATA and the backbone)
 
     @property
     def notes(self) -> list[str]:
@@ -98,9 +99,10 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
     from cbmctl.cache import open_cache
     from cbmctl.embed import templates_of, template_mismatch
+    embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
+                                   _flags(plan.model, plan.pretrained), "--overwrite"]))
     hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else
-            f"rebuild it with `cbmctl embed {spec} {_flags(plan.model, plan.pretrained)} --overwrite`, "
-            f"or pass --cache another file".replace("  ", " "))
+            f"rebuild it with `{embed}`, or pass --cache another file")
     try:
         cache = open_cache(plan.cache)
     except CbmctlError as error:
@@ -142,6 +144,7 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
     request = backbone_request(model, pretrained)
     plan = CachePlan(Path(cache_path or default_cache_path(dataset, model, pretrained)), "missing", config,
                      dataset, model, pretrained, list(templates or config.templates or DEFAULT_TEMPLATES), request)
+    plan.explicit_cache = bool(cache_path)
     plan.warnings = _backbone_warning(model, request.pretrained or pretrained, dataset.classes, dataset.name)
     if plan.cache.exists() and not overwrite:
         check_existing(plan, spec, overwrite)
