@@ -63,6 +63,13 @@ class SplitData:
     skipped: list[tuple[str, str]]
 
 
+def printable(text) -> str:
+    """A string read from a cache or a dataset (a path, a class name, an attribute), safe to show: control
+    and formatting characters (ESC, BEL, RTL overrides...) appear escaped, never raw."""
+    import unicodedata
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else repr(c)[1:-1] for c in str(text))
+
+
 def _strings(dataset) -> list[str]:
     return [s for s in dataset.asstr()[()]] if dataset.shape[0] else []
 
@@ -234,7 +241,7 @@ class Cache:
         bad = np.flatnonzero(~_finite_rows(data.embeddings))
         if len(bad):
             raise CbmctlError(f"{self.path}: the {name} split has {len(bad)} embedding(s) with NaN or infinite "
-                              f"values (first: {data.paths[bad[0]]}); the cache is damaged: re-embed it with "
+                              f"values (first: {printable(data.paths[bad[0]])}); the cache is damaged: re-embed it with "
                               f"`cbmctl embed DATA --overwrite`")
         labels = np.asarray(data.labels)
         if labels.dtype.kind not in "iu":
@@ -243,9 +250,25 @@ class Cache:
         if len(outside):
             first = outside[0]
             raise CbmctlError(f"{self.path}: the {name} split has {len(outside)} label(s) outside 0..."
-                              f"{self.num_classes - 1} (first: {data.paths[first]} labelled {labels[first]}); "
+                              f"{self.num_classes - 1} (first: {printable(data.paths[first])} labelled {labels[first]}); "
                               f"fix the dataset's labels and re-embed with --overwrite")
         return data
+
+    def counts(self) -> dict[str, int]:
+        """Images per split, from the metadata alone."""
+        with self._reading("split sizes") as handle:
+            return {s: int(handle[f"splits/{s}/labels"].shape[0]) for s in SPLITS if f"splits/{s}" in handle}
+
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """(split, path, reason) of every image the embed could not use."""
+        found = []
+        with self._reading("skipped images") as handle:
+            for split in SPLITS:
+                if f"splits/{split}" in handle:
+                    group = handle[f"splits/{split}"]
+                    found += [(split, p, r) for p, r in zip(_strings(group["skipped_paths"]),
+                                                             _strings(group["skipped_reasons"]))]
+        return found
 
     def text(self, key: str):
         """(texts, embeddings, attrs) from the text store (beside the cache, or written in it), or None."""
@@ -290,6 +313,26 @@ def _usable(texts: list[str], embeddings: np.ndarray, attrs: dict):
     return texts, embeddings.astype(np.float32, copy=False), attrs
 
 
+def _bounded_npz(path: Path) -> bool:
+    """Whether every array in an .npz is as large as its header says and no larger than the bound: numpy
+    allocates what a header claims before reading, so a forged header must not reach np.load."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    return False
+                shape, _, dtype = read_header(member)
+            claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            total += claimed
+            if claimed > info.file_size or total > MAX_TEXT_ENTRY_BYTES:
+                return False
+    return True
+
+
 class TextStore:
     """Text embeddings in a folder, one `<key>.npz` per entry (texts, float32 embeddings, a JSON record),
     each replaced whole: a kill at any moment leaves the old entry or the new one, and readers never wait.
@@ -312,16 +355,15 @@ class TextStore:
         if not path.is_file():
             return None
         try:
-            with zipfile.ZipFile(path) as archive:
-                if sum(info.file_size for info in archive.infolist()) > MAX_TEXT_ENTRY_BYTES:
-                    return None
+            if not _bounded_npz(path):
+                return None
             with np.load(path, allow_pickle=False) as arrays:
                 texts, embeddings = arrays["texts"], arrays["embeddings"]
                 attrs = json.loads(str(arrays["record"]))
             if texts.dtype.kind != "U" or texts.ndim != 1 or not isinstance(attrs, dict):
                 return None
             return _usable([str(t) for t in texts], embeddings, attrs)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, MemoryError):
             return None
 
     def put(self, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl import __version__
-from cbmctl.cache import (SCHEMA_VERSION, SPLITS, Cache, describe_mismatch, identity_mismatch, read_attrs,
-                          string_array, text_key, write_text_group)
+from cbmctl.cache import (SCHEMA_VERSION, SPLITS, Cache, describe_mismatch, identity_mismatch, printable,
+                          read_attrs, string_array, text_key, write_text_group)
 from cbmctl.errors import CbmctlError
 from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, write_text_atomic
 from cbmctl.images import BadImage, load_rgb
@@ -297,22 +297,7 @@ def _finished(cache: Path, header: dict, templates: list[str]) -> EmbedReport | 
 
 def up_to_date_report(cache: Cache) -> EmbedReport:
     """The report of a finished cache, read from its record alone (no backbone, no image)."""
-    from cbmctl.cache import _strings
-    counts, skipped = {}, []
-    with cache._reading("split sizes") as handle:
-        for split in SPLITS:
-            if f"splits/{split}" in handle:
-                group = handle[f"splits/{split}"]
-                counts[split] = int(group["labels"].shape[0])
-                skipped.extend((split, p, r) for p, r in zip(_strings(group["skipped_paths"]),
-                                                             _strings(group["skipped_reasons"])))
-    return EmbedReport(cache.path, "up-to-date", counts, skipped)
-
-
-def _printable(text: str) -> str:
-    """File names come from the user's data: control characters are shown escaped, never sent raw."""
-    import unicodedata
-    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else repr(c)[1:-1] for c in str(text))
+    return EmbedReport(cache.path, "up-to-date", cache.counts(), cache.skipped())
 
 
 def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
@@ -326,7 +311,7 @@ def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
                  f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"]
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} image(s) that could not be used (recorded in the cache):")
-        lines += [f"  {split}: {_printable(path)}: {_printable(reason)}" for split, path, reason in report.skipped[:limit]]
+        lines += [f"  {split}: {printable(path)}: {printable(reason)}" for split, path, reason in report.skipped[:limit]]
         if len(report.skipped) > limit:
             lines.append(f"  ... and {len(report.skipped) - limit} more (`cbmctl embed` with the same arguments "
                          f"and --json lists them all)")

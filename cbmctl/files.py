@@ -148,17 +148,3 @@ def file_lock(path, *, wait: bool = True, note=None, doing: str = "working on"):
     finally:
         del _HELD[key]
         lock.release()
-
-
-def is_locked(path) -> bool:
-    """Whether another process holds file_lock(path) right now (a snapshot, for messages only)."""
-    if str(Path(path).resolve()) in _HELD or not lock_path(path).exists():
-        return False
-    from filelock import FileLock, Timeout
-    probe = FileLock(str(lock_path(path)))
-    try:
-        probe.acquire(timeout=0)
-    except (Timeout, OSError):
-        return True
-    probe.release()
-    return False
