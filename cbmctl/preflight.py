@@ -54,6 +54,28 @@ def _flags(model, pretrained, templates=None) -> str:
     return " ".join(p for p in parts if p)
 
 
+def checked_templates(templates, where: str = "--template") -> list[str] | None:
+    """Class-prompt templates as a list of strings, each with one '{}' for the class name; a template that
+    would fail (or give every class the same prompt) is a one-line error now rather than after the backbone
+    has loaded."""
+    if templates is None:
+        return None
+    if isinstance(templates, str):
+        templates = [templates]
+    if not isinstance(templates, (list, tuple)) or not templates:
+        raise CbmctlError(f"{where}: expected a list of templates such as 'a photo of a {{}}.'")
+    for template in templates:
+        try:
+            ok = isinstance(template, str) and template.format("\0") != template and \
+                template.replace("{}", "").format() is not None
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CbmctlError(f"{where}: {template!r} is not a class-prompt template: it needs exactly the "
+                              f"placeholder {{}} for the class name, e.g. 'a photo of a {{}}.'")
+    return list(templates)
+
+
 def _refuse_conflicts(cache_file, attrs: dict, request, hint: str) -> None:
     from cbmctl.cache import printable
     conflicts = request.conflicts(attrs)
@@ -136,10 +158,12 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
     from cbmctl.embed import DEFAULT_TEMPLATES, default_cache_path
     if not spec and not cache_path:
         raise CbmctlError("give DATA (a dataset folder, manifest or known name) or a cache file")
+    templates = checked_templates(list(templates) if templates else None)
     if names_cache(spec) or (not spec and cache_path):
         return _plan_given(spec if spec else cache_path, model, pretrained, templates)
     path = resolve_dataset_path(str(spec), data_root)
     config = load_config(path if path.is_dir() else path.parent)
+    config.templates = checked_templates(config.templates, f"{path / 'cbmctl.yaml'}: templates")
     dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config)
     model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
     request = backbone_request(model, pretrained)

@@ -479,6 +479,8 @@ def test_mistakes_are_answered_before_torch_is_imported(tiny, tmp_path):
                     "--pretrained", "laion2b_s34b_b79k")
     assert "Error: ViT-B-32/laion2b_s34b_b79k is not in the HF cache" in missing and "LOADED False False" in missing
     assert "LOADED False False" in _fast("embed", "no-such-dataset") and "not a known dataset" in _fast("embed", "nope")
+    bad_template = _fast("embed", tiny["data"], "--cache", tmp_path / "c.h5", *TINY_ARGS, "--template", "a {x} photo")
+    assert "is not a class-prompt template" in bad_template and "LOADED False False" in bad_template
     code = ("import sys\nfrom cbmctl.errors import CbmctlError\nfrom cbmctl.pipeline import resolve_cache\n"
             "try:\n    resolve_cache(sys.argv[1], model='ViT-B-32', pretrained='laion2b_s34b_b79k', "
             "cache_path=sys.argv[2], log=print)\nexcept CbmctlError as e:\n    print('ERROR', e)\n"
