@@ -46,8 +46,8 @@ def _time(args: list[str], env: dict, repeats: int) -> tuple[list[float], int, s
         run = subprocess.run([sys.executable, "-m", "cbmctl", *args], env=env, capture_output=True, text=True)
         timings.append(time.perf_counter() - started)
         code = run.returncode
-        last = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or [""]
-        last = last[0][:160]
+        shown = run.stdout if run.returncode == 0 and run.stdout.strip() else run.stderr or run.stdout
+        last = (shown.strip().splitlines()[-1:] or [""])[0][:160]
     return timings, code, last
 
 
