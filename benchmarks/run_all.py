@@ -31,10 +31,9 @@ def main(argv=None) -> None:
     sections = [f"# Benchmarks\n\nMachine: {machine()}\nDate: {started}\n"
                 f"Command: `python benchmarks/run_all.py {' '.join(argv or sys.argv[1:])}`\n"]
 
-    startup = startup_benchmark.main([])
-    sections.append(f"## CLI start-up (`cbmctl --help`)\n\nmedian {startup['median_seconds']} s over "
-                    f"{startup['repeats']} runs (min {startup['min_seconds']} s); torch imported by the CLI: "
-                    f"{startup['torch_imported_by_cli']}.\n")
+    startup = startup_benchmark.main(["--repeats", "3" if args.quick else "7"])
+    sections.append("## CLI start-up and early answers (`python benchmarks/startup.py`)\n\n"
+                    + startup_benchmark.markdown(startup))
 
     embed = embed_benchmark.main(["--images", "256" if args.quick else "512", *device])
     sections.append("## embed (`python benchmarks/embed.py`)\n\n" + embed_benchmark.markdown(embed))

@@ -202,27 +202,45 @@ def write_tag_index(path: Path) -> None:
         if cfg.get("hf_hub"):
             entry["repo"], entry["files"] = _hub_files(cfg["hf_hub"])
         tags.setdefault(name, {})[tag] = entry
-    payload = {"open_clip": importlib.metadata.version("open_clip_torch"), "tags": tags}
+    # the configs open_clip ships (list_models() would also hold configs registered in this process)
+    shipped = sorted(p.stem for p in (Path(open_clip.__file__).parent / "model_configs").glob("*.json"))
+    payload = {"open_clip": importlib.metadata.version("open_clip_torch"), "tags": tags, "models": shipped}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)
 
 
-def _read_tag_index() -> dict | None:
+def installed_version(package: str) -> str | None:
     import importlib.metadata
     try:
-        version = importlib.metadata.version("open_clip_torch")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _read_index() -> dict | None:
+    version = installed_version("open_clip_torch")
+    if version is None:
         return None
     for path in _tag_index_paths():
         try:
             payload = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if payload.get("open_clip") == version:
-            return payload["tags"]
+        if isinstance(payload, dict) and payload.get("open_clip") == version:
+            return payload
     return None
+
+
+def _read_tag_index() -> dict | None:
+    payload = _read_index()
+    return payload["tags"] if payload else None
+
+
+def normalise_tag(tag: str) -> str:
+    """A zoo tag as open_clip looks it up (case and '-' do not matter)."""
+    return str(tag).lower().replace("-", "_")
 
 
 def check_weights_reachable(model: str | None, pretrained: str | None) -> None:
@@ -234,7 +252,7 @@ def check_weights_reachable(model: str | None, pretrained: str | None) -> None:
     if not model or not pretrained or pretrained == "none" or Path(pretrained).expanduser().is_file():
         return
     index = _read_tag_index()
-    entry = (index or {}).get(model, {}).get(pretrained.lower().replace("-", "_"))
+    entry = (index or {}).get(model, {}).get(normalise_tag(pretrained))
     if not entry:
         return
     if entry.get("repo"):
@@ -463,3 +481,131 @@ def load_recorded_backbone(record: dict, where, device="auto") -> Backbone:
 
 def load_backbone_of_cache(cache, device="auto") -> Backbone:
     return load_recorded_backbone(cache.attrs, cache.path, device)
+
+
+# ---- what a cache's backbone is, told apart without importing torch or open_clip ----
+
+# the packages whose versions decide what is not pinned by a weights file's hash: the model's
+# architecture and preprocessing come from open_clip; random-init weights also from torch
+_VERSIONED = ("open_clip_torch", "torch")
+
+
+def recorded_versions(pretrained: str | None) -> dict:
+    """Cache attributes naming the package versions a backbone's identity depends on, with today's values."""
+    packages = _VERSIONED if str(pretrained).lower() == "none" else _VERSIONED[:1]
+    return {f"{package.split('_')[0]}_version": installed_version(package) for package in packages}
+
+
+@dataclass
+class BackboneRequest:
+    """A backbone as asked for (--model/--pretrained, or the dataset's cbmctl.yaml), resolved as far as
+    possible without building it: enough to refuse a cache made with another one, and, when every part is
+    pinned (weights hash, or random init under the same versions), to know a cache was made with this one."""
+
+    model: str
+    pretrained: str | None  # as a cache records it; None for a weights file (compared by hash) or unknown
+    weights_sha256: str | None = None  # None when only building the model tells (random init, hf-hub)
+    config_sha16: str | None = None  # a model-config .json is compared by content, not by its path
+    label: str = ""  # how to name it in messages
+
+    def conflicts(self, attrs: dict) -> list[tuple[str, str, str]]:
+        """(what, the cache has, this request has) for every part that contradicts the cache."""
+        found = []
+        if self.config_sha16:
+            if not str(attrs.get("backbone_source", "")).startswith(f"config:{self.config_sha16}"):
+                found.append(("model config", str(attrs.get("backbone_model")), self.model))
+        elif str(attrs.get("backbone_model")) != self.model:
+            found.append(("model", str(attrs.get("backbone_model")), self.model))
+        if self.pretrained is not None and \
+                normalise_tag(attrs.get("backbone_pretrained")) != normalise_tag(self.pretrained):
+            found.append(("pretrained", str(attrs.get("backbone_pretrained")), self.pretrained))
+        if self.weights_sha256 and str(attrs.get("weights_sha256")) != self.weights_sha256:
+            found.append(("weights sha256", str(attrs.get("weights_sha256"))[:12], self.weights_sha256[:12]))
+        return found
+
+    def settles(self, attrs: dict) -> bool:
+        """True when the cache was certainly made with this backbone, weights and preprocessing."""
+        if self.conflicts(attrs):
+            return False
+        random_init = str(self.pretrained).lower() == "none"
+        if not (self.weights_sha256 or random_init):
+            return False
+        versions = recorded_versions(self.pretrained)
+        return all(value is not None and str(attrs.get(key)) == value for key, value in versions.items())
+
+
+def _zoo_weights_file(model: str, tag: str, entry: dict) -> str | None:
+    """The local file `_tag_weights` would load for a zoo tag, when it is on disk."""
+    if entry.get("repo"):
+        return _cached_hub_file(entry["repo"], entry["files"])
+    if entry.get("url"):
+        cached = Path.home() / ".cache" / "clip" / os.path.basename(entry["url"])
+        return str(cached) if cached.is_file() else None
+    return None
+
+
+def backbone_request(model: str | None, pretrained: str | None) -> BackboneRequest:
+    """Validate --model/--pretrained and resolve them without importing torch or open_clip: a missing
+    model-config file, a zoo name or tag open_clip does not have, and --pretrained on an hf-hub model are
+    one-line errors here, before anything slow happens."""
+    model = model or DEFAULT_MODEL
+    label = f"{model}/{pretrained or 'default'}"
+    weights_file = None
+    if pretrained not in (None, "none") and Path(pretrained).expanduser().is_file():
+        weights_file = Path(pretrained).expanduser()
+    if model == DEMO_MODEL:
+        if pretrained in (None, "demo", "shipped"):
+            if not DEMO_WEIGHTS.is_file():
+                raise CbmctlError(f"the demo CLIP weights are missing ({DEMO_WEIGHTS}); reinstall cbmctl")
+            return BackboneRequest(model, "shipped", sha256_file(DEMO_WEIGHTS), label="demo/shipped")
+        if pretrained != "none" and weights_file is None:
+            raise CbmctlError(f"--pretrained {pretrained!r} for the demo CLIP: leave it out (shipped weights), "
+                              f"or give 'none' or a weights file")
+        pinned = None
+    elif model.endswith(".json"):
+        if not Path(model).is_file():
+            raise CbmctlError(f"--model {model}: no such model config file")
+        request = BackboneRequest(model, None if weights_file else pretrained,
+                                  config_sha16=sha256_file(Path(model))[:16], label=label)
+        if weights_file:
+            request.weights_sha256 = sha256_file(weights_file)
+        return request
+    elif model.startswith("hf-hub:"):
+        if pretrained not in (None, "", "hub"):
+            raise CbmctlError("--pretrained does not apply to hf-hub: models (their repo names the weights)")
+        return BackboneRequest(model, "hub", label=model)
+    else:
+        index = _read_index()
+        tags = (index or {}).get("tags", {}).get(model, {})
+        if index and "models" in index and model not in index["models"]:
+            raise CbmctlError(f"unknown model {model!r}: see `cbmctl models` (or pass an open_clip config .json)")
+        if pretrained is None and tags:
+            pretrained = next(iter(tags))
+            label = f"{model}/{pretrained}"
+        entry = tags.get(normalise_tag(pretrained)) if pretrained else None
+        if index and pretrained not in (None, "none") and not entry and weights_file is None:
+            raise CbmctlError(f"--pretrained {pretrained!r} is neither a tag of {model} "
+                              f"({', '.join(tags) or 'none'}) nor a file")
+        pinned = _zoo_weights_file(model, pretrained, entry) if entry else None
+    if weights_file is not None:
+        return BackboneRequest(model, None, sha256_file(weights_file), label=label)
+    return BackboneRequest(model, pretrained, sha256_file(Path(pinned)) if pinned else None, label=label)
+
+
+def is_demo_world(classes) -> bool:
+    """Whether a dataset's classes are the generated demo world's species (any subset of them)."""
+    from cbmctl.demo.world import species
+    names = {s.name for s in species()}
+    return bool(classes) and all(str(name).lower() in names for name in classes)
+
+
+def meaningless_backbone(model: str, pretrained: str | None, classes, dataset_name: str = "this dataset"
+                         ) -> str | None:
+    """One line when a backbone's results will mean nothing for this data, else None."""
+    if str(pretrained).lower() == "none":
+        return (f"{model} with --pretrained none has random weights: its embeddings, and every result built on "
+                f"them, carry no meaning (fine for tests and benchmarks)")
+    if model == DEMO_MODEL and not is_demo_world(classes):
+        return (f"the demo CLIP knows only the generated demo world, not {dataset_name}: its results there are "
+                f"meaningless (choose a real backbone with --model, see `cbmctl models`)")
+    return None

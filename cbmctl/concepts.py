@@ -353,29 +353,21 @@ def filter_concepts(concepts: list[str], classes: list[str], concept_vectors, cl
 
 
 def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
-    """Text embeddings of a concept set (C×D float32), reused from and added to a text store: the given
-    cache, or `$CBMCTL_HOME/text-embeddings.h5` when there is none. Returns (embeddings, key, created)."""
+    """Text embeddings of a concept set (C×D float32), reused from and added to a text store: the one beside
+    the given cache, or beside `$CBMCTL_HOME/text-embeddings.h5` when there is none (the cache file itself
+    is never written). Returns (embeddings, key, created)."""
     import os
 
-    from cbmctl.cache import store_text, text_key
+    from cbmctl.cache import read_text, store_text, text_key
     store = Path(cache_path) if cache_path else Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl")) \
         / "text-embeddings.h5"
     identity = backbone.identity()
     key = text_key(identity, concept_set.concepts)
-    existing = _stored(store, key)
+    existing = read_text(store, key)
     if existing is not None:
-        return existing, key, False
+        return existing[1], key, False
     vectors = backbone.encode_texts(concept_set.concepts).numpy()
-    store.parent.mkdir(parents=True, exist_ok=True)
     created = store_text(store, key, concept_set.concepts, vectors,
                          {"kind": "concepts", "name": concept_set.name, "source": concept_set.source,
                           "backbone_model": identity["backbone_model"], "weights_sha256": identity["weights_sha256"]})
     return vectors, key, created
-
-
-def _stored(store: Path, key: str):
-    if not store.is_file():
-        return None
-    import h5py
-    with h5py.File(store, "r") as handle:
-        return handle[f"text/{key}/embeddings"][()] if f"text/{key}" in handle else None

@@ -2,9 +2,11 @@
 
 Progress is journalled as atomic shard files in `<cache>.parts/`; the cache file itself is only ever
 replaced whole (written beside it, then renamed), so after a kill at any moment the cache path holds
-either nothing or the previous complete cache, and rerunning the command continues from the last shard."""
+either nothing or the previous complete cache, and rerunning the command continues from the last shard.
+One process at a time embeds into a cache (a lock beside it); a second one waits, then finds it done."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,13 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl import __version__
-from cbmctl.cache import (SCHEMA_VERSION, SPLITS, describe_mismatch, identity_mismatch, read_attrs,
-                          string_array, text_key, write_text_group)
+from cbmctl.cache import (SCHEMA_VERSION, SPLITS, Cache, describe_mismatch, identity_mismatch, printable,
+                          read_attrs, string_array, text_key, write_text_group)
 from cbmctl.errors import CbmctlError
+from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, write_text_atomic
 from cbmctl.images import BadImage, load_rgb
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 MANIFEST = "manifest.json"
+NON_FINITE = "the backbone gave a NaN or infinite embedding"
 
 
 @dataclass
@@ -52,10 +56,12 @@ def default_cache_path(dataset, model: str, pretrained: str | None, cache_dir=No
 
 
 def cache_header(dataset, backbone, templates) -> dict:
+    from cbmctl.backbones import recorded_versions
     return {
         "schema_version": SCHEMA_VERSION,
         "cbmctl_version": __version__,
         **backbone.identity(),
+        **{k: v for k, v in recorded_versions(backbone.pretrained).items() if v is not None},
         "embed_dim": backbone.embed_dim,
         "logit_scale": backbone.logit_scale,
         "dataset_name": dataset.name,
@@ -68,13 +74,24 @@ def cache_header(dataset, backbone, templates) -> dict:
     }
 
 
+def templates_of(attrs: dict) -> list[str]:
+    """The class-prompt templates a cache (or journal) records."""
+    try:
+        value = json.loads(str(attrs.get("templates", "[]")))
+    except ValueError:
+        return []
+    return [str(t) for t in value] if isinstance(value, list) else []
+
+
+def template_mismatch(path, recorded: list[str], wanted: list[str],
+                      hint: str = "pass --overwrite to rebuild it, or --cache another file") -> str:
+    return (f"{path} was made with class-prompt template(s) {json.dumps(recorded)[:120]} but this run asks for "
+            f"{json.dumps(wanted)[:120]}; {hint}")
+
+
 def _write_atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class _Journal:
@@ -95,9 +112,7 @@ class _Journal:
     def start(self, header: dict, shard_size: int, sizes: dict) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = {"header": header, "shard_size": shard_size, "sizes": sizes}
-        tmp = self.dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.dir / MANIFEST)
+        write_text_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=1))
         return manifest
 
     def discard(self) -> None:
@@ -164,10 +179,16 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
     bar = tqdm(total=len(items), unit="img", desc=f"embed rank {rank}" if rank else "embed", disable=not progress,
                dynamic_ncols=True)
     for pixels, positions, failures in loader:
+        failures = list(failures)
         good = [i for i, reason in enumerate(failures) if not reason]
         if good:
             features = backbone.encode_images(pixels[good] if len(good) < len(failures) else pixels)
-            chunks.append(features.cpu().numpy().astype(np.float16))
+            features = features.cpu().numpy().astype(np.float16)
+            finite = np.isfinite(features).all(axis=1)  # checked after the float16 cast: it can overflow
+            for i in np.flatnonzero(~finite):
+                failures[good[i]] = NON_FINITE
+            chunks.append(features[finite])
+            embedded -= int((~finite).sum())
         for i, position in enumerate(positions):
             row = items[position][1]
             if failures[i]:
@@ -185,6 +206,7 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
                               rows=np.asarray(rows, np.int64), skipped_rows=np.asarray(skipped_rows, np.int64),
                               skipped_reasons=np.asarray(reasons, dtype=str))
             chunks, rows, skipped_rows, reasons, done_in_shard = [], [], [], [], 0
+            fault_point("embed:after-shard")
             nxt = next(shard_iter, None)
             if nxt is not None:
                 split, index, start, end = nxt
@@ -192,19 +214,22 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
     return embedded
 
 
-def _assemble(dataset, backbone, journal, manifest, cache: Path, templates) -> tuple[dict, list]:
-    """Build the finished cache beside its destination from the shard files, then rename it into place."""
+def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, templates) -> tuple[dict, list]:
+    """Build the finished cache beside its destination from the shard files, then rename it into place.
+    The header is this run's (the journal's agrees on identity; templates and versions are what this run
+    really used), so a run resumed with other class-prompt templates records those."""
     import h5py
-    header = manifest["header"]
     shard_size, sizes = manifest["shard_size"], manifest["sizes"]
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     counts, skipped = {}, []
-    try:
+    with atomic_path(cache) as tmp:
         with h5py.File(tmp, "w") as handle:
             for key, value in header.items():
                 handle.attrs[key] = value
             handle.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             class_vectors = backbone.encode_prompts(dataset.classes, templates).numpy()
+            if not np.isfinite(class_vectors).all():
+                raise CbmctlError(f"{backbone.name}/{backbone.pretrained} gave NaN or infinite class-prompt "
+                                  f"embeddings; this backbone cannot be used (try --device cpu or other weights)")
             classes = handle.create_group("classes")
             classes.create_dataset("names", data=string_array(dataset.classes))
             classes.create_dataset("embeddings", data=class_vectors.astype(np.float32))
@@ -223,9 +248,11 @@ def _assemble(dataset, backbone, journal, manifest, cache: Path, templates) -> t
                 bad = np.concatenate([p["skipped_rows"] for p in parts]) if parts else np.zeros(0, np.int64)
                 why = [str(r) for p in parts for r in p["skipped_reasons"]]
                 group = handle.create_group(f"splits/{split}")
-                group.create_dataset("embeddings", data=embeddings.astype(np.float16),
-                                     chunks=(max(1, min(len(embeddings), 4096)), dim) if len(embeddings) else None)
-                group.create_dataset("labels", data=np.array([records[r].label for r in rows], np.int64))
+                # fletcher32: a flipped bit in the embeddings or labels is an error on reading, not a wrong number
+                group.create_dataset("embeddings", data=embeddings.astype(np.float16), fletcher32=True,
+                                     chunks=(min(len(embeddings), 4096), dim) if len(embeddings) else True)
+                group.create_dataset("labels", data=np.array([records[r].label for r in rows], np.int64),
+                                     fletcher32=True)
                 group.create_dataset("paths", data=string_array(records[r].path for r in rows))
                 if dataset.attributes is not None:
                     group.create_dataset("attributes", data=dataset.attributes[split][rows].astype(np.uint8))
@@ -237,11 +264,7 @@ def _assemble(dataset, backbone, journal, manifest, cache: Path, templates) -> t
             journal.discard()
             raise CbmctlError(f"none of the {sum(sizes.values())} images could be embedded"
                               + (f" (first: {skipped[0][1]}: {skipped[0][2]})" if skipped else ""))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
+        fault_point("embed:before-replace", cache)
     journal.discard()
     return counts, skipped
 
@@ -251,63 +274,105 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def _finished(cache: Path, header: dict, templates: list[str]) -> EmbedReport | None:
+    """The report of a finished cache made with this backbone and data, None when there is none; a cache
+    made otherwise is refused."""
+    if not cache.exists():
+        return None
+    try:
+        existing = read_attrs(cache)
+    except CbmctlError as error:
+        if "is locked" in str(error):
+            raise
+        raise CbmctlError(f"{error}; pass --overwrite to replace it, or --cache another file") from None
+    if "schema_version" not in existing:
+        raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass --overwrite or --cache another file")
+    mismatch = identity_mismatch(existing, header)
+    if mismatch:
+        raise CbmctlError(describe_mismatch(cache, existing, header, mismatch))
+    if templates_of(existing) != templates:
+        raise CbmctlError(template_mismatch(cache, templates_of(existing), templates))
+    return up_to_date_report(Cache(cache))
+
+
+def up_to_date_report(cache: Cache) -> EmbedReport:
+    """The report of a finished cache, read from its record alone (no backbone, no image)."""
+    return EmbedReport(cache.path, "up-to-date", cache.counts(), cache.skipped())
+
+
+def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
+    """What an embed did, in plain lines: the counts after skipping, then the skipped images (up to
+    `limit`, and where the full list is)."""
+    counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
+    if report.status == "up-to-date":
+        lines = [f"up to date {report.cache} ({counts}); --overwrite to redo"]
+    else:
+        lines = [f"wrote {report.cache} ({counts})",
+                 f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"]
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)} image(s) that could not be used (recorded in the cache):")
+        lines += [f"  {split}: {printable(path)}: {printable(reason)}" for split, path, reason in report.skipped[:limit]]
+        if len(report.skipped) > limit:
+            lines.append(f"  ... and {len(report.skipped) - limit} more (`cbmctl embed` with the same arguments "
+                         f"and --json lists them all)")
+    return lines
+
+
 def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: int | None = None,
-                  overwrite: bool = False,
-                  templates: list[str] | None = None, progress: bool = True, shard_size: int | None = None
-                  ) -> EmbedReport:
+                  overwrite: bool = False, templates: list[str] | None = None, progress: bool = True,
+                  shard_size: int | None = None, log=None) -> EmbedReport:
     """Embed every split of `dataset` with `backbone` into the HDF5 file `cache`.
 
     Reruns are no-ops; an interrupted run resumes from its last finished shard; a cache or journal made
-    with another backbone, preprocessing or dataset content is refused unless `overwrite`. `workers`: image
-    decoding processes (default one per core, at most 8; 0 decodes in this process). Under torchrun
+    with another backbone, preprocessing or dataset content (or a cache with other class-prompt templates)
+    is refused unless `overwrite`. `workers`: image decoding processes (default one per core, at most 8; 0
+    decodes in this process). One process at a time: a second one waits for the lock beside the cache,
+    telling `log` (a callable taking one line) once, then finds the cache done. Under torchrun
     (WORLD_SIZE > 1) each rank embeds every WORLD_SIZE-th shard and rank 0 writes the cache."""
     started = time.perf_counter()
     cache = Path(cache)
     templates = list(templates or DEFAULT_TEMPLATES)
     rank, world = _distributed()
     header = cache_header(dataset, backbone, templates)
-    if cache.exists() and not overwrite:
-        existing = read_attrs(cache)
-        if "schema_version" not in existing:
-            raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass --overwrite or --cache another file")
-        mismatch = identity_mismatch(existing, header)
-        if mismatch:
-            raise CbmctlError(describe_mismatch(cache, existing, header, mismatch))
-        with __import__("h5py").File(cache, "r") as handle:
-            counts = {s: int(handle[f"splits/{s}/labels"].shape[0]) for s in SPLITS if f"splits/{s}" in handle}
-        return EmbedReport(cache, "up-to-date", counts, seconds=time.perf_counter() - started)
-
-    journal = _Journal(cache)
-    sizes = {split: len(dataset.splits[split]) for split in SPLITS}
-    manifest = journal.manifest()
-    if manifest is not None:
-        mismatch = identity_mismatch(manifest["header"], header)
-        if mismatch and not overwrite:
-            raise CbmctlError(describe_mismatch(journal.dir, manifest["header"], header, mismatch)
-                              .replace("was made", "is an unfinished embed made"))
-        if mismatch or manifest.get("sizes") != sizes:
-            manifest = None
-    if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if backbone.device.type == "cuda" else "gloo")
-    if manifest is None and rank == 0:
-        journal.discard()
-        manifest = journal.start(header, shard_size or max(batch_size, 1024 // batch_size * batch_size), sizes)
-    if world > 1:
-        dist.barrier()
+    # rank 0 speaks for a torchrun job; the other ranks follow it through barriers
+    lock = file_lock(cache, note=log, doing="embedding into") if rank == 0 else contextlib.nullcontext()
+    with lock:
+        if not overwrite:
+            report = _finished(cache, header, templates)
+            if report is not None:
+                report.seconds = time.perf_counter() - started
+                return report
+        journal = _Journal(cache)
+        sizes = {split: len(dataset.splits[split]) for split in SPLITS}
         manifest = journal.manifest()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    pending = [shard for n, shard in enumerate(_shards(sizes, manifest["shard_size"]))
-               if n % world == rank and not journal.shard_path(shard[0], shard[1]).is_file()]
-    workers = default_workers() if workers is None else workers
-    embedded = _embed_shards(dataset, backbone, journal, pending, batch_size, workers, progress, rank)
-    if world > 1:
-        dist.barrier()
-    counts, skipped = {}, []
-    if rank == 0:
-        counts, skipped = _assemble(dataset, backbone, journal, manifest, cache, templates)
-    if world > 1:
-        dist.barrier()  # every rank returns only once the cache exists
+        if manifest is not None:
+            mismatch = identity_mismatch(manifest["header"], header)
+            if mismatch and not overwrite:
+                raise CbmctlError(describe_mismatch(journal.dir, manifest["header"], header, mismatch)
+                                  .replace("was made", "is an unfinished embed made"))
+            if mismatch or manifest.get("sizes") != sizes:
+                manifest = None
+        if world > 1:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if backbone.device.type == "cuda" else "gloo")
+        if manifest is None and rank == 0:
+            journal.discard()
+            manifest = journal.start(header, shard_size or max(batch_size, 1024 // batch_size * batch_size), sizes)
+        if world > 1:
+            dist.barrier()
+            manifest = journal.manifest()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        pending = [shard for n, shard in enumerate(_shards(sizes, manifest["shard_size"]))
+                   if n % world == rank and not journal.shard_path(shard[0], shard[1]).is_file()]
+        workers = default_workers() if workers is None else workers
+        embedded = _embed_shards(dataset, backbone, journal, pending, batch_size, workers, progress, rank)
+        if world > 1:
+            dist.barrier()
+        counts, skipped = {}, []
+        if rank == 0:
+            counts, skipped = _assemble(dataset, backbone, journal, manifest, header, cache, templates)
+        if world > 1:
+            dist.barrier()  # every rank returns only once the cache exists
     status = "written" if rank == 0 else "shards-done"
     return EmbedReport(cache, status, counts, skipped, embedded, time.perf_counter() - started)

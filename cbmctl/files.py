@@ -12,6 +12,7 @@ processes that work on the same file.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import secrets
 import signal
@@ -23,11 +24,20 @@ FAULT_ENV = "CBMCTL_FAULT"
 LOCK_SUFFIX = ".lock"
 
 
-def fault_point(name: str) -> None:
-    """Crash-test hook: when $CBMCTL_FAULT names this point the process kills itself here (SIGKILL, as a
-    `kill -9` or a power cut would), so tests can prove a write is safe at exactly that moment."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+def fault_point(name: str, path=None) -> None:
+    """Crash-test hook, so tests can prove a write is safe at exactly one moment. $CBMCTL_FAULT is
+    `POINT[@GLOB][=stop]`: at the point named POINT (and, with @GLOB, only for a file whose name matches
+    GLOB) the process kills itself with SIGKILL, as `kill -9` or a power cut would; with `=stop` it stops
+    itself (SIGSTOP) instead, holding whatever it holds, until a SIGCONT."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    wanted, _, action = wanted.partition("=")
+    point, _, glob = wanted.partition("@")
+    if point != name or (glob and not (path is not None and fnmatch.fnmatch(Path(path).name, glob))):
+        return
+    stop = action == "stop" and hasattr(signal, "SIGSTOP")
+    os.kill(os.getpid(), signal.SIGSTOP if stop else getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def temp_path_beside(path) -> Path:
@@ -60,13 +70,13 @@ def atomic_path(path):
     tmp = temp_path_beside(path)
     try:
         yield tmp
-        fault_point("atomic:before-fsync")
+        fault_point("atomic:before-fsync", path)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        fault_point("atomic:before-replace")
+        fault_point("atomic:before-replace", path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        fault_point("atomic:after-replace")
+        fault_point("atomic:after-replace", path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -138,17 +148,3 @@ def file_lock(path, *, wait: bool = True, note=None, doing: str = "working on"):
     finally:
         del _HELD[key]
         lock.release()
-
-
-def is_locked(path) -> bool:
-    """Whether another process holds file_lock(path) right now (a snapshot, for messages only)."""
-    if str(Path(path).resolve()) in _HELD or not lock_path(path).exists():
-        return False
-    from filelock import FileLock, Timeout
-    probe = FileLock(str(lock_path(path)))
-    try:
-        probe.acquire(timeout=0)
-    except (Timeout, OSError):
-        return True
-    probe.release()
-    return False

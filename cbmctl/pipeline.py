@@ -10,42 +10,37 @@ from cbmctl.errors import CbmctlError
 
 
 def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=None, data_root=None,
-                  device="auto", log=None):
-    """(Cache, DatasetConfig) for DATA or CACHE."""
+                  device="auto", log=None, warn=None, templates=None, plan=None):
+    """(Cache, DatasetConfig) for DATA or CACHE.
+
+    Everything that can be checked without torch is checked first (cbmctl.preflight.plan_cache: pass its
+    result as `plan` when the command already called it); a missing cache is then embedded under the
+    cache's lock, so two commands that both need it embed it once (the second waits, saying so on `log`).
+    `log` gets progress lines, `warn` one line per thing the user should know (a backbone whose results
+    mean nothing here), `log` when not given."""
     from cbmctl.cache import open_cache
-    from cbmctl.datasets import DatasetConfig, load_config
-    if not spec and not cache_path:
-        raise CbmctlError("give DATA (a dataset folder or name) or a cache file")
-    given_cache = spec if spec and str(spec).endswith((".h5", ".hdf5")) and Path(spec).is_file() else \
-        None if spec else cache_path
-    if given_cache:
-        # a cache on its own: its dataset's cbmctl.yaml still supplies defaults (e.g. the concept set)
-        cache = open_cache(given_cache)
-        root = Path(cache.attrs["dataset_root"])
-        return cache, load_config(root) if root.is_dir() else DatasetConfig()
-    from cbmctl.backbones import DEFAULT_MODEL, load_backbone
-    from cbmctl.datasets import load_dataset, resolve_dataset_path
-    from cbmctl.datasets.config import backbone_choice
-    from cbmctl.embed import default_cache_path, embed_dataset
-    path = resolve_dataset_path(spec, data_root)
-    config = load_config(path if path.is_dir() else path.parent)
-    dataset = load_dataset(path, config=config)
-    model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
-    cache_file = Path(cache_path or default_cache_path(dataset, model, pretrained))
-    if cache_file.is_file():
-        cache = open_cache(cache_file)
-        if cache.attrs["dataset_fingerprint"] != dataset.fingerprint():
-            raise CbmctlError(f"{cache_file} was embedded from another version of {path}; run "
-                              f"`cbmctl embed {spec} --overwrite` (or pass --cache another file)")
-        if cache.attrs["backbone_model"] != model:
-            raise CbmctlError(f"{cache_file} holds {cache.attrs['backbone_model']} embeddings, not {model}; pass "
-                              "--cache another file")
-        return cache, config
-    if log:
-        log(f"no cache yet: embedding {dataset.summary()} into {cache_file}")
-    backbone = load_backbone(model, pretrained, device)
-    embed_dataset(dataset, backbone, cache_file, templates=config.templates, progress=log is not None)
-    return open_cache(cache_file), config
+    from cbmctl.files import file_lock
+    from cbmctl.preflight import check_existing, plan_cache
+    say = log or (lambda line: None)
+    plan = plan or plan_cache(spec, model=model, pretrained=pretrained, templates=templates, cache_path=cache_path,
+                              data_root=data_root)
+    for line in plan.warnings:
+        (warn or say)(f"warning: {line}")
+    if plan.state != "missing":
+        return open_cache(plan.cache), plan.config
+    with file_lock(plan.cache, note=say, doing="embedding into"):
+        if plan.cache.exists():  # another process embedded it while this one waited
+            check_existing(plan, spec, None)
+            return open_cache(plan.cache), plan.config
+        from cbmctl.backbones import load_backbone
+        from cbmctl.embed import embed_dataset, report_lines
+        say(f"no cache yet: embedding {plan.dataset.summary()} with {plan.request.label} into {plan.cache}")
+        backbone = load_backbone(plan.model, plan.pretrained, device)
+        report = embed_dataset(plan.dataset, backbone, plan.cache, templates=plan.templates,
+                               progress=log is not None, log=say)
+        for line in report_lines(report, limit=5):
+            say(line)
+    return open_cache(plan.cache), plan.config
 
 
 def resolve_concepts(concepts: str | None, config, cache):

@@ -38,11 +38,11 @@ def write_bad_images(folder: Path) -> dict[str, str]:
 def make_synthetic_cache(path: Path, concepts: list[str], per_split=(400, 80, 80), classes: int = 4, dim: int = 16,
                          seed: int = 0, attributes: bool = True) -> Path:
     """A cache in the documented schema with separable class clusters, concept text embeddings already in
-    its text store (so training needs no backbone), and ground-truth attributes named like the demo
-    world's, so that the concept phrases map onto them."""
+    its text store beside it (so training needs no backbone), and ground-truth attributes named like the
+    demo world's, so that the concept phrases map onto them."""
     import h5py
 
-    from cbmctl.cache import text_key, write_text_group
+    from cbmctl.cache import store_text, text_key
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(size=(classes, dim))
     concept_vectors = rng.normal(size=(len(concepts), dim))
@@ -72,5 +72,5 @@ def make_synthetic_cache(path: Path, concepts: list[str], per_split=(400, 80, 80
                 group["attributes"] = np.stack([labels % 2 == 0, labels % 2 == 1], 1).astype(np.uint8)
             group["skipped_paths"] = np.array([], dtype=h5py.string_dtype())
             group["skipped_reasons"] = np.array([], dtype=h5py.string_dtype())
-        write_text_group(handle, text_key(attrs, concepts), concepts, concept_vectors, {"kind": "concepts"})
+    store_text(path, text_key(attrs, concepts), concepts, concept_vectors, {"kind": "concepts"})
     return Path(path)

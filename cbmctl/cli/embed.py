@@ -36,51 +36,53 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
     spec = data or dataset_option
     if not spec:
         raise click.UsageError("give DATA (a dataset folder, manifest or known name)")
-    from cbmctl.backbones import DEFAULT_MODEL, load_backbone
-    from cbmctl.datasets import load_config, load_dataset, resolve_dataset_path
-    from cbmctl.datasets.config import backbone_choice
-    from cbmctl.embed import default_cache_path, embed_dataset
+    from cbmctl.preflight import plan_cache
 
-    path = resolve_dataset_path(spec, data_root)
-    config = load_config(path if path.is_dir() else path.parent)
-    dataset = load_dataset(path, format=dataset_format, val_fraction=val_fraction, val_seed=val_seed, config=config)
-    model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
-    templates = list(templates) or config.templates
-    cache = cache_path or default_cache_path(dataset, model, pretrained)
-    if not as_json:
-        click.echo(dataset.summary(), err=True)
-        for note in dataset.notes:
-            click.echo(f"note: {note}", err=True)
-    backbone = load_backbone(model, pretrained, device)
-    report = embed_dataset(dataset, backbone, cache, batch_size=batch_size,
-                           workers=workers, overwrite=overwrite,
-                           templates=templates, progress=not quiet and not as_json, shard_size=shard_size)
+    # everything that can be checked without torch first: a mistake, or a rerun, answers in well under a second
+    plan = plan_cache(spec, model=model, pretrained=pretrained, templates=list(templates) or None,
+                      cache_path=cache_path, data_root=data_root, format=dataset_format, val_fraction=val_fraction,
+                      val_seed=val_seed, overwrite=overwrite)
+    if plan.dataset is None:
+        raise click.UsageError(f"{spec} is a cache; give the dataset it was made from to embed it again")
+    say = None if as_json else (lambda line: click.echo(line, err=True))
+    if say:
+        say(plan.dataset.summary())
+        for note in plan.notes:
+            say(f"note: {note}")
+        for warning in plan.warnings:
+            say(f"warning: {warning}")
+    if plan.state == "up-to-date":
+        from cbmctl.cache import open_cache
+        from cbmctl.embed import up_to_date_report
+        report = up_to_date_report(open_cache(plan.cache))
+    else:
+        from cbmctl.backbones import load_backbone
+        from cbmctl.embed import embed_dataset
+        backbone = load_backbone(plan.model, plan.pretrained, device)
+        report = embed_dataset(plan.dataset, backbone, plan.cache, batch_size=batch_size, workers=workers,
+                               overwrite=overwrite, templates=plan.templates, progress=not quiet and not as_json,
+                               shard_size=shard_size, log=say)
     if report.status == "shards-done":
         return
     if as_json:
         return print_json({"cache": str(report.cache), "status": report.status, "counts": report.counts,
                            "skipped": [{"split": s, "path": p, "reason": r} for s, p, r in report.skipped],
                            "embedded_now": report.embedded_now, "seconds": round(report.seconds, 3),
-                           "images_per_second": round(report.images_per_second, 1)})
-    _render(report, backbone)
+                           "images_per_second": round(report.images_per_second, 1), "warnings": plan.warnings})
+    _render(report)
 
 
-def _render(report, backbone):
+def _render(report):
+    from cbmctl.cache import open_cache
     from cbmctl.cli.common import console
+    from cbmctl.embed import report_lines
     out = console()
-    counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
-    if report.status == "up-to-date":
-        out.print(f"[green]up to date[/] {report.cache} ({counts}); --overwrite to redo")
-        return
-    out.print(f"[green]wrote[/] {report.cache}  ({counts}; {backbone.name}/{backbone.pretrained}, "
-                  f"dim {backbone.embed_dim})")
-    out.print(f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)")
-    if report.skipped:
-        out.print(f"[yellow]skipped {len(report.skipped)} image(s)[/] (recorded in the cache):")
-        for split, path, reason in report.skipped[:10]:
-            out.print(f"  {split}: {path}: {reason}", markup=False)
-        if len(report.skipped) > 10:
-            out.print(f"  ... and {len(report.skipped) - 10} more")
+    lines = report_lines(report)
+    if report.status != "up-to-date":
+        attrs = open_cache(report.cache).attrs
+        lines[0] += f"; {attrs['backbone_model']}/{attrs['backbone_pretrained']}, dim {attrs['embed_dim']}"
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
 
 
 def _print_models(as_json):

@@ -85,6 +85,23 @@ def detect_format(path: Path) -> str:
                       "see --format")
 
 
+def _check_labels(dataset: Dataset, path: Path) -> None:
+    """Every label names a class: one outside [0, K) (a -1, a CIFAR-100 label in CIFAR-10 files) would make
+    a cache that every later command fails on."""
+    import numpy as np
+    classes = len(dataset.classes)
+    for split, records in dataset.splits.items():
+        try:
+            labels = np.fromiter((r.label for r in records), dtype=np.int64, count=len(records))
+            bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        except (TypeError, ValueError, OverflowError):  # not integers, or beyond int64
+            bad = [i for i, r in enumerate(records) if not isinstance(r.label, int) or not 0 <= r.label < classes]
+        if len(bad):
+            record = records[int(bad[0])]
+            raise CbmctlError(f"{path}: {len(bad)} {split} image(s) have labels outside the {classes} classes "
+                              f"(0..{classes - 1}), first {record.path!r} labelled {record.label!r}; fix the labels")
+
+
 def load_dataset(
     spec: str | os.PathLike,
     format: str | None = None,
@@ -108,6 +125,7 @@ def load_dataset(
     if not READERS[format].detect(path):
         raise CbmctlError(f"{path} is not laid out as {format}")
     dataset = READERS[format].read(path)
+    _check_labels(dataset, path)
     dataset.classes = apply_class_names(dataset.classes, config.class_names, config_dir / "cbmctl.yaml")
     validate_class_names(dataset.classes, path)  # every reader checks its own; this keeps any new one honest
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction

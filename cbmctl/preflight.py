@@ -1,0 +1,178 @@
+"""What a command will read or write, decided before torch or open_clip is imported (that import alone
+takes seconds): the dataset, the backbone, the cache file, and whether that cache is already the right one.
+
+Every mistake found here is a one-line CbmctlError in well under a second: an unknown dataset name or
+path, a model-config file or zoo tag that does not exist, weights that are neither on disk nor reachable,
+a --model/--pretrained/--template that contradicts the cache it would use. A rerun of a finished embed is
+answered from the cache's record (dataset fingerprint, model, pretrained tag, weights hash, package
+versions that fix the preprocessing, templates) without loading a model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbmctl.errors import CbmctlError
+
+CACHE_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass
+class CachePlan:
+    """The outcome of plan_cache.
+
+    state: "given"      a cache file was named (CACHE, or --cache without DATA): use it as it is
+           "up-to-date" DATA's cache exists and certainly holds this backbone's embeddings of this data
+           "usable"     DATA's cache exists and agrees with every part of the request that can be told
+                        without loading the backbone (e.g. hf-hub weights): use it, or load the backbone
+                        to confirm before writing
+           "missing"    DATA's cache does not exist (or --overwrite): it must be embedded; the weights were
+                        checked to be on disk or reachable"""
+
+    cache: Path
+    state: str
+    config: object  # DatasetConfig
+    dataset: object = None  # Dataset, when DATA was given
+    model: str | None = None
+    pretrained: str | None = None
+    templates: list[str] = field(default_factory=list)
+    request: object = None  # BackboneRequest
+    warnings: list[str] = field(default_factory=list)
+    explicit_cache: bool = False  # named with --cache (else the default path for DATA and the backbone)
+
+    @property
+    def notes(self) -> list[str]:
+        return list(getattr(self.dataset, "notes", []) or [])
+
+
+def names_cache(spec) -> bool:
+    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).is_file()
+
+
+def _flags(model, pretrained, templates=None) -> str:
+    parts = [f"--model {model}" if model else "", f"--pretrained {pretrained}" if pretrained else "",
+             "--template ..." if templates else ""]
+    return " ".join(p for p in parts if p)
+
+
+def checked_templates(templates, where: str = "--template") -> list[str] | None:
+    """Class-prompt templates as a list of strings, each with one '{}' for the class name; a template that
+    would fail (or give every class the same prompt) is a one-line error now rather than after the backbone
+    has loaded."""
+    if templates is None:
+        return None
+    if isinstance(templates, str):
+        templates = [templates]
+    if not isinstance(templates, (list, tuple)) or not templates:
+        raise CbmctlError(f"{where}: expected a list of templates such as 'a photo of a {{}}.'")
+    for template in templates:
+        try:
+            ok = isinstance(template, str) and template.format("\0") != template and \
+                template.replace("{}", "").format() is not None
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CbmctlError(f"{where}: {template!r} is not a class-prompt template: it needs exactly the "
+                              f"placeholder {{}} for the class name, e.g. 'a photo of a {{}}.'")
+    return list(templates)
+
+
+def _refuse_conflicts(cache_file, attrs: dict, request, hint: str) -> None:
+    from cbmctl.cache import printable
+    conflicts = request.conflicts(attrs)
+    if conflicts:
+        what, has, asked = conflicts[0]
+        key = {"model": "backbone_model", "model config": "backbone_model", "pretrained": "backbone_pretrained",
+               "weights sha256": "weights_sha256"}[what]
+        raise CbmctlError(f"{cache_file} was made with {key}={printable(has)} but this run has {asked}; {hint}")
+
+
+def _backbone_warning(attrs_or_model, pretrained, classes, dataset_name) -> list[str]:
+    from cbmctl.backbones import meaningless_backbone
+    line = meaningless_backbone(str(attrs_or_model), pretrained, classes, dataset_name)
+    return [line] if line else []
+
+
+def _plan_given(cache_file, model, pretrained, templates) -> CachePlan:
+    """CACHE named directly: flags may only repeat what it holds."""
+    from cbmctl.backbones import backbone_request
+    from cbmctl.cache import open_cache
+    from cbmctl.datasets import DatasetConfig, load_config
+    from cbmctl.embed import templates_of, template_mismatch
+    cache = open_cache(cache_file)
+    attrs = cache.attrs
+    hint = (f"leave out {_flags(model, pretrained, templates)} to use this cache as it is, or give the dataset "
+            f"(DATA) instead to embed it with that backbone")
+    if model or pretrained:
+        request = backbone_request(model or str(attrs["backbone_model"]), pretrained)
+        if pretrained is None:  # a model alone names the cache's backbone family, not a default tag
+            request.pretrained, request.weights_sha256 = None, None
+        _refuse_conflicts(cache.path, attrs, request, hint)
+    if templates and templates_of(attrs) != list(templates):
+        raise CbmctlError(template_mismatch(cache.path, templates_of(attrs), list(templates), hint))
+    root = Path(str(attrs["dataset_root"]))
+    config = load_config(root) if root.is_dir() else DatasetConfig()
+    return CachePlan(cache.path, "given", config, model=str(attrs["backbone_model"]),
+                     pretrained=str(attrs["backbone_pretrained"]), templates=templates_of(attrs),
+                     warnings=_backbone_warning(attrs["backbone_model"], attrs["backbone_pretrained"],
+                                                cache.classes, str(attrs["dataset_name"])))
+
+
+def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
+    """Compare DATA's existing cache with the plan's dataset, backbone and templates: a contradiction is an
+    error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
+    from cbmctl.cache import open_cache
+    from cbmctl.embed import templates_of, template_mismatch
+    embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
+                                   _flags(plan.model, plan.pretrained), "--overwrite"]))
+    hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else
+            f"rebuild it with `{embed}`, or pass --cache another file")
+    try:
+        cache = open_cache(plan.cache)
+    except CbmctlError as error:
+        if "is locked" in str(error) or "--overwrite" in str(error):
+            raise
+        raise CbmctlError(f"{error}; {hint}") from None
+    attrs = cache.attrs
+    fingerprint = plan.dataset.fingerprint()
+    if str(attrs["dataset_fingerprint"]) != fingerprint:
+        raise CbmctlError(f"{plan.cache} was made with dataset_fingerprint={str(attrs['dataset_fingerprint'])[:12]} "
+                          f"but this run has {fingerprint[:12]} (the data changed since); {hint}")
+    _refuse_conflicts(plan.cache, attrs, plan.request, hint)
+    if templates_of(attrs) != plan.templates:
+        raise CbmctlError(template_mismatch(plan.cache, templates_of(attrs), plan.templates, hint))
+    plan.state = "up-to-date" if plan.request.settles(attrs) else "usable"
+    return plan
+
+
+def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=None, data_root=None,
+               format=None, val_fraction=None, val_seed=None, overwrite: bool | None = None) -> CachePlan:
+    """Resolve DATA (a dataset folder, manifest or known name) or CACHE (an .h5 file) without importing torch
+    or open_clip, and check everything that can be checked: see the module docstring.
+
+    `templates`: class-prompt templates asked for on the command line (None: the dataset's cbmctl.yaml, else
+    the default). `overwrite`: None for commands that cannot rebuild a cache (train, cms: messages then name
+    `cbmctl embed ... --overwrite`), else the embed command's --overwrite."""
+    from cbmctl.backbones import DEFAULT_MODEL, backbone_request, check_weights_reachable
+    from cbmctl.datasets import load_config, load_dataset, resolve_dataset_path
+    from cbmctl.datasets.config import backbone_choice
+    from cbmctl.embed import DEFAULT_TEMPLATES, default_cache_path
+    if not spec and not cache_path:
+        raise CbmctlError("give DATA (a dataset folder, manifest or known name) or a cache file")
+    templates = checked_templates(list(templates) if templates else None)
+    if names_cache(spec) or (not spec and cache_path):
+        return _plan_given(spec if spec else cache_path, model, pretrained, templates)
+    path = resolve_dataset_path(str(spec), data_root)
+    config = load_config(path if path.is_dir() else path.parent)
+    config.templates = checked_templates(config.templates, f"{path / 'cbmctl.yaml'}: templates")
+    dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config)
+    model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
+    request = backbone_request(model, pretrained)
+    plan = CachePlan(Path(cache_path or default_cache_path(dataset, model, pretrained)), "missing", config,
+                     dataset, model, pretrained, list(templates or config.templates or DEFAULT_TEMPLATES), request)
+    plan.explicit_cache = bool(cache_path)
+    plan.warnings = _backbone_warning(model, request.pretrained or pretrained, dataset.classes, dataset.name)
+    if plan.cache.exists() and not overwrite:
+        check_existing(plan, spec, overwrite)
+    if plan.state == "missing":
+        check_weights_reachable(model, pretrained)  # before any "embedding ..." line and before torch
+    return plan
