@@ -57,15 +57,22 @@ def resolve_concepts(concepts: str | None, config, cache):
     return load_concept_set(str(name))
 
 
-def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None):
+def plan_train(spec):
+    """The cache a training spec will use, checked without torch (cbmctl.preflight.plan_cache)."""
+    from cbmctl.preflight import plan_cache
+    return plan_cache(spec.data, model=spec.model, pretrained=spec.pretrained, cache_path=spec.cache_path,
+                      data_root=spec.data_root)
+
+
+def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None):
     """The whole `cbmctl train` behaviour for an ExperimentSpec; returns the ExperimentResult. `run_dir`
-    trains into that directory instead of a new timestamped one; `resume` continues an interrupted run."""
+    trains into that directory instead of a new timestamped one; `resume` continues an interrupted run;
+    `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines."""
     from cbmctl import runs
     from cbmctl.experiment import check_resumable, run_experiment
     from cbmctl.train import prepare_data
-    cache, dataset_config = resolve_cache(spec.data, model=spec.model, pretrained=spec.pretrained,
-                                          cache_path=spec.cache_path, data_root=spec.data_root,
-                                          device=spec.train.device, log=log)
+    cache, dataset_config = resolve_cache(spec.data, device=spec.train.device, log=log, warn=warn,
+                                          plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
     data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device)
     spec = replace(spec, cache_path=str(Path(cache.path).resolve()),

@@ -4,11 +4,7 @@ from __future__ import annotations
 import click
 
 from cbmctl.cli.common import backbone_options, console, print_json
-
-
-def _shown(text) -> str:
-    """Names read from a cache or concept file, with control characters escaped (never sent raw)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+from cbmctl.sanitize import safe_text as _shown
 
 
 @click.command()
@@ -31,15 +27,19 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     T = cos(class names, concepts), in the paper's variants and cbmctl's centred one (V centred with the
     train split's mean), next to zero-shot CLIP, a description baseline and a random-concept control, on
     one split (test by default). No training."""
+    from cbmctl.preflight import plan_cache
+    log = None if as_json else (lambda line: click.echo(line, err=True))
+    # every mistake in the arguments is found before torch loads (seconds)
+    plan = plan_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
+                      data_root=data_root)
     from cbmctl.backbones import resolve_device
     from cbmctl.cms import cms_report
     from cbmctl.pipeline import resolve_cache, resolve_concepts
-    log = None if as_json else (lambda line: click.echo(line, err=True))
     resolved = resolve_device(device)
     if log and device.lower() == "auto":
         log(f"device: {resolved} (--device auto)")
-    cache, config = resolve_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
-                                  data_root=data_root, device=resolved, log=log)
+    cache, config = resolve_cache(data or dataset_option, device=resolved, log=log, plan=plan,
+                                  warn=lambda line: click.echo(line, err=True))
     concept_set = resolve_concepts(concepts, config, cache)
     report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved)
     if as_json:

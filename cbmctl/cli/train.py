@@ -98,8 +98,11 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
         spec = ExperimentSpec.from_mapping({**from_file, **_command_line_wins(given)})
     else:
         spec = ExperimentSpec.from_mapping(given)
+    from cbmctl.pipeline import plan_train
+    plan = plan_train(spec)  # every mistake in the arguments is found before torch loads (seconds)
     from cbmctl.pipeline import run_train
-    result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None)
+    result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
+                       plan=plan, warn=_echo_err)
     if as_json:
         return print_json(read_metrics(result.run_dir))
     _render(result, spec)
