@@ -150,3 +150,12 @@ def test_explain_without_any_run_uses_cms(cli, tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["method"] == "cms" and payload["explanations"][0]["predicted"] in ("albatross", "gull")
+
+
+def test_explain_without_a_run_says_what_it_explains_with(cli, tmp_path):
+    cub = make_cub(tmp_path / "data")
+    image = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[0]
+    result = cli("explain", image, "--runs-root", tmp_path / "no-runs", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "no run under" in result.stderr and "demo CLIP" in result.stderr
+    assert json.loads(result.stdout)["method"] == "cms"

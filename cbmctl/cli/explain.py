@@ -53,6 +53,10 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
             if run_spec:
                 raise
             use_cms = True  # no run yet: CMS needs no training
+            if not (model or concepts):
+                click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search, the shipped demo "
+                           "CLIP and the demo world's concepts and species (pass --run, or --model/--concepts/"
+                           "--classes for your own)", err=True)
     if save_edited:
         if run_dir is None or not zero:
             raise click.UsageError("--save-edited needs a run and at least one --zero CONCEPT")
