@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, report  # noqa: E402
+from common import machine, report
 
 
 def loop_predict(features, concepts, classes):
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     loop_seconds = time.perf_counter() - started
     matrix_subset, matrix_subset_seconds = timed(
         lambda: predict(sub_features, sub_concepts, sub_classes, (Variant(),))[Variant()])
-    work = lambda n_, c_, k_: (n_ * c_ + k_ * c_) * args.dim + n_ * k_ * c_  # noqa: E731
+    work = lambda n_, c_, k_: (n_ * c_ + k_ * c_) * args.dim + n_ * k_ * c_
     loop_full_estimate = loop_seconds * work(args.images, args.concepts, args.classes) / work(n, c, k)
     result = {"benchmark": "cms", "images": args.images, "concepts": args.concepts, "classes": args.classes,
               "dim": args.dim, "seconds_all_7_variants": round(seconds_all, 2), "seconds_cos": round(seconds_cos, 2),

@@ -39,6 +39,7 @@ def make_jpegs(root: Path, count: int, classes: int = 8) -> Path:
 
 def decode_rate(dataset, preprocess, workers: int, batch_size: int) -> float:
     import torch
+
     from cbmctl.images import load_rgb
 
     class Decode(torch.utils.data.Dataset):

@@ -16,8 +16,8 @@ sys.path.insert(0, str(HERE))
 import cms as cms_benchmark  # noqa: E402
 import embed as embed_benchmark  # noqa: E402
 import startup as startup_benchmark  # noqa: E402
-from common import machine  # noqa: E402
 import train as train_benchmark  # noqa: E402
+from common import machine  # noqa: E402
 
 
 def main(argv=None) -> None:

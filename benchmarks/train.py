@@ -37,7 +37,7 @@ def synthetic_data(n, concepts, classes, dim, seed=0):
         return x / x.norm(dim=1, keepdim=True)
 
     val = max(classes, n // 10)
-    labels = lambda m: torch.randint(classes, (m,), generator=generator)  # noqa: E731
+    labels = lambda m: torch.randint(classes, (m,), generator=generator)
     return TrainingData(features={"train": unit(n), "val": unit(val), "test": unit(val)},
                         labels={"train": labels(n), "val": labels(val), "test": labels(val)},
                         concept_vectors=unit(concepts), class_vectors=unit(classes), logit_scale=100.0,

@@ -6,7 +6,7 @@ the functions that need them, so importing ``cbmctl`` is cheap.
 
 __version__ = "0.1.0"
 
-from cbmctl.errors import CbmctlError  # noqa: E402
+from cbmctl.errors import CbmctlError
 
 __all__ = ["__version__", "CbmctlError", "load_dataset", "load_backbone", "open_cache", "embed_dataset"]
 

@@ -58,6 +58,7 @@ class Backbone:
 
     def _autocast(self):
         import contextlib
+
         import torch
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -113,7 +114,8 @@ def sha256_file(path: Path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo_file = Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl")) / "weights-sha256.json"
+    from cbmctl.files import cbmctl_home, write_text_atomic
+    memo_file = cbmctl_home() / "weights-sha256.json"
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
@@ -126,10 +128,7 @@ def sha256_file(path: Path) -> str:
             digest.update(block)
     memo[key] = digest.hexdigest()
     try:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_file)
+        write_text_atomic(memo_file, json.dumps(memo))
     except OSError:
         pass
     return memo[key]
@@ -185,8 +184,8 @@ def _hub_files(hub: str) -> tuple[str, list[str]]:
 
 
 def _tag_index_paths() -> list[Path]:
-    home = Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl"))
-    return [home / "open_clip-tags.json", Path(__file__).parent / "open_clip_tags.json"]
+    from cbmctl.files import cbmctl_home
+    return [cbmctl_home() / "open_clip-tags.json", Path(__file__).parent / "open_clip_tags.json"]
 
 
 def write_tag_index(path: Path) -> None:
@@ -205,10 +204,8 @@ def write_tag_index(path: Path) -> None:
     # the configs open_clip ships (list_models() would also hold configs registered in this process)
     shipped = sorted(p.stem for p in (Path(open_clip.__file__).parent / "model_configs").glob("*.json"))
     payload = {"open_clip": importlib.metadata.version("open_clip_torch"), "tags": tags, "models": shipped}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    from cbmctl.files import write_text_atomic
+    write_text_atomic(path, json.dumps(payload))
 
 
 def installed_version(package: str) -> str | None:
@@ -335,6 +332,7 @@ def _load_weights(model, path: str, name: str) -> None:
     try:
         if path.endswith(".safetensors") and _is_compact(path):
             from safetensors.torch import load_file
+
             from cbmctl.demo.compact import expand
             state = load_file(path)
             model.load_state_dict(expand(state, model.token_embedding.weight.shape[0]))
@@ -349,18 +347,29 @@ def _load_weights(model, path: str, name: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_logging():
-    # open_clip logs "no pretrained weights loaded" on the root logger; we load the weights ourselves
+    """open_clip logs "no pretrained weights loaded" on the root logger while we load the weights ourselves:
+    drop open_clip's own records for the duration, nothing else (logging is not switched off)."""
     import logging
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+
+    import open_clip
+    package = str(Path(open_clip.__file__).parent)
+
+    def not_open_clip(record: logging.LogRecord) -> bool:
+        return not str(record.pathname).startswith(package)
+
+    handlers = list(logging.root.handlers) or [logging.lastResort]
+    for handler in handlers:
+        handler.addFilter(not_open_clip)
     try:
         yield
     finally:
-        logging.disable(previous)
+        for handler in handlers:
+            handler.removeFilter(not_open_clip)
 
 
 def _is_compact(path: str) -> bool:
     from safetensors import safe_open
+
     from cbmctl.demo.compact import IDS_KEY
     try:
         with safe_open(path, framework="pt") as handle:

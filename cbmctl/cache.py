@@ -342,7 +342,7 @@ class TextStore:
         self.dir = Path(directory)
 
     @classmethod
-    def beside(cls, cache_path) -> "TextStore":
+    def beside(cls, cache_path) -> TextStore:
         return cls(text_store_dir(cache_path))
 
     def entry(self, key: str) -> Path:

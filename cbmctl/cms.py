@@ -202,14 +202,12 @@ def description_predict(features, concept_vectors, concepts: list[str], classes:
 
 
 def accuracy_report(predicted: torch.Tensor, labels, num_classes: int, per_class: bool = False) -> dict:
+    from cbmctl import metrics
     labels = torch.as_tensor(np.asarray(labels))
-    correct = (predicted == labels).float()
-    report = {"top1": float(correct.mean()) if len(labels) else 0.0}
-    per = [float(correct[labels == k].mean()) if (labels == k).any() else None for k in range(num_classes)]
-    present = [p for p in per if p is not None]
-    report["mean_per_class"] = float(np.mean(present)) if present else 0.0
+    report = {"top1": float((predicted == labels).float().mean()) if len(labels) else 0.0,
+              "mean_per_class": metrics.mean_per_class_accuracy(predicted, labels, num_classes)}
     if per_class:
-        report["per_class"] = per
+        report["per_class"] = metrics.per_class_accuracy(predicted, labels, num_classes)
     return report
 
 
@@ -226,7 +224,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
     """Every CMS variant side by side with zero-shot CLIP, the description baseline and the random-concept
     control, on one split of a cache. The centred variant centres V with the train split's mean."""
     from cbmctl.backbones import resolve_device
-    from cbmctl.train import concept_vectors, random_concept_set
+    from cbmctl.concepts import concept_vectors, random_concept_set
     device = resolve_device(str(device))
     data = cache.split(split)
     classes = cache.classes

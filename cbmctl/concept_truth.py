@@ -23,11 +23,8 @@ def demo_mapping(attribute_names: list[str]) -> dict[str, list[str]]:
 
 def read_mapping(path) -> dict[str, list[str]]:
     """A YAML/JSON mapping {concept: attribute name or [names]} (e.g. CUB concepts to CUB attributes)."""
-    import yaml
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise CbmctlError(f"{path}: cannot read the concept map ({str(error).splitlines()[0]})") from None
+    from cbmctl.data_files import load_structured
+    data = load_structured(Path(path))
     if not isinstance(data, dict):
         raise CbmctlError(f"{path}: the concept map must be a mapping concept -> attribute name(s)")
     return {normalise(str(k)): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in data.items()}

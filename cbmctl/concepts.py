@@ -356,11 +356,9 @@ def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
     """Text embeddings of a concept set (C×D float32), reused from and added to a text store: the one beside
     the given cache, or beside `$CBMCTL_HOME/text-embeddings.h5` when there is none (the cache file itself
     is never written). Returns (embeddings, key, created)."""
-    import os
-
     from cbmctl.cache import read_text, store_text, text_key
-    store = Path(cache_path) if cache_path else Path(os.environ.get("CBMCTL_HOME", Path.home() / ".cache" / "cbmctl")) \
-        / "text-embeddings.h5"
+    from cbmctl.files import cbmctl_home
+    store = Path(cache_path) if cache_path else cbmctl_home() / "text-embeddings.h5"
     identity = backbone.identity()
     key = text_key(identity, concept_set.concepts)
     existing = read_text(store, key)
@@ -371,3 +369,32 @@ def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
                          {"kind": "concepts", "name": concept_set.name, "source": concept_set.source,
                           "backbone_model": identity["backbone_model"], "weights_sha256": identity["weights_sha256"]})
     return vectors, key, created
+
+
+def concept_vectors(cache, concept_set, device="auto"):
+    """A concept set's text embeddings under the cache's backbone: from the cache's text store, or encoded
+    (loading the backbone only then) and stored there for next time."""
+    from cbmctl.cache import text_key
+    stored = cache.text(text_key(cache.attrs, concept_set.concepts))
+    if stored is not None:
+        return stored[1]
+    from cbmctl.backbones import load_backbone_of_cache
+    return encode_concepts(load_backbone_of_cache(cache, device), concept_set, cache.path)[0]
+
+
+def random_concept_set(concept_set):
+    """The random-word control for a concept set: as many random words."""
+    return ConceptSet(f"random-words-{len(concept_set.concepts)}", random_words(len(concept_set.concepts)),
+                      f"random words replacing {concept_set.name}")
+
+
+def random_words(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct random English-looking words from the CLIP tokenizer's vocabulary."""
+    import numpy as np
+    from open_clip.tokenizer import SimpleTokenizer
+    vocabulary = sorted({w[:-4] for w in SimpleTokenizer().encoder if w.endswith("</w>") and w[:-4].isalpha()
+                         and 3 <= len(w) - 4 <= 10})
+    rng = np.random.default_rng(seed)
+    if count > len(vocabulary):
+        raise CbmctlError(f"cannot draw {count} distinct random words")
+    return [vocabulary[i] for i in rng.choice(len(vocabulary), size=count, replace=False)]

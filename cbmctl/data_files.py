@@ -81,7 +81,7 @@ def load_yaml(path: Path, max_bytes: int = MAX_STRUCTURED_BYTES):
                 if isinstance(event, yaml.events.AliasEvent):
                     raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
                                                       event.start_mark)
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

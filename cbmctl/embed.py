@@ -18,8 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl import __version__
-from cbmctl.cache import (SCHEMA_VERSION, SPLITS, Cache, describe_mismatch, identity_mismatch, printable,
-                          read_attrs, string_array, text_key, write_text_group)
+from cbmctl.cache import (
+    SCHEMA_VERSION,
+    SPLITS,
+    Cache,
+    describe_mismatch,
+    identity_mismatch,
+    printable,
+    read_attrs,
+    string_array,
+    text_key,
+    write_text_group,
+)
 from cbmctl.errors import CbmctlError
 from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, write_text_atomic
 from cbmctl.images import BadImage, load_rgb

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cbmctl import runs
 from cbmctl.errors import CbmctlError
-from cbmctl.stats import holm, mean_interval, paired_difference
 from cbmctl.spec import BASELINES, TrainConfig
+from cbmctl.stats import holm, mean_interval, paired_difference
 from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, train_many
 
 # the metrics a comparison summarises, in table order (percentages first); absent ones are skipped
@@ -47,8 +47,10 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=print) -> ExperimentResult:
+                   spec: dict, log=None) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there)."""
+    from cbmctl.logs import sayer
+    log = sayer(log)
     run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
     runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
@@ -56,8 +58,7 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
         def say(line: str) -> None:
             log_file.write(line + "\n")
             log_file.flush()
-            if log:
-                log(line)
+            log(line)
 
         members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
         results: dict[str, list[TrainResult]] = {method: [] for method in methods}
@@ -119,7 +120,7 @@ def compare_rows(methods: list[str], seeds: list[int], results: dict[str, list[T
             if key not in reference[0]:
                 continue
             differences = {}
-            for row, method in zip(rows, methods):
+            for method in methods:
                 if method == REFERENCE or key not in results[method][0].metrics["test"]:
                     continue
                 differences[method] = paired_difference([r.metrics["test"][key] for r in results[method]],

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
 
-
 # |value| an intervention may set an activation to: far beyond any real activation, far below overflow
 MAX_INTERVENTION = 1e6
 
@@ -58,7 +57,7 @@ class Explainer:
     metadata: dict = field(default_factory=dict)
 
     @classmethod
-    def from_run(cls, run_dir: Path) -> "Explainer":
+    def from_run(cls, run_dir: Path) -> Explainer:
         from cbmctl.runs import load_model
         model, metadata = load_model(run_dir)
         vectors = metadata.pop("vectors")

@@ -24,6 +24,12 @@ FAULT_ENV = "CBMCTL_FAULT"
 LOCK_SUFFIX = ".lock"
 
 
+def cbmctl_home() -> Path:
+    """Where cbmctl keeps what it learns about this machine ($CBMCTL_HOME, default ~/.cache/cbmctl): weight
+    hashes, the open_clip tag index of other open_clip versions, the text store of cache-less commands."""
+    return Path(os.environ.get("CBMCTL_HOME") or Path.home() / ".cache" / "cbmctl")
+
+
 def fault_point(name: str, path=None) -> None:
     """Crash-test hook, so tests can prove a write is safe at exactly one moment. $CBMCTL_FAULT is
     `POINT[@GLOB][=stop]`: at the point named POINT (and, with @GLOB, only for a file whose name matches

@@ -73,7 +73,7 @@ class ConceptBottleneckModel(nn.Module):
         return (self.head.weight.detach() / self.activation_std) @ self.cbl.weight.detach()
 
     def set_head(self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> "ConceptBottleneckModel":
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> ConceptBottleneckModel:
         if kind not in HEADS:
             raise CbmctlError(f"unknown head {kind!r} ({', '.join(HEADS)})")
         self.head_kind = kind

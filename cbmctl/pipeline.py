@@ -20,8 +20,9 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
     mean nothing here), `log` when not given."""
     from cbmctl.cache import open_cache
     from cbmctl.files import file_lock
+    from cbmctl.logs import sayer
     from cbmctl.preflight import check_existing, plan_cache
-    say = log or (lambda line: None)
+    say = sayer(log)
     plan = plan or plan_cache(spec, model=model, pretrained=pretrained, templates=templates, cache_path=cache_path,
                               data_root=data_root)
     for line in plan.warnings:

@@ -97,7 +97,7 @@ def _plan_given(cache_file, model, pretrained, templates) -> CachePlan:
     from cbmctl.backbones import backbone_request
     from cbmctl.cache import open_cache
     from cbmctl.datasets import DatasetConfig, load_config
-    from cbmctl.embed import templates_of, template_mismatch
+    from cbmctl.embed import template_mismatch, templates_of
     cache = open_cache(cache_file)
     attrs = cache.attrs
     hint = (f"leave out {_flags(model, pretrained, templates)} to use this cache as it is, or give the dataset "
@@ -121,7 +121,7 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     """Compare DATA's existing cache with the plan's dataset, backbone and templates: a contradiction is an
     error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
     from cbmctl.cache import open_cache
-    from cbmctl.embed import templates_of, template_mismatch
+    from cbmctl.embed import template_mismatch, templates_of
     embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
                                    _flags(plan.model, plan.pretrained), "--overwrite"]))
     hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else

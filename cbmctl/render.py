@@ -193,11 +193,8 @@ def compare_table(rows: list[dict], title: str):
     paired = any("vs_none" in row for row in rows)
     table = Table(title=title, title_justify="left")
     table.add_column("method", no_wrap=True)
-    for key, header, _ in columns[:1]:
-        table.add_column(header, justify="right", no_wrap=True)
-    if paired:
-        table.add_column("Δ vs none", justify="right", no_wrap=True)
-    for key, header, _ in columns[1:]:
+    headers = [header for _, header, _ in columns]
+    for header in headers[:1] + (["Δ vs none"] if paired else []) + headers[1:]:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
         cells = [Text(safe_text(row["method"]))]

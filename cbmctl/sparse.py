@@ -17,13 +17,12 @@ models' solo results."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 
 from cbmctl.errors import CbmctlError
-
 
 STEP_SHRINK = 0.8     # the step search tries a 1/0.8 longer step every iteration ...
 MAX_BACKTRACKS = 60   # ... and halves it until the bound holds (2^60: from any start to any curvature)

@@ -84,7 +84,7 @@ class TrainConfig:
             raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
 
     @classmethod
-    def from_mapping(cls, values: dict, where: str = "") -> "TrainConfig":
+    def from_mapping(cls, values: dict, where: str = "") -> TrainConfig:
         """A config from plain values (command-line options, a YAML file, a run's config): unknown names are
         an error, and each value is converted to the field's type with a one-line error when it cannot be."""
         known = {f.name: f for f in fields(cls)}
@@ -151,7 +151,7 @@ class ExperimentSpec:
     out: str = "runs"
 
     @classmethod
-    def from_mapping(cls, values: dict, where: str = "") -> "ExperimentSpec":
+    def from_mapping(cls, values: dict, where: str = "") -> ExperimentSpec:
         """From option names as the command line or a config file spells them. `loss` or `compare`
         (a comma list or 'all') give the methods, `seed` or `seeds` (a list, a comma list, or a count N
         meaning seeds 0..N-1) the seeds; every other name is a TrainConfig field or a data option. `where`

@@ -28,6 +28,7 @@ from cbmctl.errors import CbmctlError
 from cbmctl.losses import cbl_loss
 from cbmctl.model import ConceptBottleneckModel
 from cbmctl.spec import BASELINES, TrainConfig
+
 # concept scores of every split are precomputed when they take at most this many bytes
 PRECOMPUTE_BYTES = 2 << 30
 # the sparse head's design matrix (models × train images × concepts) is kept on the device up to this size
@@ -229,17 +230,18 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
 
 
 def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoint_dir: Path | None = None,
-                log=None) -> "_Stack":
+                log=None) -> _Stack:
     """The epochs of train_many: the stacked CBLs and dense heads, each model stopped on its validation loss."""
     from cbmctl import runs
+    from cbmctl.logs import sayer
+    log = sayer(log)
     base = configs[0]
     train, val = _Scores(data, "train", device), _Scores(data, "val", device)
     stack = _Stack(data, configs, device)
     saved = runs.load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
         stack.load(*saved)
-        if log:
-            log(f"resuming after epoch {stack.epoch}")
+        log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
     saved_at, saved_epoch = -1.0, stack.epoch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
@@ -301,8 +303,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
             if epoch >= configs[m].min_epochs and epoch - stack.best_epoch[m] >= configs[m].patience:
                 stack.stopped[m] = True
         stack.epoch = epoch
-        if log:
-            log(_epoch_line(epoch, configs, stack))
+        log(_epoch_line(epoch, configs, stack))
         if checkpoint_dir is not None and (time.monotonic() - saved_at >= CHECKPOINT_SECONDS or saved_at < 0):
             runs.save_checkpoint(checkpoint_dir, *stack.state())
             saved_at, saved_epoch = time.monotonic(), epoch
@@ -488,17 +489,6 @@ def seeds_summary(results: list[TrainResult]) -> dict:
     return {k: M.summarise([r.metrics["test"][k] for r in results]) for k in keys}
 
 
-def random_words(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct random English-looking words from the CLIP tokenizer's vocabulary."""
-    from open_clip.tokenizer import SimpleTokenizer
-    vocabulary = sorted({w[:-4] for w in SimpleTokenizer().encoder if w.endswith("</w>") and w[:-4].isalpha()
-                         and 3 <= len(w) - 4 <= 10})
-    rng = np.random.default_rng(seed)
-    if count > len(vocabulary):
-        raise CbmctlError(f"cannot draw {count} distinct random words")
-    return [vocabulary[i] for i in rng.choice(len(vocabulary), size=count, replace=False)]
-
-
 def describe(config: TrainConfig) -> str:
     if config.loss == "gumbel":
         return f"gumbel ({config.gumbel_form}, τ={config.tau:g}{', hard' if config.hard else ''})"
@@ -507,30 +497,12 @@ def describe(config: TrainConfig) -> str:
     return config.loss
 
 
-def concept_vectors(cache, concept_set, device="auto") -> np.ndarray:
-    """A concept set's text embeddings under the cache's backbone: from the cache's text store, or encoded
-    (loading the backbone only then) and stored there for next time."""
-    from cbmctl.cache import text_key
-    stored = cache.text(text_key(cache.attrs, concept_set.concepts))
-    if stored is not None:
-        return stored[1]
-    from cbmctl.backbones import load_backbone_of_cache
-    from cbmctl.concepts import encode_concepts
-    return encode_concepts(load_backbone_of_cache(cache, device), concept_set, cache.path)[0]
-
-
-def random_concept_set(concept_set):
-    """The random-word control for a concept set: as many random words."""
-    from cbmctl.concepts import ConceptSet
-    return ConceptSet(f"random-words-{len(concept_set.concepts)}", random_words(len(concept_set.concepts)),
-                      f"random words replacing {concept_set.name}")
-
-
 def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto"
                  ) -> TrainingData:
     """Read a cache and a concept set into TrainingData. Concept text embeddings come from the cache's text
     store; only when they are not there yet is the cache's backbone loaded to encode (and store) them."""
     from cbmctl.concept_truth import read_mapping, truth_matrix
+    from cbmctl.concepts import concept_vectors, random_concept_set
     if random_concepts:
         concept_set = random_concept_set(concept_set)
     vectors = concept_vectors(cache, concept_set, device)

@@ -6,8 +6,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cbmctl.datasets.synthetic import (CUB_ATTRIBUTES, CUB_NAMES, make_cifar10, make_cifar100,  # noqa: F401
-                                       make_cub, make_imagefolder, make_manifest, make_places365, picture)
+from cbmctl.datasets.synthetic import (  # noqa: F401
+    CUB_ATTRIBUTES,
+    CUB_NAMES,
+    make_cifar10,
+    make_cifar100,
+    make_cub,
+    make_imagefolder,
+    make_manifest,
+    make_places365,
+    picture,
+)
 
 
 def write_bad_images(folder: Path) -> dict[str, str]:
@@ -17,7 +26,7 @@ def write_bad_images(folder: Path) -> dict[str, str]:
     base = picture(0, 0, 48)
     base.save(folder / "good.jpg")
     base.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20)).save(folder / "gray16.png")
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20).save(folder / "gray16.png")
     base.convert("P").save(folder / "palette.png")
     rgba = base.convert("RGBA")
     rgba.putalpha(128)

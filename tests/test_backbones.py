@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from makers import picture
 
 from cbmctl.backbones import load_backbone
 from cbmctl.errors import CbmctlError
-from makers import picture
 
 
 def _seed_hf_cache(hub_dir, repo_id, files: dict):
@@ -118,7 +118,7 @@ def test_unknown_model_and_tag():
 
 def test_models_command_lists_zoo_and_demo(cli):
     result = cli("models", "--json")
-    models = json.loads(result.output)
+    models = json.loads(result.stdout)
     assert "openai" in models["ViT-L-14"] and "demo" in models
     assert cli("embed", "--list-models").output.count("\n") == len(models)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from makers import make_cub, make_imagefolder, make_synthetic_cache, write_bad_images
 
 from cbmctl.cache import open_cache, store_text, text_key, text_store_dir, write_text_group
-from makers import make_cub, make_imagefolder, make_synthetic_cache, write_bad_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "examples" / "configs" / "tiny-clip.json")
@@ -195,7 +195,7 @@ def test_a_killed_concepts_embed_leaves_the_real_cache_working(cli, tiny, tmp_pa
                            CBMCTL_FAULT="atomic:before-replace@*.npz"))
     assert killed[0] == -signal.SIGKILL
     result = cli(*cms_args(tiny["cache"], new, "--json"))
-    assert result.exit_code == 0 and json.loads(result.output)["images"] == 6
+    assert result.exit_code == 0 and json.loads(result.stdout)["images"] == 6
     assert "already there" in cli("concepts", "embed", new, "--cache", tiny["cache"], "--device", "cpu").output
     still_opens(tiny["cache"])
 
@@ -506,7 +506,7 @@ def test_meaningless_backbones_are_named_in_one_warning_line(cli, built, tmp_pat
     world = make_world(tmp_path / "world", images_per_class=2)
     assert warnings_in(cli("embed", world, "--cache", tmp_path / "w.h5", "--workers", "0", "--quiet").output) == []
     as_json = cli("embed", built["data"], "--cache", tmp_path / "d.h5", "--model", "demo", "--json")
-    assert "demo CLIP" in json.loads(as_json.output)["warnings"][0]
+    assert "demo CLIP" in json.loads(as_json.stdout)["warnings"][0]
     # a command given the cache says it too
     cms = cli("cms", tmp_path / "r.h5", "--concepts", built["concepts"], "--no-random-control")
     assert cms.exit_code == 0 and "random weights" in warnings_in(cms.output)[0]

@@ -5,13 +5,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from makers import make_synthetic_cache
 
 from cbmctl.cache import open_cache, text_key
-from cbmctl.cms import (ALL_VARIANTS, CENTRED, PAPER_VARIANTS, ZERO_SUM_PER_TERM, ConceptMatrixSearch, Variant,
-                        accuracy_report, description_predict, predict, score_matrices, split_embedding_chunks,
-                        zero_shot_predict)
+from cbmctl.cms import (
+    ALL_VARIANTS,
+    CENTRED,
+    PAPER_VARIANTS,
+    ZERO_SUM_PER_TERM,
+    ConceptMatrixSearch,
+    Variant,
+    accuracy_report,
+    description_predict,
+    predict,
+    score_matrices,
+    split_embedding_chunks,
+    zero_shot_predict,
+)
 from cbmctl.errors import CbmctlError
-from makers import make_synthetic_cache
 
 # With the concepts as the standard basis, V is the normalised image embeddings and T the normalised class ones.
 CONCEPTS = torch.eye(3)
@@ -216,7 +227,7 @@ def test_cms_command_json(cli, tmp_path):
     result = cli("cms", cache, "--concepts", tmp_path / "concepts.json", "--json", "--no-random-control",
                  "--per-class", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     methods = [r["method"] for r in report["rows"]]
     assert methods[:8] == [v.name for v in ALL_VARIANTS] and "zero-shot CLIP" in methods
     assert "CMS cos, centred" in methods and "description (class concepts)" in methods
@@ -239,6 +250,6 @@ def test_cms_without_train_images_skips_the_centred_variant(cli, tmp_path):
     (tmp_path / "plain.txt").write_text("\n".join(concepts) + "\n")
     result = cli("cms", cache, "--concepts", tmp_path / "plain.txt", "--no-random-control", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert "CMS cos, centred" not in [r["method"] for r in report["rows"]]
     assert any("centred skipped: the cache has no train images" in note for note in report["notes"])

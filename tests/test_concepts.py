@@ -5,12 +5,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from makers import make_cub
 
 from cbmctl.concept_generation import Endpoint, generate, parse_answer
-from cbmctl.concepts import (FilterThresholds, builtin_classes, check_class_list, check_file, filter_concepts,
-                             load_concept_set, read_lines)
+from cbmctl.concepts import (
+    FilterThresholds,
+    builtin_classes,
+    check_class_list,
+    check_file,
+    filter_concepts,
+    load_concept_set,
+    read_lines,
+)
 from cbmctl.errors import CbmctlError
-from makers import make_cub
 
 MINIMUM_SIZES = {"cifar10": 100, "cifar100": 500, "cub": 300, "imagenet": 2000, "places365": 1000, "demo": 20}
 
@@ -188,7 +195,7 @@ def test_generate_without_endpoint_or_usable_answers(chat_server, monkeypatch):
 
 
 def test_concepts_cli(cli, tmp_path, tiny_model, chat_server):
-    listing = json.loads(cli("concepts", "list", "--json").output)
+    listing = json.loads(cli("concepts", "list", "--json").stdout)
     assert {row["name"]: row["concepts"] >= MINIMUM_SIZES[row["name"]] for row in listing} == {
         name: True for name in MINIMUM_SIZES}
     for name in MINIMUM_SIZES:
@@ -197,7 +204,7 @@ def test_concepts_cli(cli, tmp_path, tiny_model, chat_server):
     bad.write_text("cat\nwhiskers\n")
     result = cli("concepts", "check", bad, "--classes", "cifar10")
     assert result.exit_code == 1 and "is the class name 'cat'" in result.output
-    shown = json.loads(cli("concepts", "show", "demo", "--json").output)
+    shown = json.loads(cli("concepts", "show", "demo", "--json").stdout)
     assert shown["concepts"][:2] == ["red", "orange"] and shown["size"] == len(shown["concepts"])
 
     concepts = tmp_path / "mine.txt"

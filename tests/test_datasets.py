@@ -2,12 +2,20 @@ import pickle
 
 import numpy as np
 import pytest
+from makers import (
+    CUB_ATTRIBUTES,
+    make_cifar10,
+    make_cifar100,
+    make_cub,
+    make_imagefolder,
+    make_manifest,
+    make_places365,
+    picture,
+)
 
 from cbmctl.datasets import detect_format, load_dataset, stratified_split
 from cbmctl.datasets.base import ImageRecord, clean_class_name
 from cbmctl.errors import CbmctlError
-from makers import (CUB_ATTRIBUTES, make_cifar10, make_cifar100, make_cub, make_imagefolder, make_manifest,
-                    make_places365, picture)
 
 
 def test_clean_class_name():

@@ -80,7 +80,7 @@ def test_demo_eval_schema(cli, small_world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("demo", "eval", small_world, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert set(report) >= {"world", "split", "images", "families", "zero_shot_class", "linear_probe_class",
                            "class_ceiling"}
     assert set(report["families"]) == set(world.FAMILIES)
@@ -153,15 +153,15 @@ def test_quickstart_runs_offline_reuses_and_matches_train_and_cms(cli, tmp_path,
     monkeypatch.chdir(tmp_path)
     first = cli("quickstart", "--json")
     assert first.exit_code == 0, first.output
-    result = json.loads(first.output)
+    result = json.loads(first.stdout)
     second = cli("quickstart")
     assert second.exit_code == 0 and "reusing data/demo" in second.output and "reusing runs/quickstart-gumbel" in second.output
     assert "cbmctl inspect runs/latest" in second.output
     # the same numbers as the individual commands on the same data
-    trained = json.loads(cli("train", "--loss", "gumbel", "data/demo", "--quiet", "--json").output)
+    trained = json.loads(cli("train", "--loss", "gumbel", "data/demo", "--quiet", "--json").stdout)
     assert trained["test"]["top1"] == result["test"]["top1"]
     assert trained["test"]["concept_precision@5"] == result["test"]["concept_precision@5"]
-    cms = json.loads(cli("cms", "--dataset", "data/demo", "--json").output)
+    cms = json.loads(cli("cms", "--dataset", "data/demo", "--json").stdout)
     assert [r["top1"] for r in cms["rows"]] == [r["top1"] for r in result["cms"]]
-    explained = json.loads(cli("explain", result["image"], "--json").output)["explanations"][0]
+    explained = json.loads(cli("explain", result["image"], "--json").stdout)["explanations"][0]
     assert explained["predicted"] == result["explanation"]["predicted"]

@@ -190,7 +190,7 @@ def test_demo_eval_reports_the_worlds_ceiling_pairs_and_concept_sets(cli, tmp_pa
     monkeypatch.chdir(tmp_path)
     result = cli("demo", "eval", root, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     _, spec = presets.read_world_spec(root)
     assert report["preset"] == "hard" and report["seed"] == 4 and report["knobs"] == spec.knobs()
     profiles = [s.profile for s in world.world_species(2)[0]]

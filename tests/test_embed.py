@@ -9,10 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from cbmctl.errors import CbmctlError
 from makers import make_cifar10, make_cub, make_imagefolder, picture, write_bad_images
 
+from cbmctl.errors import CbmctlError
 
 
 def embed_args(data, cache, model, *extra):
@@ -25,7 +24,7 @@ def test_embed_writes_the_documented_schema(cli, tmp_path, tiny_model):
     cache = tmp_path / "cub.h5"
     result = cli(*embed_args(cub, cache, tiny_model, "--json"))
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["status"] == "written" and report["counts"] == {"train": 9, "val": 3, "test": 6}
     with h5py.File(cache, "r") as f:  # plain h5py, as the README documents
         assert f.attrs["schema_version"] == 1 and f.attrs["embed_dim"] == 32
@@ -90,7 +89,7 @@ def test_bad_images_are_converted_or_skipped_and_recorded(cli, tmp_path, tiny_mo
     cache = tmp_path / "bad.h5"
     result = cli(*embed_args(root, cache, tiny_model, "--json"))
     assert result.exit_code == 0
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert skipped == {name: reason for name, reason in expected.items() if reason != "ok"}
     with h5py.File(cache, "r") as f:
@@ -119,7 +118,7 @@ def test_nothing_embeddable_is_an_error(cli, tmp_path, tiny_model):
 def test_cifar_batches_embed(cli, tmp_path, tiny_model):
     make_cifar10(tmp_path / "data")
     result = cli(*embed_args(tmp_path / "data", tmp_path / "c.h5", tiny_model, "--json"))
-    assert json.loads(result.output)["counts"]["test"] == 6
+    assert json.loads(result.stdout)["counts"]["test"] == 6
     with h5py.File(tmp_path / "c.h5", "r") as f:
         assert f["splits/test/paths"].asstr()[0] == "test_batch#0"
 

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from makers import make_cub, make_synthetic_cache
 
 from cbmctl.errors import CbmctlError
 from cbmctl.explain import Explainer, cms_explain
 from cbmctl.train import TrainConfig, prepare_data, train_cbm
-from makers import make_cub, make_synthetic_cache
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
 
@@ -102,7 +102,7 @@ def test_explain_command_json_and_bad_images(cli, trained_run, tmp_path):
     result = cli("explain", images[0], tmp_path / "missing.jpg", tmp_path / "notes.jpg", images[1],
                  "--runs-root", runs, "--json", "--png", png, "--top-k", "3", "--device", "cpu")
     assert result.exit_code == 1  # two images failed, the other two were still explained
-    payload = json.loads(result.output[: result.output.rindex("}") + 1])
+    payload = json.loads(result.stdout)
     assert payload["method"] == "cbm" and Path(payload["run"]).name.endswith("-gumbel")
     assert [e["image"] for e in payload["explanations"]] == images
     first = payload["explanations"][0]
@@ -119,7 +119,7 @@ def test_explain_interventions_and_edited_runs(cli, trained_run, tmp_path):
     image = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[0]
     result = cli("explain", image, "--runs-root", runs, "--zero", "long beak", "--set", "red wings=3", "--json",
                  "--device", "cpu")
-    explanation = json.loads(result.output)["explanations"][0]
+    explanation = json.loads(result.stdout)["explanations"][0]
     assert explanation["intervention"]["zero"] == ["long beak"] and explanation["intervention"]["set"] == {
         "red wings": 3.0}
     table = cli("explain", image, "--runs-root", runs, "--zero", "long beak", "--device", "cpu")
@@ -131,7 +131,7 @@ def test_explain_interventions_and_edited_runs(cli, trained_run, tmp_path):
     assert saved.exit_code == 0, saved.output
     scored = cli("train", "--evaluate", edited, "--device", "cpu", "--json")
     assert scored.exit_code == 0, scored.output
-    metrics = json.loads(scored.output)
+    metrics = json.loads(scored.stdout)
     assert metrics["evaluated"]["edited"]["removed_concepts"] == ["long beak"]
     from cbmctl.runs import load_model
     model, _ = load_model(edited)
@@ -148,7 +148,7 @@ def test_explain_without_any_run_uses_cms(cli, tmp_path, tiny_model):
     result = cli("explain", image, "--runs-root", tmp_path / "no-runs", "--model", tiny_model, "--pretrained", "none",
                  "--concepts", concepts, "--classes", classes, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["method"] == "cms" and payload["explanations"][0]["predicted"] in ("albatross", "gull")
 
 

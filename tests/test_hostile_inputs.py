@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from makers import make_cifar10, make_cub, make_imagefolder, make_manifest, make_places365
 
 from cbmctl.concept_generation import MAX_ANSWER_BYTES, Endpoint, generate
 from cbmctl.concepts import load_class_list, load_concept_set, read_lines
 from cbmctl.datasets import load_dataset
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import first_control, has_control, safe_text, strip_control
-from makers import make_cifar10, make_cub, make_imagefolder, make_manifest, make_places365
 
 SECRET = "sk-test-secret"
 HOSTILE = ["\x1b[2J", "\x1b]0;pwned\x07", "\x07", "\x00", "\u202e", "\u200b", "\x9b31m", "\r", "\n"]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from makers import make_synthetic_cache
+from safetensors.torch import load_file, save_file
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from cbmctl.errors import CbmctlError
-from cbmctl.losses import (cbl_loss, contrastive_loss, cos3_loss, gumbel_noise, gumbel_paper_loss,
-                           gumbel_reference_loss, l1_loss)
+from cbmctl.losses import (
+    cbl_loss,
+    contrastive_loss,
+    cos3_loss,
+    gumbel_noise,
+    gumbel_paper_loss,
+    gumbel_reference_loss,
+    l1_loss,
+)
 
 Z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.5, -0.5]])  # B = 2 images, C = 3 concepts
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from makers import make_synthetic_cache
 
 from cbmctl.cache import open_cache
 from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
 from cbmctl.train import TrainConfig, prepare_data, train_cbm
-from makers import make_synthetic_cache
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern",
             "hexagon shape"]
@@ -103,7 +103,7 @@ def test_train_cli_run_directory_and_config_roundtrip(cli, cache_file, tmp_path)
     args = ["train", cache_file, "--concepts", concepts, "--epochs", "4", "--device", "cpu", "--out", out, "--quiet"]
     result = cli(*args, "--json")
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     latest = (out / "latest").resolve()
     for name in ("config.yaml", "metrics.json", "model.safetensors", "model.json", "curves.png", "train.log",
                  "record.json"):
@@ -117,10 +117,10 @@ def test_train_cli_run_directory_and_config_roundtrip(cli, cache_file, tmp_path)
     assert config["cache_path"] == str(cache_file.resolve())
     replay = cli("train", "--config", latest / "config.yaml", "--json", "--quiet")
     assert replay.exit_code == 0, replay.output
-    assert json.loads(replay.output)["test"] == metrics["test"]
+    assert json.loads(replay.stdout)["test"] == metrics["test"]
     assert yaml.safe_load(((out / "latest").resolve() / "config.yaml").read_text()) == config
     overridden = cli("train", "--config", latest / "config.yaml", "--epochs", "2", "--json", "--quiet")
-    assert json.loads(overridden.output)["epochs_run"] == 2  # the command line wins over the file
+    assert json.loads(overridden.stdout)["epochs_run"] == 2  # the command line wins over the file
 
 
 def test_compare_seeds_and_baselines_table(cli, cache_file, tmp_path):

@@ -33,8 +33,9 @@ def list_sets(as_json):
                      "classes": len(classes) if classes else None})
     if as_json:
         return print_json(rows)
-    from cbmctl.cli.common import console
     from rich.table import Table
+
+    from cbmctl.cli.common import console
     table = Table("set", "concepts", "classes", title="built-in concept sets")
     for row in rows:
         table.add_row(row["name"], str(row["concepts"]), str(row["classes"] or "-"))
@@ -135,12 +136,9 @@ def filter_command(concept_set, classes, out, force, model, pretrained, device, 
 
 
 def _write_lines(path: Path, lines, header: str) -> None:
-    import os
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    from cbmctl.files import write_text_atomic
     # a header holding a newline would turn its remainder into a concept on re-reading
-    tmp.write_text(f"# {safe_text(header)}\n" + "".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, f"# {safe_text(header)}\n" + "".join(f"{line}\n" for line in lines))
 
 
 def _backbone(model, pretrained, device, cache_path, set_name):

@@ -81,8 +81,9 @@ def evaluate(directory, split, cache_path, device, as_json):
     report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split, dataset.root)}
     if as_json:
         return print_json(report)
-    from cbmctl.cli.common import console
     from rich.table import Table
+
+    from cbmctl.cli.common import console
     table = Table(title=f"demo CLIP on {dataset.root} ({split}, {report['images']} images)")
     for column in ("task", "accuracy", "chance"):
         table.add_column(column, justify="left" if column == "task" else "right")

@@ -4,9 +4,8 @@ Every option defaults to "not given"; the values that count are merged as defaul
 command line and checked by cbmctl.experiment.ExperimentSpec, which also shows the defaults in --help."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
@@ -78,8 +77,8 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     """Train a Concept Bottleneck Model on DATA (a dataset folder or name, embedded first if needed) or on a
     CACHE (.h5). Validation loss picks the epoch; then the sparse head is fitted on the frozen CBL; the test
     split is evaluated once, at the end."""
-    from cbmctl.spec import ExperimentSpec
     from cbmctl.runs import read_metrics, read_yaml
+    from cbmctl.spec import ExperimentSpec
     given = {k: v for k, v in options.items() if v is not None}
     if data is not None:
         given["data"] = data

@@ -1,6 +1,6 @@
 """Train the demo world's tiny CLIP from scratch (seeded). Rerun with:
 
-    python -m cbmctl.demo.train_clip --minutes 25 --seed 7
+    python examples/train_demo_clip.py --minutes 35 --seed 7
 
 Images are drawn fresh from the world's species (and, half the time, from uniformly random attribute
 combinations, so that colour, shape and the rest are learnt apart from the species that usually carry
@@ -259,7 +259,7 @@ def main(argv=None):
     wall = time.time() - started
     save_file(state, args.out, metadata={"seed": str(args.seed), "steps": str(step)})
     record = {
-        "command": "python -m cbmctl.demo.train_clip " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python examples/train_demo_clip.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
         "wall_seconds": round(wall, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "open_clip": open_clip.__version__, "history": history,
