@@ -175,7 +175,7 @@ COMPARE_COLUMNS = (("top1", "top-1", True), ("dense_top1", "dense", True), ("nec
                    ("hoyer_mean", "Hoyer", False))
 
 
-def _interval_text(cell: dict, percent: bool) -> str:
+def interval_text(cell: dict, percent: bool) -> str:
     """mean, and ±half-width of its 95 % interval when there is one (percent: ×100, 1 decimal)."""
     scale, digits = (100, 1) if percent else (1, 3)
     text = f"{scale * cell['mean']:.{digits}f}"
@@ -184,32 +184,70 @@ def _interval_text(cell: dict, percent: bool) -> str:
     return text
 
 
+def compare_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(headers, cells) of a comparison: per method the mean over seeds with the 95 % interval half-width,
+    and the paired difference in top-1 to the plain CBM (* where significant). Cells are plain text."""
+    columns = [c for c in COMPARE_COLUMNS if any(c[0] in row for row in rows)]
+    paired = any("vs_none" in row for row in rows)
+    headers = [header for _, header, _ in columns]
+    headers = ["method"] + headers[:1] + (["Δ vs none"] if paired else []) + headers[1:]
+    body = []
+    for row in rows:
+        cells = [safe_text(row["method"])]
+        for index, (key, _, percent) in enumerate(columns):
+            cells.append(interval_text(row[key], percent) if key in row else "-")
+            if index == 0 and paired:
+                cells.append(difference_text(row.get("vs_none", {}).get("top1")))
+        body.append(cells)
+    return headers, body
+
+
 def compare_table(rows: list[dict], title: str):
     """A rich Table of a comparison: per method the mean over seeds with the 95 % interval half-width, and
     the paired difference in top-1 to the plain CBM (* where significant)."""
     from rich.table import Table
     from rich.text import Text
-    columns = [c for c in COMPARE_COLUMNS if any(c[0] in row for row in rows)]
-    paired = any("vs_none" in row for row in rows)
+    headers, body = compare_cells(rows)
     table = Table(title=title, title_justify="left")
-    table.add_column("method", no_wrap=True)
-    headers = [header for _, header, _ in columns]
-    for header in headers[:1] + (["Δ vs none"] if paired else []) + headers[1:]:
+    table.add_column(headers[0], no_wrap=True)
+    for header in headers[1:]:
         table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
-        cells = [Text(safe_text(row["method"]))]
-        for index, (key, _, percent) in enumerate(columns):
-            cells.append(_interval_text(row[key], percent) if key in row else "-")
-            if index == 0 and paired:
-                cells.append(_difference_text(row.get("vs_none", {}).get("top1")))
-        table.add_row(*cells)
+    for cells in body:
+        table.add_row(Text(cells[0]), *cells[1:])
     return table
 
 
-def _difference_text(difference: dict | None) -> str:
+def markdown_table(headers: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def difference_text(difference: dict | None) -> str:
     if not difference:
         return "-"
     text = f"{100 * difference['mean']:+.1f}"
     if difference.get("ci_high") is not None:
         text += f"±{100 * (difference['ci_high'] - difference['mean']):.1f}"
     return text + ("*" if difference.get("significant") else " ")
+
+
+def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test top-1") -> str:
+    """One sentence: which methods differ from the plain CBM ('none') in `key`, paired over seeds with
+    Holm's correction, with the size and interval of each difference; and which do not."""
+    differ, same = [], []
+    for row in rows:
+        difference = row.get("vs_none", {}).get(key)
+        if not difference or difference.get("ci_high") is None:
+            continue
+        text = (f"{safe_text(row['method'])} {100 * difference['mean']:+.2f} points "
+                f"[{100 * difference['ci_low']:+.2f}, {100 * difference['ci_high']:+.2f}]")
+        (differ if difference.get("significant") else same).append(text)
+    if not differ and not same:
+        return ""
+    parts = []
+    if differ:
+        parts.append("differ significantly from the plain CBM (none): " + "; ".join(differ))
+    if same:
+        parts.append("no significant difference from none: " + "; ".join(same))
+    return f"In {what} (paired over seeds, 95 % intervals, Holm-corrected), " + ". ".join(parts) + "."

@@ -17,7 +17,7 @@ def demo():
 @click.option("--preset", default="default", show_default=True,
               type=click.Choice(["default", "fewshot", "noisy-concepts", "hard"]),
               help="default: 20 train + 20 test images per species, clean concepts. fewshot: 6 train (5 after "
-                   "the validation carve) + 40 test. noisy-concepts: 40 test, default concept set with 200 "
+                   "the validation carve) + 100 test. noisy-concepts: 100 test, default concept set with 200 "
                    "distractor phrases. hard: fewshot + 6 extra confusable pairs + the distractor set. The "
                    "options below override the preset's value.")
 @click.option("--images-per-class", default=None, type=int,

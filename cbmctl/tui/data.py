@@ -65,9 +65,9 @@ def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str =
 
 
 def load_run(run: Path, split: str = "test") -> InspectData:
+    from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.explain import Explainer
-    from cbmctl import runs
     explainer = Explainer.from_run(run)
     meta = explainer.metadata
     model = explainer.model
