@@ -27,18 +27,21 @@ class ConceptBottleneckModel(nn.Module):
         if head not in HEADS:
             raise CbmctlError(f"unknown head {head!r} ({', '.join(HEADS)})")
         self.head_kind = head
-        self.cbl = nn.Linear(num_concepts, num_concepts, bias=False)
-        self.head = nn.Linear(num_concepts, num_classes, bias=True)
+        # "none": weights left uninitialised, for a model whose weights are about to be loaded
+        make = (lambda *a, **k: nn.utils.skip_init(nn.Linear, *a, **k)) if cbl_init == "none" else nn.Linear
+        self.cbl = make(num_concepts, num_concepts, bias=False)
+        self.head = make(num_concepts, num_classes, bias=True)
         self.register_buffer("activation_mean", torch.zeros(num_concepts))
         self.register_buffer("activation_std", torch.ones(num_concepts))
         if cbl_init == "identity":
             # unit j starts as concept j, so the "unit = concept" reading holds from the first step
             with torch.no_grad():
                 self.cbl.weight.copy_(torch.eye(num_concepts))
-        elif cbl_init != "random":
+        elif cbl_init not in ("random", "none"):
             raise CbmctlError(f"unknown CBL init {cbl_init!r} (identity or random)")
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if cbl_init != "none":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def num_concepts(self) -> int:
@@ -146,7 +149,7 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
     for name, rows in (("concept_vectors", c), ("class_vectors", k)):
         if name in state and (state[name].dim() != 2 or state[name].shape[0] != rows):
             raise CbmctlError(f"{where}: {name} has shape {tuple(state[name].shape)}, expected {rows} rows")
-    model = ConceptBottleneckModel(c, k, "random", head)
+    model = ConceptBottleneckModel(c, k, "none", head)
     model.load_state_dict(weights)
     metadata = {**metadata, "vectors": {name: state[name].float() for name in state}}
     return model.eval(), metadata

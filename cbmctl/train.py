@@ -332,7 +332,7 @@ def _epoch_line(epoch: int, configs, stack: _Stack) -> str:
 
 
 def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tensor, bias=None, mean=None, std=None):
-    model = ConceptBottleneckModel(len(data.concepts), len(data.classes), "random", kind)
+    model = ConceptBottleneckModel(len(data.concepts), len(data.classes), "none", kind)
     model.set_head(kind, weight.cpu(), None if bias is None else bias.cpu(), None if mean is None else mean.cpu(),
                    None if std is None else std.cpu())
     with torch.no_grad():
@@ -342,7 +342,7 @@ def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tenso
 
 def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
-    from cbmctl.sparse import SparseConfig, fit_path
+    from cbmctl.sparse import SparseConfig, fit_path, top1
     base = configs[0]
     c = len(data.concepts)
     cbl, dense_head = stack.best_cbl, stack.best_head
@@ -353,18 +353,19 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
     levels = sorted({min(level, c) for level in M.NEC_LEVELS} | {min(config.nec, c) for config in configs})
     path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
                     designs["val"], designs["test"])
+    # test top-1 at every NEC level, for every model at once, from the standardised activations
+    level_top1 = {level: top1(designs["test"], weight, bias) for level, (weight, bias) in path.heads.items()}
     results = []
     for m, config in enumerate(configs):
         dense = _model(data, cbl[m], "dense", dense_head[m])
-        heads = {level: _model(data, cbl[m], "sparse", weight[m], bias[m], mean[m], std[m])
-                 for level, (weight, bias) in path.heads.items()}
-        sparse = heads[min(config.nec, c)]
+        weight, bias = path.heads[min(config.nec, c)]
+        sparse = _model(data, cbl[m], "sparse", weight[m], bias[m], mean[m], std[m])
         chosen = sparse if config.head == "sparse" else dense
         metrics = {split: evaluate_model(chosen, sources[split], data, split, config) for split in ("test", "val")}
         metrics["dense"] = {split: evaluate_head(dense, sources[split]) for split in ("val", "test")}
         metrics["sparse"] = {"nec": config.nec, **{split: evaluate_head(sparse, sources[split])
                                                      for split in ("val", "test")}}
-        accuracy_at = {level: evaluate_head(heads[min(level, c)], sources["test"])["top1"] for level in M.NEC_LEVELS}
+        accuracy_at = {level: float(level_top1[min(level, c)][m]) for level in M.NEC_LEVELS}
         history, best = stack.history[m], stack.best_epoch[m]
         test = metrics["test"]
         test["dense_top1"] = metrics["dense"]["test"]["top1"]

@@ -179,7 +179,7 @@ class Blocks:
     def explain(self) -> str:
         # quickstart (run by its own block, or here) leaves a trained run and names a test image it explains
         image = json.loads(cbmctl(["quickstart", "qs", "--json"], self.work)[0])["image"]
-        relative = str(Path(image).relative_to(self.work / "qs"))
+        relative = str(Path(image).relative_to("qs"))  # quickstart names it from where it ran
         out, _, _ = cbmctl(["explain", relative, "--runs-root", "runs", "--top-k", "6"], self.work / "qs")
         return fenced([f"cbmctl explain {relative} --top-k 6"], out)
 
