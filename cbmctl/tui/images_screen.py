@@ -27,6 +27,7 @@ from cbmctl.tui.text import cut, longest, plain
 FILTERS = ("all", "correct", "incorrect")
 LISTED = 15          # dense head / CMS: contributions listed per class before the rest is summed
 NARROW = 110         # below this many columns the detail goes under the list instead of beside it
+DETAIL_MIN = 64      # beside the list, the detail keeps at least this many columns
 
 
 @dataclass
@@ -115,41 +116,59 @@ class ImagesScreen(Screen):
         self.set_class(narrow, "-narrow")
         if self.data.labels is None:
             return
-        widths = self.column_widths(event.size.width if narrow else event.size.width * 9 // 20)
+        width = event.size.width if narrow else self.list_width(event.size.width)
+        self.query_one(DataTable).styles.width = "1fr" if narrow else width
+        widths = self.column_widths(width)
         if widths != self.widths:
             self.widths = widths
             self.fill()
 
-    def column_widths(self, width: int) -> tuple[int, int]:
-        """(class name, file name) widths for a list `width` cells wide: the names whole when they fit,
-        the file name (also shown whole in the detail) giving way first."""
+    def _name_lengths(self) -> tuple[int, int]:
         data = self.data
-        fixed = len(str(len(data.labels))) + 2 + 4 + 6 * 2 + 2   # #, ok, conf; cell padding; scrollbar
-        names = longest(safe_text(c) for c in data.classes)
-        files = longest(safe_text(p.rsplit("/", 1)[-1]) for p in data.paths[:2000])
-        room = width - fixed
-        name = max(8, min(names, (room - min(files, 8)) // 2))
-        return name, max(8, min(files, room - 2 * name))
+        return (longest(safe_text(c) for c in data.classes),
+                longest(safe_text(p.rsplit("/", 1)[-1]) for p in data.paths[:2000]))
+
+    def _fixed_width(self) -> int:
+        """#, conf, cell padding (2 per column, 4 columns) and the scrollbar."""
+        return len(str(len(self.data.labels))) + 6 + 4 * 2 + 2
+
+    def list_width(self, screen: int) -> int:
+        """Beside the detail: what the list needs for whole names, between 40 % of the screen and all but
+        DETAIL_MIN cells."""
+        names, files = self._name_lengths()
+        needed = self._fixed_width() + 2 * names + files + 2
+        return max(screen * 2 // 5, min(needed, screen - DETAIL_MIN))
+
+    def column_widths(self, width: int) -> tuple[int, int]:
+        """(class name, file name) widths for a list `width` cells wide: the class names whole when they
+        fit; the file name (also shown whole in the detail) gets what is left, or no column (0)."""
+        names, files = self._name_lengths()
+        room = width - self._fixed_width()
+        name = max(8, min(names, room // 2))
+        left = room - 2 * name - 2
+        return name, min(files, left) if left >= 8 else 0
 
     def fill(self) -> None:
         table = self.query_one(DataTable)
         table.clear(columns=True)
         name_width, file_width = self.widths
         table.add_column("#")
-        table.add_column("ok")
         table.add_column("conf")
         table.add_column("true", width=name_width)
         table.add_column("predicted", width=name_width)
-        table.add_column("image", width=file_width)
+        if file_width:
+            table.add_column("image", width=file_width)
         data = self.data
         correct = data.predicted == data.labels
         keep = {"all": lambda i: True, "correct": lambda i: correct[i], "incorrect": lambda i: not correct[i]}[self.filter]
         self.rows = [i for i in range(len(data.labels)) if keep(i)]
-        names = [cut(safe_text(c), name_width) for c in data.classes]
+        names = [Text(cut(safe_text(c), name_width)) for c in data.classes]
         for i in self.rows:
-            table.add_row(str(i), Text("✓", style="green") if correct[i] else Text("✗", style="red"),
-                          f"{data.confidence[i]:.2f}", Text(names[data.labels[i]]), Text(names[data.predicted[i]]),
-                          Text(cut(safe_text(data.paths[i].rsplit("/", 1)[-1]), file_width)), key=str(i))
+            mark = Text.assemble(("✓", "green") if correct[i] else ("✗", "red"), f" {data.confidence[i]:.2f}")
+            cells = [str(i), mark, names[data.labels[i]], names[data.predicted[i]]]
+            if file_width:
+                cells.append(Text(cut(safe_text(data.paths[i].rsplit("/", 1)[-1]), file_width)))
+            table.add_row(*cells, key=str(i))
         self.sub_title = (f"{data.split} split: {len(self.rows)} of {len(data.labels)} images ({self.filter}); "
                           f"accuracy {correct.mean():.3f}")
         if self.rows:

@@ -1,9 +1,10 @@
 """A class × concept heat map that renders only the visible cells, so 1000 × 5000 stays responsive.
 
-Widths follow the terminal: the class-name column takes the longest visible name when it fits in 2/5 of
-the view; a cell is wide enough for the longest word of the visible concept names (8 to 12 cells, wider
-when every column fits anyway); concept names are wrapped over up to three header lines. A name is cut
-(with an ellipsis) only where it does not fit; the side panel shows it whole."""
+Widths follow the terminal: the class-name column takes the longest visible name when it fits in a
+third of the view (20 cells in a narrow one); a cell is wide enough for the longest word of the visible
+concept names (8 to 12 cells, wider when every column fits anyway); concept names are wrapped over up to
+three header lines. A name is cut (with an ellipsis) only where it does not fit; the side panel shows
+it whole."""
 from __future__ import annotations
 
 import math
@@ -23,10 +24,10 @@ from cbmctl.sanitize import safe_text
 from cbmctl.tui.text import fit, longest, wrap_words
 
 CORNER = "class \\ concept"
-LABEL_MIN = 12
+LABEL_MIN, LABEL_WIDE = 12, 20   # a class name's column: at least, and what a narrow view still gives
 CELL_MIN, CELL_MAX, CELL_ROOMY = 8, 12, 24   # a cell's width: the usual range, and when all columns fit
 HEADER_LINES = 3
-NARROW_COLUMNS = 6   # a narrow view narrows cells (down to CELL_MIN) to show at least this many
+NARROW_COLUMNS = 5   # a narrow view narrows cells (down to CELL_MIN) to show at least this many
 ZERO = "·"   # an exactly zero weight (a sparse head's unused concept), told apart from a small one
 
 
@@ -93,7 +94,8 @@ class MatrixView(ScrollView, can_focus=True):
         """Label and cell widths and header height for the view's width and the rows and columns shown."""
         width = self.size.width or 120  # before the first layout
         names = [self.rows[i] for i in self.row_order]
-        self.label_width = max(LABEL_MIN, min(longest(names + [CORNER]) + 1, width * 2 // 5))
+        cap = min(max(LABEL_WIDE, width // 3), width // 2)
+        self.label_width = max(LABEL_MIN, min(longest(names + [CORNER]) + 1, cap))
         concepts = [self.columns[j] for j in self.column_order]
         word = longest(w for name in concepts for w in name.split())
         cell = max(CELL_MIN, min(CELL_MAX, word + 1))

@@ -69,7 +69,7 @@ def value_text(value) -> Text:
     if isinstance(value, bool):
         return Text("yes" if value else "no")
     if isinstance(value, Real):
-        return number(value)
+        return Text(f"{value:g}" if isinstance(value, float) else str(value))  # 1e-05, not 0.0000
     if isinstance(value, (list, tuple)):
         return Text(", ").join(value_text(v) for v in value) if value else Text("none", style="dim")
     if isinstance(value, dict):
@@ -213,7 +213,7 @@ class SummaryScreen(Screen):
             parts += [Text(""), heads]
         grid = [t for t in (splits_table(metrics), nec_table(metrics), training_table(metrics)) if t is not None]
         if grid:
-            parts += [Text(""), Columns(grid, padding=(0, 3))]
+            parts += [Text(""), Columns(grid, padding=(1, 3))]
         if _section(summary, "train_config"):
             parts += [Text(""), record_columns("configuration", _section(summary, "train_config"))]
         records = [key_value_table(title, _section(summary, key), prefix) for key, title, prefix in SECTIONS
