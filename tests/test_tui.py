@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from makers import make_synthetic_cache
 from rich.console import Console
 
 from cbmctl.cache import open_cache
@@ -28,7 +29,6 @@ from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
 from cbmctl.tui.matrix_view import MatrixView
-from makers import make_synthetic_cache
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern"]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -132,7 +132,7 @@ def test_matrix_screen_sparse_head(runs):
 
 def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs):
     data = load(runs["sparse"])
-    explainer, features, scores, activations, logits = library_view(runs["sparse"])
+    explainer, features, _, _, logits = library_view(runs["sparse"])
     wrong = int(np.flatnonzero(logits.argmax(1).numpy() != data.labels)[0])
 
     async def steps(pilot, app):
@@ -167,7 +167,7 @@ def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs)
         assert sum(r["contribution"] for r in part.rows) + part.bias == pytest.approx(float(logits[wrong, part.class_index]),
                                                                                        abs=1e-3)
         assert part.logit == pytest.approx(float(logits[wrong, part.class_index]), abs=1e-3)
-    assert "x = (a−μ)/σ" in seen["text"] and "= logit" in seen["text"]
+    assert "x=(a−μ)/σ" in seen["text"] and "= logit" in seen["text"]
     correct = logits.argmax(1).numpy() == data.labels
     assert seen["filter"] == "correct" and seen["rows"] == list(np.flatnonzero(correct))
     assert seen["summary"] == "SummaryScreen"
@@ -176,14 +176,14 @@ def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs)
 def test_images_screen_dense_head_sums_to_the_logit(runs):
     data = load(runs["dense"])
     assert data.head_kind == "dense" and list(data.matrices) == ["head", "head × CBL (on ψ)"]
-    explainer, features, scores, activations, logits = library_view(runs["dense"])
+    explainer, _, scores, activations, logits = library_view(runs["dense"])
 
     async def steps(pilot, app):
         await pilot.press("2", "down", "down")
         return app.screen.selected, list(app.screen.shown), screen_text(app)
 
     image, shown, text = drive(data, steps)
-    assert image == 2 and "x = (a−μ)/σ" not in text and "a·F" in text
+    assert image == 2 and "x=(a−μ)/σ" not in text and "a·F" in text
     head = explainer.model.head.weight.detach()
     for part in shown:
         contributions = activations[image] * head[part.class_index]

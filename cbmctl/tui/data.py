@@ -75,10 +75,15 @@ def load_run(run: Path, split: str = "test") -> InspectData:
     head = model.class_concept_weights().numpy()
     metrics = _read_json(run / runs.METRICS_FILE)
     metrics.pop("history", None)  # per-epoch curves: plotted in curves.png, not tabulated
+    if isinstance(meta.get("metrics"), dict):  # a comparison's root: the shown model's own metrics
+        metrics = {**meta["metrics"], **metrics}
     config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
     summary = {"run": str(run), "method": meta.get("method"), "metrics": metrics,
                "train_config": config, "backbone": meta.get("backbone"),
                "concept_set": meta.get("concept_set"), "dataset": meta.get("dataset"), "rows": metrics.get("rows")}
+    if isinstance(metrics.get("rows"), list) and len(metrics["rows"]) > 1:
+        summary["note"] = (f"a comparison of {len(metrics['rows'])} methods; model shown: {meta.get('method')}, "
+                           f"seed {config.get('seed')}")
     kind = f"{model.head_kind} head" + (f", NEC {config.get('nec')}" if model.head_kind == "sparse" else "")
     bias = model.head.bias.detach()
     # z = F (W ψ − μ)/σ + b = (F/σ) W ψ + (b − (F/σ) μ): the bias of the map on ψ

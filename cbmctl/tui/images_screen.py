@@ -27,7 +27,7 @@ from cbmctl.tui.text import cut, longest, plain
 FILTERS = ("all", "correct", "incorrect")
 LISTED = 15          # dense head / CMS: contributions listed per class before the rest is summed
 NARROW = 110         # below this many columns the detail goes under the list instead of beside it
-DETAIL_MIN = 64      # beside the list, the detail keeps at least this many columns
+DETAIL_MIN = 76      # beside the list, the detail keeps at least this many columns (its table's width)
 
 
 @dataclass
@@ -193,7 +193,8 @@ class ImagesScreen(Screen):
         heading = Text.assemble(plain(data.paths[image], "bold"), "\ntrue ", plain(data.classes[true], "bold"),
                                 "   predicted ", plain(data.classes[predicted], "bold"),
                                 f" (p = {data.confidence[image]:.2f})")
-        self.query_one("#detail-content", Static).update(Group(heading, *[self.render_breakdown(b) for b in self.shown]))
+        tables = [part for b in self.shown for part in (Text(""), self.render_breakdown(b))]
+        self.query_one("#detail-content", Static).update(Group(heading, *tables))
 
     def render_breakdown(self, part: Breakdown) -> Table:
         data = self.data
@@ -204,7 +205,7 @@ class ImagesScreen(Screen):
         table = Table(title=title, title_justify="left", box=None, padding=(0, 1), header_style="bold")
         table.add_column("concept", overflow="fold")
         columns = [("V = cos", "activation"), ("T", "weight"), ("V·T", "contribution")] if cms else \
-            [("a", "activation")] + ([("x = (a−μ)/σ", "input")] if data.head_kind == "sparse" else []) + \
+            [("a", "activation")] + ([("x=(a−μ)/σ", "input")] if data.head_kind == "sparse" else []) + \
             [("F", "weight"), ("x·F" if data.head_kind == "sparse" else "a·F", "contribution"), ("CLIP ψ", "score")]
         for header, _ in columns:
             table.add_column(header, justify="right", no_wrap=True)

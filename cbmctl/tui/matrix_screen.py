@@ -87,7 +87,7 @@ class MatrixScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#search", Input).display = False
         self.apply()
-        self.view.focus()
+        self.set_focus(self.view)
 
     @property
     def view(self) -> MatrixView:
@@ -211,21 +211,23 @@ class MatrixScreen(Screen):
     def action_toggle_zero(self) -> None:
         self.hide_zero = not self.hide_zero
         self.apply()
+        if not self.hidden:
+            self.notify("no concept is zero in every class shown", timeout=3)
 
     def action_search(self) -> None:
         search = self.query_one("#search", Input)
         search.display = True
         search.value = self.filter_text
-        search.focus()
+        self.set_focus(search)  # now, not after a refresh: keys typed right after "/" belong to the filter
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.filter_text = event.value
         event.input.display = False
         self.apply()
-        self.view.focus()
+        self.set_focus(self.view)
 
     def action_clear_search(self) -> None:
         self.filter_text = ""
         self.query_one("#search", Input).display = False
         self.apply()
-        self.view.focus()
+        self.set_focus(self.view)

@@ -59,7 +59,7 @@ def number(value, percent: bool = False) -> Text:
         return Text(f"{100 * value:.2f} %")
     if isinstance(value, int) or (value.is_integer() and abs(value) < 1e6):  # NEC 5.0, 60 images
         return Text(str(int(value)))
-    return Text(f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 100 else f"{value:.1f}")
+    return Text(f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}" if abs(value) < 1000 else f"{value:.1f}")
 
 
 def value_text(value) -> Text:
