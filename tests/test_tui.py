@@ -28,7 +28,7 @@ from cbmctl.model import concepts_sha256
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
-from cbmctl.tui.matrix_view import MatrixView
+from cbmctl.tui.matrix_view import MatrixView, decimals, heat
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern"]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -223,6 +223,19 @@ def test_matrix_view_renders_only_visible_cells():
     assert line.cell_length <= 120 and len(list(line)) <= 120 // view.cell_width + 3
     assert 4000 in visible and len(visible) <= 120 // view.cell_width + 1
     assert offset.x > 0 and offset.y > 800  # scrolled to the cursor, far out
+
+
+def test_heat_colours_and_cell_precision():
+    def rgb(value, scale=2.0):
+        colour = heat(value, scale).bgcolor.triplet
+        return colour.red, colour.green, colour.blue
+
+    assert rgb(0.0) == (22, 24, 28)                          # no weight: the background
+    assert rgb(2.0) == (30, 170, 70) and rgb(-2.0) == (200, 45, 45)  # the largest: full green / red
+    assert rgb(1.0)[1] < rgb(2.0)[1] and rgb(-1.0)[0] < rgb(-2.0)[0]  # stronger with magnitude
+    # about three significant digits for the largest value, within the cell
+    assert [decimals(s, 7) for s in (150.0, 12.0, 1.6, 0.71, 0.05, 0.0004)] == [0, 1, 2, 3, 4, 4]
+    assert decimals(123456.0, 7) == 0 and decimals(0.0, 7) == 2
 
 
 def _cache_view(tmp_path, classes=None):
