@@ -1,6 +1,10 @@
 """Write the README's screenshots of `cbmctl inspect` (one SVG per screen) from a run directory.
 
-    python docs/screenshots.py runs/quickstart-gumbel
+    cbmctl quickstart && python docs/screenshots.py runs/quickstart-gumbel
+
+matrix: the sparse head with its all-zero concepts hidden, the third class selected, concepts sorted by
+its weights; images: the first misclassified test image, with the contributions to the predicted and to
+the true class; summary: the tables at the top. 150 × 40 cells, as in a common terminal.
 """
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ from pathlib import Path
 from cbmctl.tui.app import InspectApp
 from cbmctl.tui.data import load
 
-SCREENS = {"matrix": ["1", "down", "down", "s"], "images": ["2", "down", "down"], "summary": ["3"]}
+SIZE = (150, 40)
+SCREENS = {"matrix": ["1", "down", "down", "s"], "images": ["2", "c", "c"], "summary": ["3"]}
 
 
 async def shoot(run: Path, out: Path) -> None:
+    data = load(run)
     for name, keys in SCREENS.items():
-        app = InspectApp(load(run))
-        async with app.run_test(size=(150, 40)) as pilot:
+        app = InspectApp(data)
+        async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             await pilot.press(*keys)
             await pilot.pause()
@@ -26,4 +32,6 @@ async def shoot(run: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
     asyncio.run(shoot(Path(sys.argv[1]), Path(__file__).parent))

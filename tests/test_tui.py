@@ -1,34 +1,54 @@
+"""The inspect TUI, driven headless (textual's run_test) on real runs of both heads, a cache, hostile
+names, and hand-made data for the layout snapshots.
+
+Snapshots (tests/snapshots/*.txt) are the screen's text grid — the characters a terminal shows, one line
+per row, trailing spaces dropped — not textual's SVG, whose markup changes with every textual release.
+They are made from hand-made data (no training), so they do not depend on the machine, the BLAS or the
+timing. After an intended change: `UPDATE_SNAPSHOTS=1 python -m pytest tests/test_tui.py` and review the
+diff of tests/snapshots/ (see tests/snapshots/README.md)."""
 import asyncio
+import difflib
+import io
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from makers import make_synthetic_cache
+from rich.console import Console
 
 from cbmctl.cache import open_cache
 from cbmctl.concepts import ConceptSet
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
+from cbmctl.model import concepts_sha256
 from cbmctl.train import TrainConfig, prepare_data
-from cbmctl.tui.app import InspectApp
-from cbmctl.tui.data import load
-from cbmctl.tui.matrix_view import CELL_WIDTH, MatrixView
-from makers import make_synthetic_cache
+from cbmctl.tui.app import HELP, InspectApp
+from cbmctl.tui.data import InspectData, load
+from cbmctl.tui.matrix_view import MatrixView, decimals, heat
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern"]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07[bold]loud[/bold] [red]x \u202eevil"   # clear screen, retitle, BEL, markup, RTL
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def runs(tmp_path_factory):
+    """One small run per head, trained on the same synthetic cache."""
     root = tmp_path_factory.mktemp("tui")
     cache = make_synthetic_cache(root / "c.h5", CONCEPTS)
     data = prepare_data(open_cache(cache), ConceptSet("synthetic", CONCEPTS, "test"))
-    run = root / "runs" / "demo-run"
-    run.mkdir(parents=True)
-    run_experiment(data, TrainConfig(epochs=10, device="cpu", batch_size=64), ["gumbel"], [0], run, {}, log=None)
-    return run
+    made = {}
+    for head in ("sparse", "dense"):
+        run = root / "runs" / head
+        run.mkdir(parents=True)
+        config = TrainConfig(epochs=8, min_epochs=1, device="cpu", batch_size=64, head=head, nec=2)
+        run_experiment(data, config, ["gumbel"], [0], run, {}, log=None)
+        made[head] = run
+    return made
 
 
 def drive(data, steps, size=(150, 40)):
@@ -41,74 +61,144 @@ def drive(data, steps, size=(150, 40)):
     return asyncio.run(main())
 
 
-def test_matrix_screen_sort_search_and_toggle(run_dir):
-    data = load(run_dir)
-    assert list(data.matrices) == ["head × CBL", "head"]
+def screen_text(app) -> str:
+    """The characters on screen, as a terminal shows them (the composited screen, the way textual's own
+    export_screenshot renders it, exported as plain text): one line per row, trailing spaces dropped."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, force_terminal=True,
+                      color_system=None, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines()) + "\n"
+
+
+def library_view(run):
+    explainer = Explainer.from_run(run)
+    features = torch.from_numpy(open_cache(explainer.metadata["cache"]).split("test").embeddings.astype(np.float32))
+    return explainer, features, *explainer.forward(features)
+
+
+def test_matrix_screen_sparse_head(runs):
+    data = load(runs["sparse"])
+    assert list(data.matrices) == ["head", "head × CBL (on ψ)"] and data.head_kind == "sparse"
+    head = data.matrices["head"]
+    assert (head == 0).any(), "a sparse head at NEC 2 of 7 concepts has zero weights"
+    model = Explainer.from_run(runs["sparse"]).model
 
     async def steps(pilot, app):
         screen = app.screen
-        seen = {"screen": type(screen).__name__, "rows": list(screen.view.row_order)}
-        await pilot.press("s")  # concepts by weight in the selected class (class 0)
-        seen["weight_order"] = list(screen.view.column_order)
-        await pilot.press("s")  # by how many classes use them
+        seen = {"screen": type(screen).__name__, "rows": list(screen.view.row_order),
+                "columns": list(screen.view.column_order), "hide": screen.hide_zero}
+        await pilot.press("z")
+        seen["all_columns"] = len(screen.view.column_order)
+        await pilot.press("z", "slash", *"class 1", "enter")   # one class: only the concepts it uses remain
+        seen["class_1"] = sorted(screen.view.column_order.tolist())
+        seen["status"] = str(screen.query_one("#matrix-status").render())
+        seen["panel"] = list(screen.panel_rows)
+        seen["side"] = screen_text(app)
+        await pilot.press("escape", "s")  # concepts by weight in the selected class
+        seen["weight_order"] = (screen.view.selected, list(screen.view.column_order))
+        await pilot.press("s")
         seen["sort"] = screen.column_sort
         await pilot.press("t")
         seen["matrix"] = screen.matrix_name
+        seen["toggled_columns"] = len(screen.view.column_order)
         await pilot.press("slash", *"stri", "enter")
         seen["filtered"] = [data.concepts[j] for j in screen.view.column_order]
-        await pilot.press("escape")
-        seen["cleared"] = len(screen.view.column_order)
-        await pilot.press("down", "right")
+        await pilot.press("escape", "down", "right")
         seen["selected"] = screen.view.selected
-        await pilot.click(MatrixView, offset=(26 + 8 * 2 + 1, 3))  # the mouse: third column, third class
-        seen["clicked"] = screen.view.cursor
-        seen["side"] = str(screen.query_one("#side-panel").render())
+        view = screen.view  # the mouse: third column, third class
+        await pilot.click(MatrixView, offset=(view.label_width + 2 * view.cell_width + 1, view.header_height + 2))
+        seen["clicked"] = view.cursor
         return seen
 
     seen = drive(data, steps)
-    assert seen["screen"] == "MatrixScreen" and seen["rows"] == [0, 1, 2, 3]
-    effective = data.matrices["head × CBL"]
-    assert seen["weight_order"] == list(np.argsort(-effective[0], kind="stable"))
-    assert seen["sort"] == "sparsity" and seen["matrix"] == "head"
-    assert seen["filtered"] == ["striped pattern"] and seen["cleared"] == len(CONCEPTS)
-    assert seen["selected"][0] == 1
-    assert seen["clicked"] == (2, 2)
+    assert seen["screen"] == "MatrixScreen" and seen["rows"] == [0, 1, 2, 3] and seen["hide"]
+    used = np.flatnonzero((head != 0).any(axis=0))
+    assert sorted(seen["columns"]) == used.tolist() and seen["all_columns"] == len(CONCEPTS)
+    assert seen["class_1"] == np.flatnonzero(head[1]).tolist()
+    assert f"{len(CONCEPTS) - len(seen['class_1'])} all-zero hidden" in seen["status"]
+    # the side panel lists exactly the class's non-zero weights, largest first, and its bias
+    order = np.flatnonzero(head[1])[np.argsort(-head[1][np.flatnonzero(head[1])], kind="stable")]
+    assert seen["panel"] == [(CONCEPTS[j], pytest.approx(float(head[1, j]))) for j in order]
+    assert f"bias {float(model.head.bias.detach()[1]):+.3f}" in " ".join(seen["side"].split())
+    selected, weight_order = seen["weight_order"]
+    shown = [j for j in weight_order]
+    assert shown == sorted(shown, key=lambda j: -head[selected[0], j])
+    assert seen["sort"] == "sparsity" and seen["matrix"] == "head × CBL (on ψ)"
+    assert seen["toggled_columns"] == len(CONCEPTS)  # head × CBL mixes every concept in: nothing to hide
+    assert seen["filtered"] == ["striped pattern"]
+    assert seen["selected"][0] == 1 and seen["clicked"] == (2, 2)
 
 
-def test_images_screen_shows_the_library_activations(run_dir):
-    data = load(run_dir)
-    explainer = Explainer.from_run(run_dir)
-    features = torch.from_numpy(open_cache(explainer.metadata["cache"]).split("test").embeddings.astype(np.float32))
-    scores, activations, logits = explainer.forward(features)
+def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs):
+    data = load(runs["sparse"])
+    explainer, features, _, _, logits = library_view(runs["sparse"])
+    wrong = int(np.flatnonzero(logits.argmax(1).numpy() != data.labels)[0])
 
     async def steps(pilot, app):
         await pilot.press("2")
-        await pilot.press("down", "down")
         screen = app.screen
-        first = {"name": type(screen).__name__, "selected": screen.selected, "shown": list(screen.shown)}
+        screen.query_one("#images").move_cursor(row=wrong)
+        await pilot.pause()
+        seen = {"name": type(screen).__name__, "selected": screen.selected, "shown": list(screen.shown),
+                "text": screen_text(app)}
         await pilot.press("c")
-        first["filter"], first["rows"] = screen.filter, list(screen.rows)
+        seen["filter"], seen["rows"] = screen.filter, list(screen.rows)
         await pilot.press("3")
-        first["summary"] = type(app.screen).__name__
-        return first
+        seen["summary"] = type(app.screen).__name__
+        return seen
 
     seen = drive(data, steps)
-    assert seen["name"] == "ImagesScreen" and seen["selected"] == 2
-    image = 2
-    magnitude = activations[image].abs()
-    active = torch.nonzero(magnitude > 1e-3 * magnitude.max()).flatten().tolist()
-    expected = sorted(active, key=lambda j: -float(magnitude[j]))
-    assert [row["concept"] for row in seen["shown"]] == [CONCEPTS[j] for j in expected]
-    predicted = int(logits[image].argmax())
-    head = explainer.model.head.weight.detach()
-    for row in seen["shown"]:
-        j = CONCEPTS.index(row["concept"])
-        assert row["activation"] == pytest.approx(float(activations[image, j]), abs=1e-5)
-        assert row["to_predicted"] == pytest.approx(float(activations[image, j] * head[predicted, j]), abs=1e-5)
-        assert row["score"] == pytest.approx(float(scores[image, j]), abs=1e-4)
-    correct = (logits.argmax(1).numpy() == data.labels)
+    assert seen["name"] == "ImagesScreen" and seen["selected"] == wrong
+    predicted, true = int(logits[wrong].argmax()), int(data.labels[wrong])
+    assert [(b.class_index, b.role) for b in seen["shown"]] == [(predicted, "predicted"), (true, "true")]
+    for part in seen["shown"]:
+        name = explainer.classes[part.class_index]
+        expected = explainer.explain(features[wrong:wrong + 1], ["x"], top_k=len(CONCEPTS), class_name=name)[0]
+        # exactly the library's concepts (the row's non-zero weights), in its order, with its numbers
+        assert [r["concept"] for r in part.rows] == [r.concept for r in expected.concepts]
+        for row, reference in zip(part.rows, expected.concepts):
+            assert row["activation"] == pytest.approx(reference.activation, abs=1e-4)
+            assert row["input"] == pytest.approx(reference.head_input, abs=1e-4)
+            assert row["weight"] == pytest.approx(reference.weight, abs=1e-6)
+            assert row["contribution"] == pytest.approx(reference.contribution, abs=1e-4)
+            assert row["score"] == pytest.approx(reference.score, abs=1e-3)
+        assert part.others == 0 and part.bias == pytest.approx(expected.bias, abs=1e-6)
+        assert sum(r["contribution"] for r in part.rows) + part.bias == pytest.approx(float(logits[wrong, part.class_index]),
+                                                                                       abs=1e-3)
+        assert part.logit == pytest.approx(float(logits[wrong, part.class_index]), abs=1e-3)
+    assert "x=(a−μ)/σ" in seen["text"] and "= logit" in seen["text"]
+    correct = logits.argmax(1).numpy() == data.labels
     assert seen["filter"] == "correct" and seen["rows"] == list(np.flatnonzero(correct))
     assert seen["summary"] == "SummaryScreen"
+
+
+def test_images_screen_dense_head_sums_to_the_logit(runs):
+    data = load(runs["dense"])
+    assert data.head_kind == "dense" and list(data.matrices) == ["head", "head × CBL (on ψ)"]
+    explainer, _, scores, activations, logits = library_view(runs["dense"])
+
+    async def steps(pilot, app):
+        await pilot.press("2", "down", "down")
+        return app.screen.selected, list(app.screen.shown), screen_text(app)
+
+    image, shown, text = drive(data, steps)
+    assert image == 2 and "x=(a−μ)/σ" not in text and "a·F" in text
+    head = explainer.model.head.weight.detach()
+    for part in shown:
+        contributions = activations[image] * head[part.class_index]
+        magnitude = activations[image].abs()
+        active = torch.nonzero(magnitude > 1e-3 * magnitude.max()).flatten().tolist()
+        expected = sorted(active, key=lambda j: -float(contributions[j]))[:15]
+        assert [r["concept"] for r in part.rows] == [CONCEPTS[j] for j in expected]
+        for row in part.rows:
+            j = CONCEPTS.index(row["concept"])
+            assert row["activation"] == pytest.approx(float(activations[image, j]), abs=1e-5)
+            assert row["input"] == pytest.approx(float(activations[image, j]), abs=1e-5)  # x = a for the dense head
+            assert row["contribution"] == pytest.approx(float(contributions[j]), abs=1e-5)
+            assert row["score"] == pytest.approx(float(scores[image, j]), abs=1e-4)
+        total = sum(r["contribution"] for r in part.rows) + part.others_sum + part.bias
+        assert total == pytest.approx(float(logits[image, part.class_index]), abs=1e-4)
 
 
 def test_matrix_view_renders_only_visible_cells():
@@ -127,31 +217,94 @@ def test_matrix_view_renders_only_visible_cells():
             await pilot.pause()
             view.cursor = (900, 4000)
             await pilot.pause()
-            line = view.render_line(3)
-            return line, view.scroll_offset
+            return view.render_line(view.header_height + 3), view.scroll_offset, list(view.visible_columns())
 
-    line, offset = asyncio.run(main())
-    assert line.cell_length <= 120 and len(list(line)) <= 120 // CELL_WIDTH + 3
+    line, offset, visible = asyncio.run(main())
+    assert line.cell_length <= 120 and len(list(line)) <= 120 // view.cell_width + 3
+    assert 4000 in visible and len(visible) <= 120 // view.cell_width + 1
     assert offset.x > 0 and offset.y > 800  # scrolled to the cursor, far out
 
 
-def test_cache_without_run_is_the_cms_view(tmp_path):
+def test_heat_colours_and_cell_precision():
+    def rgb(value, scale=2.0):
+        colour = heat(value, scale).bgcolor.triplet
+        return colour.red, colour.green, colour.blue
+
+    assert rgb(0.0) == (22, 24, 28)                          # no weight: the background
+    assert rgb(2.0) == (30, 170, 70) and rgb(-2.0) == (200, 45, 45)  # the largest: full green / red
+    assert rgb(1.0)[1] < rgb(2.0)[1] and rgb(-1.0)[0] < rgb(-2.0)[0]  # stronger with magnitude
+    # about three significant digits for the largest value, within the cell
+    assert [decimals(s, 7) for s in (150.0, 12.0, 1.6, 0.71, 0.05, 0.0004)] == [0, 1, 2, 3, 4, 4]
+    assert decimals(123456.0, 7) == 0 and decimals(0.0, 7) == 2
+
+
+def _cache_view(tmp_path, classes=None):
     cache = make_synthetic_cache(tmp_path / "c.h5", CONCEPTS)
+    if classes:
+        import h5py
+        with h5py.File(cache, "a") as handle:
+            del handle["classes/names"]
+            handle["classes/names"] = np.array(classes, dtype=h5py.string_dtype())
     (tmp_path / "cbmctl.yaml").write_text(f"concepts: {tmp_path / 'concepts.txt'}\n")
     (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n")
-    data = load(cache)
+    return cache
+
+
+def test_cache_without_run_is_the_cms_view(tmp_path):
+    data = load(_cache_view(tmp_path))
     assert data.mode == "cache" and list(data.matrices) == ["T = cos(class, concept)"]
     assert data.activations.shape == (80, len(CONCEPTS)) and "no run" in data.summary["mode"]
-    seen = drive(data, lambda pilot, app: _screen_names(pilot, app))
-    assert seen == ["MatrixScreen", "ImagesScreen", "SummaryScreen"]
+
+    async def steps(pilot, app):
+        seen = [type(app.screen).__name__, app.screen.hide_zero]
+        for key in ("2", "3"):
+            await pilot.press(key)
+            seen += [type(app.screen).__name__, screen_text(app)]
+        return seen
+
+    matrix, hide, images, images_text, summary, summary_text = drive(data, steps)
+    assert (matrix, hide, images, summary) == ("MatrixScreen", False, "ImagesScreen", "SummaryScreen")
+    assert "V = cos" in images_text and "V·T" in images_text and "= logit" not in images_text
+    accuracy = 100 * float((data.predicted == data.labels).mean())
+    assert f"top-1 {accuracy:.2f} %" in summary_text
 
 
-async def _screen_names(pilot, app):
-    names = [type(app.screen).__name__]
-    for key in ("2", "3"):
-        await pilot.press(key)
-        names.append(type(app.screen).__name__)
-    return names
+def _every_screen(pilot, app):
+    async def run():
+        texts = []
+        for keys in (["1"], ["z", "t", "down", "right"], ["2", "down"], ["3"], ["question_mark"]):
+            await pilot.press(*keys)
+            await pilot.pause()
+            texts.append(screen_text(app))
+        return texts
+    return run()
+
+
+def _assert_shown_literally(texts):
+    screen = "\n".join(texts)
+    assert "\x1b" not in screen and "\x07" not in screen and "\u202e" not in screen
+    assert "[red]x" in screen, "markup in a name is shown as text"
+    assert "\\x1b" in screen and "\\u202e" in screen, "control characters are shown as escapes"
+
+
+def test_hostile_names_in_a_run_are_shown_escaped(runs, tmp_path):
+    """A run directory as someone could send it: class and concept names holding ESC/OSC/BEL sequences,
+    a bidi override and rich markup (the concept list's recorded hash recomputed, as a sender would)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["sparse"], run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["classes"] = [HOSTILE + str(k) for k in range(len(meta["classes"]))]
+    meta["concepts"] = ["[red]x" + c for c in meta["concepts"][:-1]] + [HOSTILE]
+    meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
+    (run / "model.json").write_text(json.dumps(meta))
+    texts = drive(load(run), _every_screen, size=(120, 40))
+    _assert_shown_literally(texts)
+
+
+def test_hostile_class_names_in_a_cache_are_shown_escaped(tmp_path):
+    data = load(_cache_view(tmp_path, [HOSTILE + str(k) for k in range(4)]))
+    texts = drive(data, _every_screen, size=(120, 40))
+    _assert_shown_literally(texts)
 
 
 def test_missing_or_empty_run_is_a_clear_message(cli, tmp_path):
@@ -159,22 +312,132 @@ def test_missing_or_empty_run_is_a_clear_message(cli, tmp_path):
     assert result.exit_code == 1 and "no runs yet under" in result.output and result.output.count("\n") == 1
     (tmp_path / "empty-run").mkdir()
     result = cli("inspect", tmp_path / "empty-run")
-    assert result.exit_code == 1 and "has no trained model yet" in result.output
+    assert result.exit_code == 1 and "holds no trained model" in result.output and result.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("screen", ["1", "2"])
-def test_snapshots_of_the_main_screens(run_dir, screen):
-    data = load(run_dir)
+# ---- layout, on hand-made data --------------------------------------------------------------------------
+
+LONG_CLASS = "scarlet pebblecrest of the northern salt marshes"
+
+
+def sample_data() -> InspectData:
+    """A sparse-head run in miniature with fixed numbers: 4 classes, 9 concepts (one unused), 12 images."""
+    classes = ["amber sandstrider", "azure glimmerwing", "cobalt frostbeak", LONG_CLASS]
+    concepts = ["red", "blue", "striped pattern", "star shape", "grass background", "small size", "wavy pattern",
+                "dotted pattern", "circle shape"]
+    rng = np.random.default_rng(3)
+    k, c, n = len(classes), len(concepts), 12
+    head = np.zeros((k, c))  # 2 or 3 weights per class; "wavy pattern" used by none
+    for row, weights in enumerate([{"red": 1.8, "grass background": 1.1, "blue": -0.6},
+                                   {"blue": 2.1, "striped pattern": 0.9},
+                                   {"blue": 1.2, "star shape": 1.5, "small size": -0.7},
+                                   {"red": 0.9, "dotted pattern": 1.3, "circle shape": 0.8}]):
+        for name, weight in weights.items():
+            head[row, concepts.index(name)] = weight
+    scores = np.round(rng.normal(10, 6, size=(n, c)), 2)
+    activations = np.round(0.8 * scores + 1, 2)
+    inputs = np.round((activations - activations.mean(0)) / activations.std(0), 3)
+    bias = np.round(rng.normal(size=k), 2)
+    logits = inputs @ head.T + bias
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    labels = np.arange(n) % k
+    metrics = {
+        "test": {"top1": 0.75, "top5": 1.0, "mean_per_class": 0.75, "ece": 0.081, "nll": 0.71, "images": n,
+                 "l0_mean": 8.5, "nec": 2.0, "concept_precision@5": 0.8},
+        "val": {"top1": 0.7, "top5": 1.0, "mean_per_class": 0.7, "ece": 0.1, "nll": 0.8, "images": 8},
+        "dense": {"test": {"top1": 0.8, "top5": 1.0, "mean_per_class": 0.8, "ece": 0.12, "nll": 0.6}},
+        "sparse": {"nec": 2, "test": {"top1": 0.75, "top5": 1.0, "mean_per_class": 0.75, "ece": 0.081, "nll": 0.71}},
+        "nec_accuracy": {"5": 0.75, "10": 0.8}, "anec": 0.775, "best_epoch": 12, "epochs_run": 40,
+        "cbl_change": 0.31}
+    summary = {"run": "runs/sample", "method": "gumbel (paper, τ=1)", "metrics": metrics,
+               "train_config": {"loss": "gumbel", "head": "sparse", "nec": 2, "lr": 0.001, "hard": False,
+                                "epochs": 1000, "seed": 0, "device": "auto"},
+               "backbone": {"backbone_model": "demo", "backbone_pretrained": "shipped"},
+               "concept_set": {"name": "demo", "size": c, "source": "builtin:demo"},
+               "dataset": {"dataset_name": "w", "val_fraction": 0.1}}
+    return InspectData("sample — gumbel (paper, τ=1), sparse head, NEC 2", Path("runs/sample"), "run", concepts,
+                       classes, {"head": head, "head × CBL (on ψ)": np.round(head * 0.1, 3)}, paths=[
+                           f"images/{classes[label].split()[0]}_{i:04d}.jpg" for i, label in enumerate(labels)],
+                       labels=labels, predicted=logits.argmax(1), confidence=probabilities.max(1),
+                       activations=activations, scores=scores, head=head, inputs=inputs, head_kind="sparse",
+                       summary=summary, biases={"head": bias})
+
+
+def test_names_use_the_width_there_is():
+    data = sample_data()
 
     async def steps(pilot, app):
-        await pilot.press(screen, "down")
+        await pilot.press("down", "down", "down")  # the long class (classes sorted by name)
         await pilot.pause()
-        return app.export_screenshot()
+        return app.screen.view.label_width, screen_text(app)
 
-    svg = drive(data, steps, size=(120, 32))
-    name = {"1": "matrix", "2": "images"}[screen]
-    snapshot = SNAPSHOTS / f"{name}.svg"
+    wide_label, wide = drive(data, steps, size=(200, 30))
+    narrow_label, narrow = drive(data, steps, size=(80, 30))
+    assert LONG_CLASS in wide and wide_label > len(LONG_CLASS)       # room: every name whole
+    assert "…" not in wide and "background" in wide  # concept headers whole too (over two lines at most)
+    assert narrow_label < len(LONG_CLASS) and LONG_CLASS not in narrow
+    rows = [line[:narrow_label] for line in narrow.splitlines()]
+    assert any(row.startswith("scarlet") and row.rstrip().endswith("…") for row in rows)
+    assert any(row.rstrip() == "amber sandstrider" for row in rows)  # names that fit stay whole
+    panel = " ".join(line.split("│", 1)[1] for line in narrow.splitlines() if "│" in line)
+    assert LONG_CLASS in " ".join(panel.split()), "the side panel shows the selected class's full name"
+
+
+def test_help_never_breaks_a_phrase_at_80_columns():
+    async def steps(pilot, app):
+        await pilot.press("question_mark")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = drive(sample_data(), steps, size=(80, 45))
+    for _, keys in HELP:
+        for key, action in keys:
+            assert any(key in line and action in line for line in text.splitlines()), action
+
+
+def test_summary_is_tables_not_python_reprs(runs):
+    async def steps(pilot, app):
+        await pilot.press("3")
+        await pilot.pause()
+        return screen_text(app)
+
+    text = drive(load(runs["sparse"]), steps, size=(120, 120))
+    for reprs in ("{'", "':", "[{", "True", "None"):
+        assert reprs not in text
+    for heading in ("results on the test split", "both heads", "sparse head by NEC", "the run's head",
+                    "configuration", "backbone", "concept set", "dataset", "ANEC"):
+        assert heading in text
+    metrics = json.loads((runs["sparse"] / "metrics.json").read_text())
+    assert f"{100 * metrics['dense']['test']['top1']:.2f} %" in text  # the dense head's test top-1
+
+
+SNAPSHOT_SCREENS = {  # name: (keys, size)
+    "matrix-120x30": ([], (120, 30)),
+    "matrix-all-80x24": (["z", "down", "down", "down"], (80, 24)),
+    "images-120x30": (["2", "down"], (120, 30)),
+    "images-80x30": (["2"], (80, 30)),
+    "summary-100x50": (["3"], (100, 50)),
+    "help-80x40": (["question_mark"], (80, 40)),
+}
+
+
+@pytest.mark.parametrize("name", SNAPSHOT_SCREENS)
+def test_snapshots(name):
+    keys, size = SNAPSHOT_SCREENS[name]
+
+    async def steps(pilot, app):
+        if keys:
+            await pilot.press(*keys)
+        await pilot.pause()
+        return screen_text(app)
+
+    text = drive(sample_data(), steps, size=size)
+    snapshot = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("UPDATE_SNAPSHOTS"):
-        snapshot.write_text(svg)
+        snapshot.write_text(text, encoding="utf-8")
     assert snapshot.exists(), f"no snapshot {snapshot}; create it with UPDATE_SNAPSHOTS=1"
-    assert svg == snapshot.read_text(), f"{name} screen changed; rerun with UPDATE_SNAPSHOTS=1 if intended"
+    expected = snapshot.read_text(encoding="utf-8")
+    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), "snapshot", "now"))
+    assert text == expected, (f"the {name} screen changed (UPDATE_SNAPSHOTS=1 python -m pytest "
+                              f"tests/test_tui.py updates it if intended):\n{diff}")

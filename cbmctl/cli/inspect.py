@@ -8,11 +8,16 @@ import click
 
 @click.command()
 @click.argument("source", required=False)
-@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where runs live: without SOURCE, its latest run is opened.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="The split whose images the images screen lists.")
 def inspect(source, runs_root, split):
-    """Open the TUI on SOURCE: a run directory (default: runs/latest) or a cache (.h5; shown as CMS).
-    Keys: 1/2/3 switch screens, ? help, q quit."""
+    """Open the TUI on SOURCE: a run directory (default: runs/latest; a runs root means its latest) or a
+    cache (.h5; shown as Concept Matrix Search).
+
+    Screens: 1 class × concept matrix (a sparse head's all-zero concepts hidden, z shows them), 2 images
+    (each concept's contribution to the predicted and the true class), 3 summary. ? lists every key, q quits."""
     from cbmctl.tui.app import InspectApp
     from cbmctl.tui.data import load
     InspectApp(load(source, Path(runs_root), split)).run()

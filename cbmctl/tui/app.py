@@ -1,37 +1,74 @@
 """The inspect app: a matrix, an images and a summary screen over one run directory or cache."""
 from __future__ import annotations
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import App
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from cbmctl.sanitize import safe_text
 from cbmctl.tui.images_screen import ImagesScreen
 from cbmctl.tui.matrix_screen import MatrixScreen
 from cbmctl.tui.summary_screen import SummaryScreen
 
-HELP = """[b]cbmctl inspect[/b]
+# (section, [(keys, what they do)]): one short phrase per key, so that no line wraps at 80 columns
+HELP = (
+    ("everywhere", [
+        ("1  m", "class × concept matrix"),
+        ("2  i", "images of the split"),
+        ("3", "summary: metrics, configuration, data"),
+        ("?", "this help"),
+        ("q", "quit"),
+    ]),
+    ("matrix", [
+        ("arrows", "move; PgUp/PgDn by 20 rows, Home/End"),
+        ("s", "sort concepts: name, weight in class, most used"),
+        ("r", "sort classes: name, weight of concept, most used"),
+        ("t", "switch the head and head × CBL (on ψ)"),
+        ("z", "hide / show concepts zero in every class shown"),
+        ("/", "filter concepts and classes by text"),
+        ("Esc", "clear the filter"),
+    ]),
+    ("images", [
+        ("arrows", "select an image"),
+        ("c", "show all, correct or incorrect images"),
+        ("o", "open the image in the system viewer"),
+    ]),
+    ("mouse", [
+        ("click", "select a cell, a class, a concept or an image"),
+        ("wheel", "scroll"),
+    ]),
+)
 
-[b]1[/] / [b]m[/]  class × concept matrix     [b]2[/] / [b]i[/]  images     [b]3[/]  summary
-[b]?[/]  this help     [b]q[/]  quit
 
-[b]Matrix[/]: arrows move, [b]s[/] sorts concepts (name / weight in the selected class / most used),
-[b]r[/] sorts classes (name / weight of the selected concept / most used), [b]t[/] switches
-head × CBL and the head alone, [b]/[/] filters concepts and classes by text, Esc clears.
-[b]Images[/]: arrows select, [b]c[/] cycles all / correct / incorrect, [b]o[/] opens the image.
-The mouse works everywhere (click rows, scroll).
-
-Press any key to close."""
+def help_table() -> Group:
+    parts = [Text("cbmctl inspect — keys", style="bold")]
+    for section, keys in HELP:
+        table = Table(show_header=False, box=None, padding=(0, 1), expand=False)
+        table.add_column("keys", style="bold", no_wrap=True, width=8)
+        table.add_column("action", no_wrap=True)
+        for key, action in keys:
+            table.add_row(key, action)
+        parts += [Text(""), Text(section, style="bold underline"), table]
+    return Group(*parts, Text(""), Text("any key closes this help", style="dim"))
 
 
 class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape,question_mark,q,enter,space", "dismiss", "close")]
+    """The keys, in a box that scrolls when the terminal is short; any other key closes it."""
+    SCROLL_KEYS = ("up", "down", "pageup", "pagedown", "home", "end")
 
     def compose(self):
-        yield Static(HELP, id="help")
+        with VerticalScroll(id="help"):
+            yield Static(help_table())
 
     def on_key(self, event) -> None:
-        self.dismiss()
+        if event.key not in self.SCROLL_KEYS:
+            event.stop()
+            self.dismiss()
 
 
 class InspectApp(App):
@@ -48,7 +85,7 @@ class InspectApp(App):
     def __init__(self, data, **kwargs):
         super().__init__(**kwargs)
         self.data = data
-        self.sub_title = data.title
+        self.sub_title = safe_text(data.title)  # holds a directory name: untrusted
 
     def on_mount(self) -> None:
         self.add_mode("matrix", lambda: MatrixScreen(self.data))

@@ -28,6 +28,7 @@ class InspectData:
     head: np.ndarray | None = None         # (K, C) weights turning the head's inputs into logits
     inputs: np.ndarray | None = None       # (N, C): what the head weighs (standardised activations for a sparse head)
     head_kind: str = "dense"               # "sparse", "dense", or "cms"
+    biases: dict[str, np.ndarray] = field(default_factory=dict)  # matrix name -> (K,) bias added to its logits
     summary: dict = field(default_factory=dict)
     dataset_root: Path | None = None
 
@@ -73,15 +74,24 @@ def load_run(run: Path, split: str = "test") -> InspectData:
     model = explainer.model
     head = model.class_concept_weights().numpy()
     metrics = _read_json(run / runs.METRICS_FILE)
-    summary = {"run": str(run), "method": meta.get("method"), "metrics": {k: metrics.get(k) for k in ("test", "val")
-                                                                          if k in metrics},
-               "train_config": meta.get("train_config"), "backbone": meta.get("backbone"),
+    metrics.pop("history", None)  # per-epoch curves: plotted in curves.png, not tabulated
+    if isinstance(meta.get("metrics"), dict):  # a comparison's root: the shown model's own metrics
+        metrics = {**meta["metrics"], **metrics}
+    config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    summary = {"run": str(run), "method": meta.get("method"), "metrics": metrics,
+               "train_config": config, "backbone": meta.get("backbone"),
                "concept_set": meta.get("concept_set"), "dataset": meta.get("dataset"), "rows": metrics.get("rows")}
-    kind = f"{model.head_kind} head" + (f", NEC {meta.get('train_config', {}).get('nec')}"
-                                         if model.head_kind == "sparse" else "")
+    if isinstance(metrics.get("rows"), list) and len(metrics["rows"]) > 1:
+        summary["note"] = (f"a comparison of {len(metrics['rows'])} methods; model shown: {meta.get('method')}, "
+                           f"seed {config.get('seed')}")
+    kind = f"{model.head_kind} head" + (f", NEC {config.get('nec')}" if model.head_kind == "sparse" else "")
+    bias = model.head.bias.detach()
+    # z = F (W ψ − μ)/σ + b = (F/σ) W ψ + (b − (F/σ) μ): the bias of the map on ψ
+    bias_on_scores = bias - (model.class_concept_weights() / model.activation_std) @ model.activation_mean
     data = InspectData(f"{run.name} — {meta.get('method')}, {kind}", run, "run", explainer.concepts,
                        explainer.classes, {"head": head, "head × CBL (on ψ)": model.effective_weights().numpy()},
-                       split=split, head=head, head_kind=model.head_kind, summary=summary)
+                       split=split, head=head, head_kind=model.head_kind, summary=summary,
+                       biases={"head": bias.numpy(), "head × CBL (on ψ)": bias_on_scores.numpy()})
     cache_path = Path(meta["cache"]) if isinstance(meta.get("cache"), str) else None
     if cache_path is None or not cache_path.is_file():
         summary["note"] = f"the run's cache {cache_path} is missing: no images to browse"

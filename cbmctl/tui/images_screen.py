@@ -1,19 +1,68 @@
-"""Images screen: the split's images with true and predicted class; the selected image's sparse
-activations and their contributions to the predicted and to the true class, beside the raw CLIP scores."""
+"""Images screen: the split's images with true and predicted class; for the selected image, per class
+(the predicted one, and the true one when it differs) the concepts behind its logit: activation a,
+the head's input x (standardised for a sparse head), weight F[c, j] and contribution x·F[c, j], with the
+bias, so that the rows add up to the logit. With a sparse head these are exactly the concepts the class's
+row uses; with the dense head (and CMS) every active concept contributes, the largest are listed and the
+rest summed in one row."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 
+import numpy as np
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from cbmctl.sanitize import safe_text
+from cbmctl.tui.text import cut, longest, plain
+
 FILTERS = ("all", "correct", "incorrect")
+LISTED = 15          # dense head / CMS: contributions listed per class before the rest is summed
+NARROW = 110         # below this many columns the detail goes under the list instead of beside it
+DETAIL_MIN = 76      # beside the list, the detail keeps at least this many columns (its table's width)
+
+
+@dataclass
+class Breakdown:
+    """Why class `class_index` got its logit for one image: rows of concept contributions."""
+    class_index: int
+    role: str                                   # "predicted", "true", or "predicted = true"
+    rows: list[dict]                            # concept, activation, input, weight, contribution, score
+    others: int = 0                             # contributing concepts not listed ...
+    others_sum: float = 0.0                     # ... and the sum of their contributions
+    bias: float | None = None
+    logit: float | None = None                  # Σ every contribution + bias (None for CMS: a cosine decides)
+
+
+def breakdown(data, image: int, class_index: int, role: str, limit: int = LISTED) -> Breakdown:
+    """The contributions x_j · F[c, j] to one class's logit, largest first (data.active_concepts decides
+    which concepts contribute: a sparse row's non-zero weights, else the non-zero activations)."""
+    contributions = data.contributions(image, class_index)
+    inputs = data.inputs if data.inputs is not None else data.activations
+    concepts = data.active_concepts(image, (class_index,))
+    concepts = sorted(concepts, key=lambda j: -float(contributions[j]))
+    listed = concepts if data.head_kind == "sparse" else concepts[:limit]
+    rows = [{"concept": data.concepts[j], "activation": float(data.activations[image, j]),
+             "input": float(inputs[image, j]), "weight": float(data.head[class_index, j]),
+             "contribution": float(contributions[j]), "score": float(data.scores[image, j])} for j in listed]
+    # everything not listed, so that the rows, this and the bias add up to the logit exactly
+    rest = np.ones(len(contributions), bool)
+    rest[listed] = False
+    bias = data.biases.get("head")
+    result = Breakdown(class_index, role, rows, len(concepts) - len(listed),
+                       float(np.sum(contributions[rest], dtype=np.float64)))
+    if data.head_kind != "cms":
+        result.bias = float(bias[class_index]) if bias is not None else 0.0
+        result.logit = float(np.sum(contributions, dtype=np.float64)) + result.bias
+    return result
 
 
 def viewer_command() -> list[str] | None:
@@ -28,6 +77,11 @@ def viewer_command() -> list[str] | None:
     return None
 
 
+def _signed(value: float, digits: int = 3) -> Text:
+    colour = "green" if value > 0 else "red" if value < 0 else "grey50"
+    return Text(f"{value:+.{digits}f}", style=colour)
+
+
 class ImagesScreen(Screen):
     BINDINGS = [
         Binding("c", "cycle_filter", "all / correct / incorrect"),
@@ -39,42 +93,90 @@ class ImagesScreen(Screen):
         self.data = data
         self.filter = "all"
         self.rows: list[int] = []
-        self.shown: list[dict] = []  # the activation rows displayed for the selected image
+        self.shown: list[Breakdown] = []  # what the detail shows for the selected image
         self.selected: int | None = None
+        self.widths: tuple[int, int] | None = None  # (class name, file name) column widths of the list
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal():
+        with Horizontal(id="images-body"):
             yield DataTable(id="images", cursor_type="row", zebra_stripes=True)
-            yield Static(id="image-detail")
+            with VerticalScroll(id="image-detail"):
+                yield Static(id="detail-content")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_columns("#", "ok", "conf", "true", "predicted", "image")
         if self.data.labels is None:
-            self.query_one("#image-detail", Static).update(self.data.summary.get("note", "no images to show"))
+            self.query_one("#detail-content", Static).update(plain(self.data.summary.get("note", "no images to show")))
             return
-        self.fill()
-        table.focus()
+        self.query_one(DataTable).focus()
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < NARROW
+        self.set_class(narrow, "-narrow")
+        if self.data.labels is None:
+            return
+        width = event.size.width if narrow else self.list_width(event.size.width)
+        self.query_one(DataTable).styles.width = "1fr" if narrow else width
+        widths = self.column_widths(width)
+        if widths != self.widths:
+            self.widths = widths
+            self.fill()
+
+    def _name_lengths(self) -> tuple[int, int]:
+        data = self.data
+        return (longest(safe_text(c) for c in data.classes),
+                longest(safe_text(p.rsplit("/", 1)[-1]) for p in data.paths[:2000]))
+
+    def _fixed_width(self) -> int:
+        """#, conf, cell padding (2 per column, 4 columns) and the scrollbar."""
+        return len(str(len(self.data.labels))) + 6 + 4 * 2 + 2
+
+    def list_width(self, screen: int) -> int:
+        """Beside the detail: what the list needs for whole names, between 40 % of the screen and all but
+        DETAIL_MIN cells."""
+        names, files = self._name_lengths()
+        needed = self._fixed_width() + 2 * names + files + 2
+        return max(screen * 2 // 5, min(needed, screen - DETAIL_MIN))
+
+    def column_widths(self, width: int) -> tuple[int, int]:
+        """(class name, file name) widths for a list `width` cells wide: the class names whole when they
+        fit; the file name (also shown whole in the detail) gets what is left, or no column (0)."""
+        names, files = self._name_lengths()
+        room = width - self._fixed_width()
+        name = max(8, min(names, room // 2))
+        left = room - 2 * name - 2
+        return name, min(files, left) if left >= 8 else 0
 
     def fill(self) -> None:
         table = self.query_one(DataTable)
-        table.clear()
+        table.clear(columns=True)
+        name_width, file_width = self.widths
+        table.add_column("#")
+        table.add_column("conf")
+        table.add_column("true", width=name_width)
+        table.add_column("predicted", width=name_width)
+        if file_width:
+            table.add_column("image", width=file_width)
         data = self.data
         correct = data.predicted == data.labels
         keep = {"all": lambda i: True, "correct": lambda i: correct[i], "incorrect": lambda i: not correct[i]}[self.filter]
         self.rows = [i for i in range(len(data.labels)) if keep(i)]
+        names = [Text(cut(safe_text(c), name_width)) for c in data.classes]
         for i in self.rows:
-            table.add_row(str(i), "✓" if correct[i] else "✗", f"{data.confidence[i]:.2f}",
-                          data.classes[data.labels[i]][:20], data.classes[data.predicted[i]][:20],
-                          data.paths[i].rsplit("/", 1)[-1][:28], key=str(i))
+            mark = Text.assemble(("✓", "green") if correct[i] else ("✗", "red"), f" {data.confidence[i]:.2f}")
+            cells = [str(i), mark, names[data.labels[i]], names[data.predicted[i]]]
+            if file_width:
+                cells.append(Text(cut(safe_text(data.paths[i].rsplit("/", 1)[-1]), file_width)))
+            table.add_row(*cells, key=str(i))
         self.sub_title = (f"{data.split} split: {len(self.rows)} of {len(data.labels)} images ({self.filter}); "
                           f"accuracy {correct.mean():.3f}")
         if self.rows:
-            self.show(self.rows[0])
+            self.show(self.rows[0] if self.selected not in self.rows else self.selected)
+            if self.selected in self.rows:
+                table.move_cursor(row=self.rows.index(self.selected))
         else:
-            self.query_one("#image-detail", Static).update(f"no {self.filter} images")
+            self.query_one("#detail-content", Static).update(Text(f"no {self.filter} images"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value is not None:
@@ -84,30 +186,52 @@ class ImagesScreen(Screen):
         data = self.data
         self.selected = image
         predicted, true = int(data.predicted[image]), int(data.labels[image])
-        to_predicted = data.contributions(image, predicted)
-        to_true = data.contributions(image, true)
-        self.shown = [{"concept": data.concepts[j], "activation": float(data.activations[image, j]),
-                       "to_predicted": float(to_predicted[j]), "to_true": float(to_true[j]),
-                       "score": float(data.scores[image, j])} for j in data.active_concepts(image, (predicted, true))]
-        label = "activation" if data.mode == "run" else "V (cos)"
-        table = Table(title=f"{data.paths[image]}\ntrue [b]{data.classes[true]}[/]  predicted "
-                            f"[b]{data.classes[predicted]}[/] ({data.confidence[image]:.2f})",
-                      title_justify="left", expand=True)
-        table.add_column("concept")
-        table.add_column(label, justify="right")
-        table.add_column(f"→ {data.classes[predicted][:14]}", justify="right")
-        table.add_column(f"→ {data.classes[true][:14]} (true)", justify="right")
-        table.add_column("CLIP ψ", justify="right")
-        for row in self.shown[:60]:
-            table.add_row(row["concept"], f"{row['activation']:.3f}", _signed(row["to_predicted"]),
-                          _signed(row["to_true"]), f"{row['score']:.2f}")
-        if len(self.shown) > 60:
-            table.add_row(f"… {len(self.shown) - 60} more active concepts", "", "", "", "")
-        self.query_one("#image-detail", Static).update(table)
+        if predicted == true:
+            self.shown = [breakdown(data, image, predicted, "predicted = true")]
+        else:
+            self.shown = [breakdown(data, image, predicted, "predicted"), breakdown(data, image, true, "true")]
+        heading = Text.assemble(plain(data.paths[image], "bold"), "\ntrue ", plain(data.classes[true], "bold"),
+                                "   predicted ", plain(data.classes[predicted], "bold"),
+                                f" (p = {data.confidence[image]:.2f})")
+        tables = [part for b in self.shown for part in (Text(""), self.render_breakdown(b))]
+        self.query_one("#detail-content", Static).update(Group(heading, *tables))
+
+    def render_breakdown(self, part: Breakdown) -> Table:
+        data = self.data
+        cms = data.head_kind == "cms"
+        title = Text.assemble(("→ ", "bold"), plain(data.classes[part.class_index], "bold"), f" ({part.role})")
+        if part.logit is not None:
+            title.append(f"   logit {part.logit:+.3f}")
+        table = Table(title=title, title_justify="left", box=None, padding=(0, 1), header_style="bold")
+        table.add_column("concept", overflow="fold")
+        columns = [("V = cos", "activation"), ("T", "weight"), ("V·T", "contribution")] if cms else \
+            [("a", "activation")] + ([("x=(a−μ)/σ", "input")] if data.head_kind == "sparse" else []) + \
+            [("F", "weight"), ("x·F" if data.head_kind == "sparse" else "a·F", "contribution"), ("CLIP ψ", "score")]
+        for header, _ in columns:
+            table.add_column(header, justify="right", no_wrap=True)
+        for row in part.rows:
+            table.add_row(plain(row["concept"]), *[_signed(row[key]) if key in ("weight", "contribution")
+                                                   else Text(f"{row[key]:.3f}") for _, key in columns])
+        blank = [""] * (len(columns) - 1)
+        contribution_at = [key for _, key in columns].index("contribution")
+
+        def total_row(label: str, value: float, style: str = "italic") -> None:
+            cells = list(blank)
+            cells.insert(contribution_at, _signed(value))
+            table.add_row(Text(label, style=style), *cells)
+
+        if part.others:
+            total_row(f"{part.others} other active concepts", part.others_sum)
+        if part.bias is not None and (part.bias != 0 or data.head_kind == "sparse"):
+            total_row("bias", part.bias)
+        if part.logit is not None:
+            total_row("= logit", part.logit, "bold")
+        return table
 
     def action_cycle_filter(self) -> None:
         self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
-        self.fill()
+        if self.data.labels is not None:
+            self.fill()
 
     def action_open_image(self) -> None:
         if self.selected is None:
@@ -116,18 +240,16 @@ class ImagesScreen(Screen):
         if path is None or not path.is_file():
             self.notify("this image is not a file on disk (e.g. a CIFAR batch row)", severity="warning")
             return
+        shown = safe_text(path)
         command = viewer_command()
         if command is None:
-            self.notify(f"no system image viewer found; the file is {path}", severity="warning", timeout=8)
+            self.notify(f"no system image viewer found; the file is {shown}", severity="warning", timeout=8,
+                        markup=False)
             return
         try:
             subprocess.Popen(command + [str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except OSError as error:
-            self.notify(f"could not open the viewer ({error}); the file is {path}", severity="warning")
+            self.notify(f"could not open the viewer ({safe_text(error)}); the file is {shown}", severity="warning",
+                        markup=False)
             return
-        self.notify(f"opened {path.name}")
-
-
-def _signed(value: float) -> str:
-    colour = "green" if value > 0 else "red" if value < 0 else "grey50"
-    return f"[{colour}]{value:+.3f}[/]"
+        self.notify(f"opened {safe_text(path.name)}", markup=False)

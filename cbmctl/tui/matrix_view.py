@@ -1,5 +1,13 @@
-"""A class × concept heat map that renders only the visible cells, so 1000 × 5000 stays responsive."""
+"""A class × concept heat map that renders only the visible cells, so 1000 × 5000 stays responsive.
+
+Widths follow the terminal: the class-name column takes the longest visible name when it fits in a
+third of the view (20 cells in a narrow one); a cell is wide enough for the longest word of the visible
+concept names (8 to 12 cells, wider when every column fits anyway); concept names are wrapped over up to
+three header lines. A name is cut (with an ellipsis) only where it does not fit; the side panel shows
+it whole."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from rich.color import Color
@@ -12,9 +20,15 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-LABEL_WIDTH = 26
+from cbmctl.sanitize import safe_text
+from cbmctl.tui.text import fit, longest, wrap_words
+
 CORNER = "class \\ concept"
-CELL_WIDTH = 8
+LABEL_MIN, LABEL_WIDE = 12, 20   # a class name's column: at least, and what a narrow view still gives
+CELL_MIN, CELL_MAX, CELL_ROOMY = 8, 12, 24   # a cell's width: the usual range, and when all columns fit
+HEADER_LINES = 3
+NARROW_COLUMNS = 5   # a narrow view narrows cells (down to CELL_MIN) to show at least this many
+ZERO = "·"   # an exactly zero weight (a sparse head's unused concept), told apart from a small one
 
 
 def heat(value: float, scale: float) -> Style:
@@ -24,6 +38,14 @@ def heat(value: float, scale: float) -> Style:
     target = (30, 170, 70) if value >= 0 else (200, 45, 45)
     rgb = tuple(int(b + (t - b) * strength) for b, t in zip(base, target))
     return Style(bgcolor=Color.from_rgb(*rgb), color="white" if strength > 0.15 else "grey62")
+
+
+def decimals(scale: float, width: int) -> int:
+    """Decimals that give the largest value about three significant digits, within `width` characters."""
+    digits = 2 if scale <= 0 or not math.isfinite(scale) else max(0, min(4, 2 - math.floor(math.log10(scale))))
+    while digits and len(f"{-scale:+.{digits}f}") > width:
+        digits -= 1
+    return digits
 
 
 class MatrixView(ScrollView, can_focus=True):
@@ -45,7 +67,10 @@ class MatrixView(ScrollView, can_focus=True):
 
     def __init__(self, matrix: np.ndarray, rows: list[str], columns: list[str], **kwargs):
         super().__init__(**kwargs)
-        self.rows, self.columns = rows, columns
+        # names are untrusted and go out as raw segments: control characters escaped once, here
+        self.rows, self.columns = [safe_text(r) for r in rows], [safe_text(c) for c in columns]
+        self.label_width, self.cell_width, self.header_height = LABEL_MIN, CELL_MIN, 1
+        self._headers: dict[int, list[str]] = {}
         self.set_matrix(matrix)
 
     def set_matrix(self, matrix: np.ndarray) -> None:
@@ -56,13 +81,41 @@ class MatrixView(ScrollView, can_focus=True):
         self._resize()
 
     def set_orders(self, row_order: np.ndarray, column_order: np.ndarray) -> None:
-        self.row_order, self.column_order = np.asarray(row_order), np.asarray(column_order)
+        self.row_order, self.column_order = np.asarray(row_order, int), np.asarray(column_order, int)
         self._resize()
         row, column = self.cursor
         self.cursor = (min(row, max(len(self.row_order) - 1, 0)), min(column, max(len(self.column_order) - 1, 0)))
 
+    def on_resize(self) -> None:
+        self._resize()
+        self._scroll_to_cursor()
+
+    def _fit_widths(self) -> None:
+        """Label and cell widths and header height for the view's width and the rows and columns shown."""
+        width = self.size.width or 120  # before the first layout
+        names = [self.rows[i] for i in self.row_order]
+        cap = min(max(LABEL_WIDE, width // 3), width // 2)
+        self.label_width = max(LABEL_MIN, min(longest(names + [CORNER]) + 1, cap))
+        concepts = [self.columns[j] for j in self.column_order]
+        word = longest(w for name in concepts for w in name.split())
+        cell = max(CELL_MIN, min(CELL_MAX, word + 1))
+        cell = min(cell, max(CELL_MIN, (width - self.label_width) // NARROW_COLUMNS))  # keep some columns in view
+        room = (width - self.label_width) // max(1, len(concepts))
+        if room > cell:  # every column fits: use the room so that names need fewer lines
+            cell = min(room, CELL_ROOMY, max(cell, longest(concepts) + 1))
+        self.cell_width = cell
+        self._headers = {}
+        self.header_height = max((len(self._header(j)) for j in self.column_order), default=1)
+
+    def _header(self, column: int) -> list[str]:
+        if column not in self._headers:
+            self._headers[column] = wrap_words(self.columns[column], self.cell_width - 1, HEADER_LINES)
+        return self._headers[column]
+
     def _resize(self) -> None:
-        self.virtual_size = Size(LABEL_WIDTH + len(self.column_order) * CELL_WIDTH, len(self.row_order) + 1)
+        self._fit_widths()
+        self.virtual_size = Size(self.label_width + len(self.column_order) * self.cell_width,
+                                 len(self.row_order) + self.header_height)
         self.refresh()
 
     @property
@@ -82,13 +135,13 @@ class MatrixView(ScrollView, can_focus=True):
     def _scroll_to_cursor(self) -> None:
         row, column = self.cursor
         x, y = self.scroll_offset
-        visible_columns = max(1, (self.size.width - LABEL_WIDTH) // CELL_WIDTH)
-        visible_rows = max(1, self.size.height - 1)
-        first_column = x // CELL_WIDTH
+        visible_columns = max(1, (self.size.width - self.label_width) // self.cell_width)
+        visible_rows = max(1, self.size.height - self.header_height)
+        first_column = x // self.cell_width
         if column < first_column:
-            x = column * CELL_WIDTH
+            x = column * self.cell_width
         elif column >= first_column + visible_columns:
-            x = (column - visible_columns + 1) * CELL_WIDTH
+            x = (column - visible_columns + 1) * self.cell_width
         if row < y:
             y = row
         elif row >= y + visible_rows:
@@ -104,37 +157,46 @@ class MatrixView(ScrollView, can_focus=True):
         self.cursor = (self.cursor[0], len(self.column_order) - 1 if end else 0)
 
     def on_click(self, event) -> None:
-        """Select the clicked cell (a click on the header row selects its column)."""
+        """Select the clicked cell (a click on the header selects its column, on a name its row)."""
         x, y = self.scroll_offset
-        column = (x // CELL_WIDTH) + (event.x - LABEL_WIDTH) // CELL_WIDTH if event.x >= LABEL_WIDTH else self.cursor[1]
-        row = y + event.y - 1 if event.y >= 1 else self.cursor[0]
+        column = (x // self.cell_width + (event.x - self.label_width) // self.cell_width
+                  if event.x >= self.label_width else self.cursor[1])
+        row = y + event.y - self.header_height if event.y >= self.header_height else self.cursor[0]
         if 0 <= row < len(self.row_order) and 0 <= column < len(self.column_order):
             self.cursor = (row, column)
 
+    def visible_columns(self) -> np.ndarray:
+        """The matrix columns on screen now, left to right."""
+        first = self.scroll_offset.x // self.cell_width
+        count = max(0, (self.size.width - self.label_width) // self.cell_width + 1)
+        return self.column_order[first:first + count]
+
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
-        scroll_x, scroll_y = self.scroll_offset
-        first = scroll_x // CELL_WIDTH
-        count = max(0, (width - LABEL_WIDTH) // CELL_WIDTH + 1)
-        columns = self.column_order[first:first + count]
+        width, cell = self.size.width, self.cell_width
+        first = self.scroll_offset.x // cell
+        columns = self.visible_columns()
         cursor_row, cursor_column = self.cursor
-        header = Style(bold=True, color="bright_white", bgcolor="grey15")
-        if y == 0:
-            segments = [Segment(CORNER.ljust(LABEL_WIDTH)[:LABEL_WIDTH], header)]
+        if y < self.header_height:
+            header = Style(bold=True, color="bright_white", bgcolor="grey15")
+            corner = CORNER if y == self.header_height - 1 else ""
+            segments = [Segment(fit(corner, self.label_width), header)]
             for offset, j in enumerate(columns):
+                lines = self._header(int(j))
+                line = lines[y - (self.header_height - len(lines))] if y >= self.header_height - len(lines) else ""
                 style = header + Style(reverse=True) if first + offset == cursor_column else header
-                segments.append(Segment(f"{self.columns[j][:CELL_WIDTH - 1]:<{CELL_WIDTH}}", style))
+                segments.append(Segment(fit(line, cell - 1) + " ", style))
             return Strip(segments).crop(0, width)
-        row = scroll_y + y - 1
+        row = self.scroll_offset.y + y - self.header_height
         if row >= len(self.row_order):
             return Strip.blank(width)
         i = int(self.row_order[row])
         label_style = Style(bold=True, reverse=row == cursor_row)
-        segments = [Segment(f"{self.rows[i][:LABEL_WIDTH - 1]:<{LABEL_WIDTH}}", label_style)]
-        values = self.matrix[i, columns]
-        for offset, value in enumerate(values):
+        segments = [Segment(fit(self.rows[i], self.label_width - 1) + " ", label_style)]
+        digits = decimals(self.scale, cell - 1)
+        for offset, value in enumerate(self.matrix[i, columns]):
             style = heat(float(value), self.scale)
             if row == cursor_row and first + offset == cursor_column:
                 style = style + Style(reverse=True, bold=True)
-            segments.append(Segment(f"{value:+{CELL_WIDTH - 1}.2f} "[:CELL_WIDTH], style))
+            text = ZERO if value == 0 else f"{value:+.{digits}f}"
+            segments.append(Segment(f"{text:>{cell - 1}} ", style))
         return Strip(segments).crop(0, width)
