@@ -347,8 +347,10 @@ def _load_weights(model, path: str, name: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_logging():
-    """open_clip logs "no pretrained weights loaded" on the root logger while we load the weights ourselves:
-    drop open_clip's own records for the duration, nothing else (logging is not switched off)."""
+    """open_clip says "no pretrained weights loaded" through logging.warning while we load the weights
+    ourselves. Drop open_clip's own records for the duration and nothing else (logging is not switched
+    off); and since logging.warning on a root logger without handlers would install one for good
+    (basicConfig), stand in for it meanwhile with a handler that passes records to logging's last resort."""
     import logging
 
     import open_clip
@@ -357,14 +359,22 @@ def _quiet_logging():
     def not_open_clip(record: logging.LogRecord) -> bool:
         return not str(record.pathname).startswith(package)
 
-    handlers = list(logging.root.handlers) or [logging.lastResort]
-    for handler in handlers:
-        handler.addFilter(not_open_clip)
+    class LastResort(logging.Handler):
+        def emit(self, record):
+            if logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(record)
+
+    root = logging.getLogger()
+    stand_in = LastResort() if not root.handlers else None
+    root.addFilter(not_open_clip)
+    if stand_in:
+        root.addHandler(stand_in)
     try:
         yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(not_open_clip)
+        root.removeFilter(not_open_clip)
+        if stand_in:
+            root.removeHandler(stand_in)
 
 
 def _is_compact(path: str) -> bool:
@@ -450,7 +460,8 @@ def load_backbone(model: str | None = None, pretrained: str | None = None, devic
     # a custom config is part of the identity too: the same weights file under another config differs
     source = f"{source} + {weights_source}" if source else weights_source
     clip.eval().to(device)
-    tokenizer = open_clip.get_tokenizer(create_name)
+    with _quiet_logging():  # get_tokenizer logs through the root logger too
+        tokenizer = open_clip.get_tokenizer(create_name)
     from open_clip.model import get_model_preprocess_cfg
     preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in get_model_preprocess_cfg(clip).items()}
     return Backbone(name=model, pretrained=str(pretrained or "none"), model=clip, preprocess=preprocess,

@@ -233,6 +233,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
                 log=None) -> _Stack:
     """The epochs of train_many: the stacked CBLs and dense heads, each model stopped on its validation loss."""
     from cbmctl import runs
+    from cbmctl.files import fault_point
     from cbmctl.logs import sayer
     log = sayer(log)
     base = configs[0]
@@ -307,6 +308,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
         if checkpoint_dir is not None and (time.monotonic() - saved_at >= CHECKPOINT_SECONDS or saved_at < 0):
             runs.save_checkpoint(checkpoint_dir, *stack.state())
             saved_at, saved_epoch = time.monotonic(), epoch
+            fault_point("train:checkpoint-written")
     if checkpoint_dir is not None and saved_epoch != stack.epoch:
         # the trained CBLs survive a crash in the sparse fit that follows
         runs.save_checkpoint(checkpoint_dir, *stack.state())

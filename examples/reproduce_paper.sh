@@ -8,7 +8,7 @@
 #                                          real on-disk formats with a tiny random-weight model (minutes, CPU)
 #
 # Environment: OUT (default reproduce-out), CBMCTL_DATA (real run), SEEDS (a list like 0,1,2 or a count;
-# default 3 seeds, smoke: 1),
+# default 3 seeds, smoke: 1), DATASETS (default "cifar10 cifar100 cub imagenet places365"),
 # DEVICE (default auto), CBMCTL (default: the cbmctl on PATH, else python -m cbmctl).
 set -euo pipefail
 
@@ -33,7 +33,8 @@ else
     data() { echo "$1"; }  # known names, looked up under $CBMCTL_DATA
 fi
 
-for dataset in cifar10 cifar100 cub imagenet places365; do
+datasets=${DATASETS:-cifar10 cifar100 cub imagenet places365}
+for dataset in $datasets; do
     echo "== $dataset" >&2
     cache="$out/cache/$dataset.h5"
     $cbmctl embed "$(data $dataset)" --cache "$cache" "${model[@]}" --device "$device" --quiet >&2
@@ -43,11 +44,11 @@ for dataset in cifar10 cifar100 cub imagenet places365; do
     $cbmctl cms "$cache" --concepts "$dataset" --no-random-control --json > "$out/$dataset-cms.json"
 done
 
-python - "$out" <<'PY'
+python - "$out" $datasets <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-datasets = ["cifar10", "cifar100", "cub", "imagenet", "places365"]
+datasets = sys.argv[2:]
 table = {}
 for name in datasets:
     for row in json.loads((out / f"{name}-train.json").read_text())["rows"]:

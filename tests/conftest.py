@@ -10,6 +10,9 @@ TINY_MODEL = str(TESTS.parent / "examples" / "configs" / "tiny-clip.json")
 
 # Tests never reach the network; set before anything imports huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The tests' tensors are tiny: one intra-op thread is fastest, and the subprocess tests inherit it (a
+# second thread per process only spins against the other processes of a test).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

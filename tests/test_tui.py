@@ -22,6 +22,7 @@ from rich.console import Console
 
 from cbmctl.cache import open_cache
 from cbmctl.concepts import ConceptSet
+from cbmctl.errors import CbmctlError
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
 from cbmctl.model import concepts_sha256
@@ -287,18 +288,27 @@ def _assert_shown_literally(texts):
     assert "\\x1b" in screen and "\\u202e" in screen, "control characters are shown as escapes"
 
 
-def test_hostile_names_in_a_run_are_shown_escaped(runs, tmp_path):
-    """A run directory as someone could send it: class and concept names holding ESC/OSC/BEL sequences,
-    a bidi override and rich markup (the concept list's recorded hash recomputed, as a sender would)."""
+def test_hostile_names_in_a_run_are_refused_or_shown_literally(runs, tmp_path):
+    """A run directory as someone could send it (the concept list's recorded hash recomputed, as a sender
+    would): names holding control characters are refused by the loader in one escaped line; names that
+    are rich markup load and are shown literally, never as markup."""
     run = tmp_path / "run"
     shutil.copytree(runs["sparse"], run)
     meta = json.loads((run / "model.json").read_text())
+    original = dict(meta)
     meta["classes"] = [HOSTILE + str(k) for k in range(len(meta["classes"]))]
     meta["concepts"] = ["[red]x" + c for c in meta["concepts"][:-1]] + [HOSTILE]
     meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
     (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CbmctlError, match="control character") as refused:
+        load(run)
+    assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
+    markup = dict(original, classes=[f"[bold]class {k}[/]" for k in range(len(original["classes"]))])
+    markup["concepts"] = ["[red]x" + c for c in original["concepts"]]
+    markup["concept_set"] = dict(original["concept_set"], sha256=concepts_sha256(markup["concepts"]))
+    (run / "model.json").write_text(json.dumps(markup))
     texts = drive(load(run), _every_screen, size=(120, 40))
-    _assert_shown_literally(texts)
+    assert any("[bold]class 0[/]" in text for text in texts) and any("[red]x" in text for text in texts)
 
 
 def test_hostile_class_names_in_a_cache_are_shown_escaped(tmp_path):

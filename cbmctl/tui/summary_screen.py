@@ -166,7 +166,7 @@ def training_table(metrics: dict) -> Table | None:
 def results_table(rows) -> Table | None:
     """The comparison `cbmctl train` printed (cbmctl.render's columns: mean over seeds ± half-width of the
     95 % interval), transposed — one column per method — so that it fits a narrow terminal."""
-    from cbmctl.render import COMPARE_COLUMNS, _difference_text, _interval_text
+    from cbmctl.render import COMPARE_COLUMNS, difference_text, interval_text
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         return None
     table = Table(title=Text("results on the test split", style="bold"), title_justify="left", box=BOX, show_edge=False)
@@ -176,9 +176,9 @@ def results_table(rows) -> Table | None:
     try:
         for key, header, percent in COMPARE_COLUMNS:
             if any(key in row for row in rows):
-                table.add_row(header, *[_interval_text(row[key], percent) if key in row else "–" for row in rows])
+                table.add_row(header, *[interval_text(row[key], percent) if key in row else "–" for row in rows])
         if any("vs_none" in row for row in rows):
-            table.add_row("Δ top-1 vs none", *[_difference_text(row.get("vs_none", {}).get("top1")) for row in rows])
+            table.add_row("Δ top-1 vs none", *[difference_text(row.get("vs_none", {}).get("top1")) for row in rows])
     except (KeyError, TypeError, ValueError, AttributeError):
         return None  # a damaged metrics file: the other tables still show what is readable
     return table
