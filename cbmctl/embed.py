@@ -216,7 +216,7 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
                               rows=np.asarray(rows, np.int64), skipped_rows=np.asarray(skipped_rows, np.int64),
                               skipped_reasons=np.asarray(reasons, dtype=str))
             chunks, rows, skipped_rows, reasons, done_in_shard = [], [], [], [], 0
-            fault_point("embed:after-shard")
+            fault_point("embed:after-shard", journal.shard_path(split, index))
             nxt = next(shard_iter, None)
             if nxt is not None:
                 split, index, start, end = nxt
