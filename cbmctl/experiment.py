@@ -16,7 +16,7 @@ from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, trai
 # the metrics a comparison summarises, in table order (percentages first); absent ones are skipped
 SUMMARY_KEYS = ("top1", "dense_top1", "nec5_top1", "anec", "top5", "mean_per_class", "ece", "nec",
                 "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean", "coverage90_mean", "cbl_change",
-                "cbl_offdiagonal")
+                "cbl_offdiagonal", "faithful_units")
 REFERENCE = "none"
 
 

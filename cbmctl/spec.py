@@ -54,6 +54,7 @@ class TrainConfig:
     cbl_init: str = "identity"
     precision_k: int = 5
     sparse_alpha: float = 0.99
+    faithfulness_cutoff: float = 0.9
 
     def validate(self) -> None:
         if self.loss not in METHODS:
@@ -82,6 +83,8 @@ class TrainConfig:
             raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
         if not 0 < self.sparse_alpha <= 1:
             raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
+        if not -1 <= self.faithfulness_cutoff <= 1:
+            raise CbmctlError(f"--faithfulness-cutoff must be a correlation in [-1, 1], got {self.faithfulness_cutoff}")
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> TrainConfig:

@@ -344,13 +344,22 @@ def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tenso
 
 def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
+    from cbmctl.logs import sayer
     from cbmctl.sparse import SparseConfig, fit_path, top1
+    log = sayer(log)
     base = configs[0]
     c = len(data.concepts)
     cbl, dense_head = stack.best_cbl, stack.best_head
     sources = {split: _Scores(data, split, device) for split in ("train", "val", "test")}
-    mean, std = _activation_moments(sources["train"], cbl)
-    designs = {split: _design(source, cbl, mean, std) for split, source in sources.items()}
+    mean, std, faithfulness = _activation_moments(sources["train"], cbl)
+    # LF-CBM's interpretability cutoff: a unit whose activation no longer follows its concept's score may not
+    # be named by the sparse head as that concept
+    usable = faithfulness >= base.faithfulness_cutoff
+    for m, config in enumerate(configs):
+        if not bool(usable[m].any()):
+            log(f"warning: no CBL unit of {config.loss} (seed {config.seed}) follows its concept with correlation "
+                f"≥ {base.faithfulness_cutoff:g}: its sparse head can use no concept (lower --faithfulness-cutoff)")
+    designs = {split: _design(source, cbl, mean, std, usable) for split, source in sources.items()}
     # budgets above C concepts per class are every weight (as VLG-CBM's truncation does)
     levels = sorted({min(level, c) for level in M.NEC_LEVELS} | {min(config.nec, c) for config in configs})
     path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
@@ -377,7 +386,10 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
         metrics.update({
             "head": config.head, "nec_accuracy": {str(k): v for k, v in accuracy_at.items()},
             "anec": test["anec"], "path": path.points[m], "refit": {str(k): v[m] for k, v in path.refit.items()},
-            "model": M.cbl_weight_metrics(cbl[m], stack.initial_cbl[m]),
+            "model": {**M.cbl_weight_metrics(cbl[m], stack.initial_cbl[m]),
+                      "faithful_units": int(usable[m].sum()),
+                      "faithfulness_mean": float(faithfulness[m].mean())},
+            "unfaithful_units": [data.concepts[j] for j in (~usable[m]).nonzero().flatten().tolist()],
             "best_epoch": best, "epochs_run": history[-1]["epoch"] if history else 0,
             "stopped_early": bool(stack.stopped[m]),
             "ce_at_best": history[best - 1]["ce"] if best else None,
@@ -387,30 +399,38 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
 
 
 def _activation_moments(source: _Scores, cbl: torch.Tensor, chunk: int = 8192):
-    """Per model, the mean and standard deviation of each CBL activation over the train split (σ of a
-    constant activation is taken as 1: its standardised value is 0 and the head never uses it)."""
+    """Per model, over the train split: the mean and standard deviation of each CBL activation (σ of a
+    constant activation is taken as 1: its standardised value is 0 and the head never uses it), and each
+    unit's faithfulness — the correlation of unit j's activation with concept j's own CLIP score ψ_j."""
     s, c = cbl.shape[0], cbl.shape[1]
-    total = torch.zeros(s, c, dtype=torch.float64, device=cbl.device)
-    squares = torch.zeros_like(total)
+    sums = {name: torch.zeros(s, c, dtype=torch.float64, device=cbl.device) for name in ("a", "aa", "p", "pp", "ap")}
     with torch.no_grad():
         for start in range(0, len(source), chunk):
-            a = _stack_forward(source.rows(start, min(start + chunk, len(source))), cbl, cbl[:, :0])[0].double()
-            total += a.sum(1)
-            squares += (a * a).sum(1)
+            scores = source.rows(start, min(start + chunk, len(source)))
+            a = _stack_forward(scores, cbl, cbl[:, :0])[0].double()
+            p = scores.double()[None]
+            for name, value in (("a", a), ("aa", a * a), ("p", p), ("pp", p * p), ("ap", a * p)):
+                sums[name] += value.sum(1)
     n = max(len(source), 1)
-    mean = total / n
-    std = (squares / n - mean * mean).clamp_min(0).sqrt()
+    mean, score_mean = sums["a"] / n, sums["p"] / n
+    variance = (sums["aa"] / n - mean * mean).clamp_min(0)
+    score_variance = (sums["pp"] / n - score_mean * score_mean).clamp_min(0)
+    covariance = sums["ap"] / n - mean * score_mean
+    faithfulness = covariance / (variance * score_variance).sqrt().clamp_min(1e-30)
+    std = variance.sqrt()
     std = torch.where(std > 1e-6 * std.amax(1, keepdim=True).clamp_min(1e-30), std, torch.ones_like(std))
-    return mean.float(), std.float()
+    return mean.float(), std.float(), faithfulness.float()
 
 
-def _design(source: _Scores, cbl: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+def _design(source: _Scores, cbl: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, usable: torch.Tensor):
+    """The sparse head's input: standardised activations, 0 for the units it may not use (`usable`, S×C)."""
     from cbmctl.sparse import Design
+    keep = usable.float()[:, None, :]
 
     def produce(start, stop):
         with torch.no_grad():
             a = _stack_forward(source.rows(start, stop), cbl, cbl[:, :0])[0]
-            return (a - mean[:, None, :]) / std[:, None, :]
+            return (a - mean[:, None, :]) / std[:, None, :] * keep
     size = cbl.shape[0] * len(source) * cbl.shape[1] * 4
     return Design(produce, source.labels, 8192, materialise=size <= SPARSE_MATERIALISE_BYTES)
 

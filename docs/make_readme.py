@@ -162,6 +162,18 @@ class Blocks:
         return commands_line(commands) + markdown_table(
             ["l1 λ", "CBL weight off the diagonal", "CBL change", "dense head", "top-1 (NEC = 5)"], body)
 
+    def faithfulness(self) -> str:
+        body, commands = [], []
+        for cutoff in ("-1", "0.5", "0.9"):
+            result = self.train("--compare", "gumbel,none", "--seeds", self.seeds, "--faithfulness-cutoff", cutoff)
+            commands.append(f"cbmctl train W --compare gumbel,none --seeds {self.seeds} --faithfulness-cutoff {cutoff}")
+            for row in result["rows"]:
+                body.append([cutoff + (" (default)" if cutoff == "0.9" else ""), row["method"],
+                             percent(row["top1"]["mean"]), percent(row["explanation_precision@5"]["mean"]),
+                             f"{row['faithful_units']['mean']:.1f}", f"{row['ece']['mean']:.3f}"])
+        return commands_line(commands) + markdown_table(
+            ["cutoff", "method", "top-1 (NEC = 5)", "expl. p@5", "units offered (of 33)", "ECE"], body)
+
     def cms(self) -> str:
         self.world()
         full = cbmctl_json(["cms", "W"], self.work)
@@ -198,7 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--only", default=None, help="Comma-separated block names (default: all).")
     args = parser.parse_args(argv)
-    names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "l1", "cms", "explain"]
+    names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "faithfulness", "l1", "cms",
+             "explain"]
     wanted = args.only.split(",") if args.only else names
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")

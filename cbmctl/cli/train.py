@@ -52,6 +52,9 @@ def _option(*flags, name=None, **kwargs):
          help="identity: unit j starts as concept j (ours); random: as the reference code.")
 @_option("--precision-k", type=click.IntRange(1), help="k of concept precision@k (where ground truth exists).")
 @_option("--sparse-alpha", type=float, help="Share of l1 in the sparse head's elastic net.")
+@_option("--faithfulness-cutoff", type=float,
+         help="The sparse head may only use CBL units whose activation correlates at least this much with their "
+              "concept's CLIP score on the train split (LF-CBM's interpretability cutoff); -1 keeps every unit.")
 @_option("--concept-map", type=click.Path(exists=True, dir_okay=False),
          help="YAML concept -> attribute name(s), for concept precision on CUB attributes.")
 @_option("--compare", help="Train several methods on the same split and seeds: e.g. gumbel,none,linear-probe, or "
