@@ -208,3 +208,17 @@ def test_models_trained_together_equal_models_trained_alone(data):
         assert stacked.metrics["test"]["top1"] == pytest.approx(alone.metrics["test"]["top1"], abs=1 / 80)
     # early stopping is per model: not every member ran for the same number of epochs
     assert len({len(r.history) for r in together}) > 1
+
+
+def test_the_sparse_head_never_uses_units_that_left_their_concept(data):
+    # a random CBL: its units are mixtures, unrelated to the concept each is named after
+    result = train_cbm(data, quick(cbl_init="random", faithfulness_cutoff=0.9, epochs=2))
+    dropped = result.metrics["unfaithful_units"]
+    assert dropped and result.metrics["model"]["faithful_units"] == len(CONCEPTS) - len(dropped)
+    weight = result.model.class_concept_weights()
+    for name in dropped:
+        assert weight[:, CONCEPTS.index(name)].abs().sum() == 0
+    everything = train_cbm(data, quick(cbl_init="random", faithfulness_cutoff=-1, epochs=2))
+    assert everything.metrics["unfaithful_units"] == []
+    # identity start, little training: every unit still follows its concept
+    assert train_cbm(data, quick(epochs=1)).metrics["unfaithful_units"] == []
