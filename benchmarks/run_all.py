@@ -1,4 +1,4 @@
-"""Run every benchmark and write BENCHMARKS.md (machine, date, command, medians, ratios).
+"""Run every benchmark and write BENCHMARKS.md (machine, date, command, medians, ratios, per-preset tables).
 
     python benchmarks/run_all.py [--quick] [--device auto] [--out BENCHMARKS.md]
 
@@ -14,7 +14,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import cms as cms_benchmark  # noqa: E402
+import compare as compare_benchmark  # noqa: E402
 import embed as embed_benchmark  # noqa: E402
+import presets as presets_benchmark  # noqa: E402
+import sparse_head as sparse_head_benchmark  # noqa: E402
 import startup as startup_benchmark  # noqa: E402
 import train as train_benchmark  # noqa: E402
 from common import machine  # noqa: E402
@@ -43,8 +46,18 @@ def main(argv=None) -> None:
                     "code's approach runs the backbone on the batch's images and on every concept text at each "
                     "step; its cost is a random-weight ViT-B-32 forward measured on a few images and texts and "
                     "extrapolated to an epoch.\n\n" + train_benchmark.markdown(train))
+    sparse = sparse_head_benchmark.main(["--fraction", "0.002" if args.quick else "0.005", *device]
+                                        + (["--full"] if "cuda" in sparse_head_benchmark.machine() else []))
+    sections.append("## sparse head at ImageNet size (`python benchmarks/sparse_head.py`)\n\n"
+                    + sparse_head_benchmark.markdown(sparse))
+    compare = compare_benchmark.main(["--repeats", "1" if args.quick else "3"])
+    sections.append("## a 10-seed comparison against one run (`python benchmarks/compare.py`)\n\n"
+                    + compare_benchmark.markdown(compare))
     cms = cms_benchmark.main(["--images", "10000" if args.quick else "50000"])
     sections.append("## cms (`python benchmarks/cms.py`)\n\n" + cms_benchmark.markdown(cms))
+    presets = presets_benchmark.main(["--seeds", "3" if args.quick else "10"])
+    sections.append("## Does the CBL objective matter, and when? (`python benchmarks/presets.py`)\n\n"
+                    + presets_benchmark.markdown(presets))
     Path(args.out).write_text("\n".join(sections))
     print(f"wrote {args.out}")
 
