@@ -31,7 +31,7 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=D
     accuracy, ties broken by the lower validation loss (then the stronger l2)."""
     import torch
 
-    from cbmctl.sparse import Design, cross_entropy, curvature_bound, proximal_gradient, validation_loss
+    from cbmctl.sparse import Design, cross_entropy, curvature_estimate, proximal_gradient, validation_loss
     grid = sorted(l2_grid, reverse=True)
     s = len(grid)
     x = torch.as_tensor(np.asarray(train_x, np.float32))
@@ -42,7 +42,7 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=D
     val = Design(lambda start, stop: vx[None, start:stop].expand(s, -1, -1), vy, 1 << 16, materialise=False)
     strengths = torch.tensor(grid) * 2  # the solver's penalty is ½·l2'·‖W‖²
     weight, bias, _, _ = proximal_gradient(cross_entropy(train), torch.zeros(s, num_classes, x.shape[1]),
-                                           torch.zeros(s, num_classes), curvature_bound(train) + strengths,
+                                           torch.zeros(s, num_classes), curvature_estimate(train) + strengths,
                                            torch.zeros(s), strengths, MAX_ITERATIONS, TOLERANCE)
     if len(vy):
         accuracy = (val.logits(weight, bias).argmax(-1) == vy[None]).float().mean(1).tolist()

@@ -250,4 +250,5 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
         parts.append("differ significantly from the plain CBM (none): " + "; ".join(differ))
     if same:
         parts.append("no significant difference from none: " + "; ".join(same))
-    return f"In {what} (paired over seeds, 95 % intervals, Holm-corrected), " + ". ".join(parts) + "."
+    return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
+            "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")

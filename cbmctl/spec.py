@@ -54,7 +54,7 @@ class TrainConfig:
     cbl_init: str = "identity"
     precision_k: int = 5
     sparse_alpha: float = 0.99
-    faithfulness_cutoff: float = 0.9
+    faithfulness_cutoff: float = 0.5
 
     def validate(self) -> None:
         if self.loss not in METHODS:

@@ -168,7 +168,7 @@ class Blocks:
             result = self.train("--compare", "gumbel,none", "--seeds", self.seeds, "--faithfulness-cutoff", cutoff)
             commands.append(f"cbmctl train W --compare gumbel,none --seeds {self.seeds} --faithfulness-cutoff {cutoff}")
             for row in result["rows"]:
-                body.append([cutoff + (" (default)" if cutoff == "0.9" else ""), row["method"],
+                body.append([cutoff + (" (default)" if cutoff == "0.5" else ""), row["method"],
                              percent(row["top1"]["mean"]), percent(row["explanation_precision@5"]["mean"]),
                              f"{row['faithful_units']['mean']:.1f}", f"{row['ece']['mean']:.3f}"])
         return commands_line(commands) + markdown_table(

