@@ -99,7 +99,8 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5) -> dict:
     from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
-    from cbmctl.train import TrainConfig, evaluate_splits, prepare_data
+    from cbmctl.spec import TrainConfig
+    from cbmctl.train import evaluate_splits, prepare_data
     run_dir = Path(run_dir)
     model, meta = runs.load_model(run_dir)
     record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}

@@ -263,10 +263,13 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
             activations, logits = activations.float(), logits.float()
             objective = torch.zeros(s, device=device)
             for (loss, form, tau, hard, l1_lambda), index_tensor, index_list in stack.loss_groups:
-                objective = objective.index_put((index_tensor,), cbl_loss(
-                    loss, z=activations[index_tensor], scores=scores[index_tensor],
-                    cbl_weight=stack.cbl[index_tensor], gumbel_form=form, tau=tau, hard=hard, l1_lambda=l1_lambda,
-                    generator=[stack.noise[m] for m in index_list]))
+                every = len(index_list) == s  # one objective for all: no gathering of the stack
+                value = cbl_loss(loss, z=activations if every else activations[index_tensor],
+                                 scores=scores if every else scores[index_tensor],
+                                 cbl_weight=stack.cbl if every else stack.cbl[index_tensor], gumbel_form=form,
+                                 tau=tau, hard=hard, l1_lambda=l1_lambda,
+                                 generator=[stack.noise[m] for m in index_list])
+                objective = value if every else objective.index_put((index_tensor,), value)
             cross_entropy = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(s, -1).mean(1)
             total = objective + cross_entropy
             if not bool(torch.isfinite(total).all()):
