@@ -30,9 +30,8 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--world-seed", type=int, default=4242)
+    for option, default in (("--seeds", 10), ("--repeats", 3), ("--world-seed", 4242)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:

@@ -74,13 +74,9 @@ class HelpScreen(ModalScreen):
 class InspectApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "cbmctl inspect"
-    BINDINGS = [
-        Binding("1,m", "switch_mode('matrix')", "matrix"),
-        Binding("2,i", "switch_mode('images')", "images"),
-        Binding("3", "switch_mode('summary')", "summary"),
-        Binding("question_mark", "help", "help"),
-        Binding("q", "quit", "quit"),
-    ]
+    BINDINGS = [Binding("1,m", "switch_mode('matrix')", "matrix"), Binding("2,i", "switch_mode('images')", "images"),
+                Binding("3", "switch_mode('summary')", "summary"), Binding("question_mark", "help", "help"),
+                Binding("q", "quit", "quit")]
 
     def __init__(self, data, **kwargs):
         super().__init__(**kwargs)
