@@ -87,8 +87,8 @@ def test_demo_eval_schema(cli, small_world, tmp_path, monkeypatch):
     assert report["families"]["color"]["chance"] == pytest.approx(1 / 8, abs=1e-3)
     assert report["families"]["shape"]["values"] == 6 and report["zero_shot_class"]["chance"] == pytest.approx(1 / 30, abs=1e-3)
     assert 0.7 < report["class_ceiling"]["expected"] < 0.9
-    for family in report["families"].values():
-        assert 0 <= family["accuracy"] <= 1
+    for family in report["families"].values():  # the demo CLIP sees every attribute family
+        assert family["accuracy"] > 0.9
 
 
 @pytest.fixture(scope="module")

@@ -223,3 +223,22 @@ def test_the_sparse_head_never_uses_units_that_left_their_concept(data):
     assert everything.metrics["unfaithful_units"] == []
     # identity start, little training: every unit still follows its concept
     assert train_cbm(data, quick(epochs=1)).metrics["unfaithful_units"] == []
+
+
+def test_random_concept_control_trains_on_as_many_random_words(cli, tmp_path, tiny_model):
+    from makers import make_cub
+    cub = make_cub(tmp_path / "data")
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("red wings\nblue feathers\nlong beak\nwhite belly\n")
+    args = ["train", cub, "--model", tiny_model, "--pretrained", "none", "--device", "cpu", "--concepts", concepts,
+            "--epochs", "2", "--quiet", "--cache", tmp_path / "c.h5", "--random-concepts"]
+    words = []
+    for out in ("runs-a", "runs-b"):
+        result = cli(*args, "--out", tmp_path / out)
+        assert result.exit_code == 0, result.output
+        meta = json.loads(((tmp_path / out / "latest").resolve() / "model.json").read_text())
+        words.append(meta["concepts"])
+        assert meta["concept_set"]["name"] == "random-words-4"
+    assert words[0] == words[1] and len(set(words[0])) == 4  # as many words, drawn the same way every time
+    assert not set(words[0]) & {"red wings", "blue feathers", "long beak", "white belly"}
+    assert all(word.isalpha() for word in words[0])
