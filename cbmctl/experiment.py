@@ -70,14 +70,15 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
                 results[method].append(result)
         for method in methods:
             if method in BASELINES:
-                say(f"== {method}")
+                say(f"== {method}" + (" (every L2 strength of the grid fitted together)"
+                                       if method == "linear-probe" else ""))
                 # a baseline does not depend on the seed: computed once, it stands for every seed
                 results[method] = [run_baseline(data, method)] * len(seeds)
         for method in methods:
             for seed, result in zip(seeds, results[method]):
                 config = _method_config(base, method, seed)
                 _write_unit(_unit_dir(run_dir, method, seed, methods, seeds), data, config, result)
-                say(f"{describe(config)} seed {seed}: test top-1 {result.metrics['test']['top1']:.4f}")
+            say(_result_line(method, seeds, results[method], base))
     rows = compare_rows(methods, seeds, results, base)
     if len(methods) * len(seeds) > 1:
         _promote_best(run_dir, methods, seeds, results)
@@ -92,6 +93,19 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
                                  + _precision_keys(rows))
     runs.remove_checkpoint(run_dir)
     return ExperimentResult(run_dir, rows, results)
+
+
+def _result_line(method: str, seeds: list[int], results: list[TrainResult], base: TrainConfig) -> str:
+    """One line per method for train.log: each seed's test top-1, and which epoch it kept and why."""
+    if method in BASELINES:
+        return f"{method}: test top-1 {results[0].metrics['test']['top1']:.4f} (seed-independent)"
+    parts = []
+    for seed, result in zip(seeds, results):
+        metrics = result.metrics
+        why = "validation loss stopped falling" if metrics.get("stopped_early") else "epoch limit"
+        parts.append(f"seed {seed}: test top-1 {metrics['test']['top1']:.4f}, kept epoch {metrics['best_epoch']} "
+                     f"of {metrics['epochs_run']} ({why})")
+    return f"{describe(_method_config(base, method, seeds[0]))}: " + "; ".join(parts)
 
 
 def _precision_keys(rows: list[dict]) -> list[str]:

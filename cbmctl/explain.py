@@ -37,6 +37,8 @@ class Explanation:
     logit: float = 0.0
     bias: float = 0.0                # the explained class's bias (sparse head): logit = Σ contributions + bias
     head: str = "dense"              # the run's head ("sparse", "dense"; "cms" for CMS)
+    unlisted: float = 0.0            # the sum of the contributions not listed (cut by top_k)
+    unlisted_count: int = 0
     intervention: dict | None = None
     error: str | None = None
 
@@ -124,11 +126,13 @@ class Explainer:
             rows = [ConceptRow(self.concepts[j], float(activations[i, j]), float(head[target, j]),
                                float(contribution[j]), float(scores[i, j]), float(inputs[i, j]))
                     for j in order[:top_k]]
+            rest = order[top_k:]
             best = probabilities[i].topk(min(top_classes, len(self.classes)))
             results.append(Explanation(
                 name, "cbm", self.classes[predicted], float(probabilities[i, predicted]),
                 [(self.classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
-                self.classes[target], rows, float(logits[i, target]), float(bias[target]), self.model.head_kind))
+                self.classes[target], rows, float(logits[i, target]), float(bias[target]), self.model.head_kind,
+                float(contribution[rest].sum()) if rest else 0.0, len(rest)))
         return results
 
     def intervene(self, features: torch.Tensor, set_values: dict[str, float], zero: list[str]):
@@ -182,7 +186,7 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
         best = probabilities[i].topk(min(top_classes, len(classes)))
         results.append(Explanation(name, "cms", classes[predicted], float(probabilities[i, predicted]),
                                    [(classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
-                                   classes[target], rows, float(similarity[i, target])))
+                                   classes[target], rows, float(similarity[i, target]), head="cms"))
     return results
 
 

@@ -46,6 +46,12 @@ def fault_point(name: str, path=None) -> None:
     os.kill(os.getpid(), signal.SIGSTOP if stop else getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 def temp_path_beside(path) -> Path:
     """A hidden, unique name in `path`'s folder: renaming it over `path` is atomic (same filesystem)."""
     path = Path(path)
@@ -79,6 +85,8 @@ def atomic_path(path):
         fault_point("atomic:before-fsync", path)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        # some writers (safetensors) create their file 0600: give it what a plain open() would (0666 - umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         fault_point("atomic:before-replace", path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

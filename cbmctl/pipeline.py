@@ -45,8 +45,14 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
 
 
 def resolve_concepts(concepts: str | None, config, cache):
+    """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
+    dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
+    demo world's (clean, distractors, noisy, as its world.json records them), or `concepts/NAME.txt` beside
+    its cbmctl.yaml."""
     from cbmctl.concepts import builtin_sets, load_concept_set
     name = concepts or config.concepts
+    if name is not None and not Path(str(name)).expanduser().is_file() and str(name) not in builtin_sets():
+        name = _dataset_concept_set(str(name), cache) or name
     if name is None:
         dataset_name = str(cache.attrs.get("dataset_name", "")).lower()
         guess = {"cub_200_2011": "cub"}.get(dataset_name, dataset_name)
@@ -56,6 +62,31 @@ def resolve_concepts(concepts: str | None, config, cache):
         raise CbmctlError("no concept set: pass --concepts NAME|PATH (see `cbmctl concepts list`) or set "
                           "`concepts:` in the dataset's cbmctl.yaml")
     return load_concept_set(str(name))
+
+
+def _dataset_concept_set(name: str, cache) -> str | None:
+    from cbmctl.concepts import builtin_sets
+    from cbmctl.data_files import load_json
+    root = Path(str(cache.attrs.get("dataset_root", "")))
+    if not root.is_dir():
+        return None
+    record = None
+    if (root / "world.json").is_file():
+        try:
+            record = load_json(root / "world.json")
+        except CbmctlError:
+            record = None
+    entry = record.get("concept_sets", {}).get(name) if isinstance(record, dict) and \
+        isinstance(record.get("concept_sets"), dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("concepts"), str):
+        named = entry["concepts"]
+        if named in builtin_sets():
+            return named
+        inside = (root / named).resolve()
+        if inside.is_relative_to(root.resolve()) and inside.is_file():  # a world's record names its own files only
+            return str(inside)
+    beside = root / "concepts" / f"{name}.txt"
+    return str(beside) if beside.is_file() else None
 
 
 def plan_train(spec):
@@ -70,8 +101,10 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     trains into that directory instead of a new timestamped one; `resume` continues an interrupted run;
     `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines."""
     from cbmctl import runs
+    from cbmctl.backbones import resolve_device
     from cbmctl.experiment import check_resumable, run_experiment
     from cbmctl.train import prepare_data
+    resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded or trained
     cache, dataset_config = resolve_cache(spec.data, device=spec.train.device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)

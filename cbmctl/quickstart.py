@@ -21,8 +21,10 @@ class Quickstart:
         self.run = self.run or self.runs / "quickstart-gumbel"
 
 
-def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
+def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     from cbmctl import runs
+    from cbmctl.logs import sayer
+    say = sayer(say)
     from cbmctl.backbones import DEMO_MODEL, load_backbone
     from cbmctl.cache import open_cache
     from cbmctl.cms import cms_report
@@ -57,7 +59,8 @@ def run_quickstart(root: Path, say=print, progress: bool = True) -> dict:
         # `cbmctl train`'s defaults, from the one specification both use
         spec = ExperimentSpec.from_mapping({"data": str(plan.world), "cache_path": str(plan.cache),
                                             "out": str(plan.runs), "device": "cpu"})
-        result = run_train(spec, say if progress else None, run_dir=plan.run)
+        # per-epoch lines stay in the run's train.log; the tour shows the outcome
+        result = run_train(spec, None, run_dir=plan.run, warn=say)
         metrics = runs.read_metrics(result.run_dir)
     runs.point_latest(plan.runs, plan.run)
     test = metrics["test"]

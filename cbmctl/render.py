@@ -28,9 +28,11 @@ def explanation_table(explanation):
     title.append(safe_text(explanation.predicted), style="bold")
     title.append(f" (p={explanation.probability:.3f}); explaining ")
     title.append(safe_text(explanation.explained_class), style="bold")
-    if sparse:
-        title.append(f" — sparse head: logit {explanation.logit:+.3f} = the {len(explanation.concepts)} "
-                     f"contributions below + bias {explanation.bias:+.3f}")
+    if cbm:
+        rest = (f" + {explanation.unlisted_count} more not listed ({explanation.unlisted:+.3f}, raise --top-k)"
+                if explanation.unlisted_count else "")
+        title.append(f" — {explanation.head} head: logit {explanation.logit:+.3f} = the {len(explanation.concepts)} "
+                     f"contributions below{rest}" + (f" + bias {explanation.bias:+.3f}" if sparse else ""))
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("concept", no_wrap=True)
     table.add_column("contribution" if cbm else "V × T", justify="left", no_wrap=True)
@@ -89,10 +91,17 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
                           f"({explanation.probability:.2f})", fontsize=9)
         concepts = list(reversed(explanation.concepts))
         values = [c.contribution for c in concepts]
-        bars.barh([_plain(c.concept) for c in concepts], values, color=["#2e7d32" if v >= 0 else "#c62828" for v in values])
+        # evidence from a concept's absence (its standardised activation below its train mean) is drawn hatched
+        absent = [c.head_input is not None and explanation.head == "sparse" and c.head_input < 0 for c in concepts]
+        labels = [_plain(c.concept) + (" (absent)" if gone else "") for c, gone in zip(concepts, absent)]
+        drawn = bars.barh(labels, values, color=["#2e7d32" if v >= 0 else "#c62828" for v in values])
+        for bar, gone in zip(drawn, absent):
+            if gone:
+                bar.set_alpha(0.45)
+                bar.set_hatch("//")
         bars.axvline(0, color="black", linewidth=0.6)
-        bars.set_xlabel("contribution to " + _plain(explanation.explained_class) if explanation.method == "cbm"
-                        else f"V × T for {_plain(explanation.explained_class)} (CMS)")
+        bars.set_xlabel(f"contribution to {_plain(explanation.explained_class)} ({explanation.head} head)"
+                        if explanation.method == "cbm" else f"V × T for {_plain(explanation.explained_class)} (CMS)")
         bars.tick_params(axis="y", labelsize=8)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -113,28 +122,29 @@ def _pyplot():
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
-    """Training curves: the losses on the left, train/validation accuracy and validation loss on the right."""
+    """Training curves in three panels with their own scales: the cross-entropy on train and validation (the
+    validation loss picks the epoch), the CBL objective, and the dense head's accuracy."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(epochs, [h["loss"] for h in history], label="total (train)")
-    left.plot(epochs, [h["cbl_loss"] for h in history], label="CBL objective (train)")
-    left.plot(epochs, [h["ce"] for h in history], label="cross-entropy (train)")
-    left.plot(epochs, [h["val_loss"] for h in history], label="cross-entropy (validation)", linestyle="--")
-    left.set_xlabel("epoch")
-    left.set_ylabel("loss")
-    left.legend(fontsize=8)
-    right.plot(epochs, [h["train_top1"] for h in history], label="train")
-    right.plot(epochs, [h["val_top1"] for h in history], label="validation")
-    right.set_xlabel("epoch")
-    right.set_ylabel("top-1 accuracy (dense head)")
-    right.set_ylim(0, 1)
-    right.legend(fontsize=8)
+    figure, (losses, objective, accuracy) = plt.subplots(1, 3, figsize=(13, 3.6))
+    losses.plot(epochs, [h["ce"] for h in history], label="train")
+    losses.plot(epochs, [h["val_loss"] for h in history], label="validation", linestyle="--")
+    losses.set_ylabel("cross-entropy (dense head)")
+    objective.plot(epochs, [h["cbl_loss"] for h in history], color="C2")
+    objective.set_ylabel("CBL objective (train)")
+    accuracy.plot(epochs, [h["train_top1"] for h in history], label="train")
+    accuracy.plot(epochs, [h["val_top1"] for h in history], label="validation", linestyle="--")
+    accuracy.set_ylabel("top-1 (dense head)")
+    accuracy.set_ylim(0, 1)
     best = min(history, key=lambda h: h["val_loss"]) if history else None
-    if best:
-        for axis in (left, right):
+    for axis in (losses, objective, accuracy):
+        axis.set_xlabel("epoch")
+        if best:
             axis.axvline(best["epoch"], color="gray", linewidth=0.8, linestyle=":")
-    figure.suptitle(title + (f" — kept epoch {best['epoch']} (lowest validation loss)" if best else ""), fontsize=10)
+    losses.legend(fontsize=8)
+    accuracy.legend(fontsize=8)
+    figure.suptitle(title + (f" — kept epoch {best['epoch']} (lowest validation loss, dotted)" if best else ""),
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -161,6 +171,11 @@ def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> Non
     axis.set_xlabel("NEC: non-zero head weights per class")
     axis.set_ylabel("test top-1")
     axis.set_xscale("log")
+    # the interesting range: from a little below the worst budgeted head to a little above the best curve
+    shown = [y for line in axis.get_lines() for y in line.get_ydata()]
+    budgeted = [m["nec_accuracy"][k] for runs in methods.values() for m in runs for k in m.get("nec_accuracy", {})]
+    if shown and budgeted:
+        axis.set_ylim(max(0.0, min(budgeted) - 0.1), min(1.0, max(shown) + 0.03))
     axis.legend(fontsize=7, loc="lower right")
     axis.set_title(title + "\n(lines: λ path of the first seed; dashed: dense head)", fontsize=9)
     figure.tight_layout()

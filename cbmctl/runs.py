@@ -199,7 +199,8 @@ def remove_checkpoint(run_dir: Path) -> None:
 
 
 def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str]) -> None:
-    """compare.json (every row as computed) and compare.csv (mean, std and 95 % interval of each key)."""
+    """compare.json (every row as computed) and compare.csv (mean, std and 95 % interval of each key, and the
+    paired differences to the plain CBM with their p-values and Holm-corrected significance)."""
     import csv
     import io
 
@@ -208,11 +209,17 @@ def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str]) -> Non
     text = io.StringIO()
     writer = csv.writer(text)
     columns = ("mean", "std", "ci_low", "ci_high")
-    writer.writerow(["method"] + [f"{k}_{s}" for k in keys for s in columns])
+    paired = sorted({key for row in rows for key in row.get("vs_none", {})})
+    differences = ("mean", "ci_low", "ci_high", "p", "significant")
+    writer.writerow(["method"] + [f"{k}_{s}" for k in keys for s in columns]
+                    + [f"{k}_vs_none_{s}" for k in paired for s in differences])
     for row in rows:
         values = [row["method"]]
         for key in keys:
             cell = row.get(key)
             values += [cell.get(s, "") for s in columns] if isinstance(cell, dict) else [""] * len(columns)
+        for key in paired:
+            cell = row.get("vs_none", {}).get(key)
+            values += [cell.get(s, "") for s in differences] if cell else [""] * len(differences)
         writer.writerow(values)
     write_text_atomic(Path(run_dir) / COMPARE_CSV, text.getvalue())

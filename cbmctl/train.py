@@ -358,15 +358,24 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
     # LF-CBM's interpretability cutoff: a unit whose activation no longer follows its concept's score may not
     # be named by the sparse head as that concept
     usable = faithfulness >= base.faithfulness_cutoff
+    offered = usable.sum(1).tolist()
     for m, config in enumerate(configs):
-        if not bool(usable[m].any()):
+        if not offered[m]:
             log(f"warning: no CBL unit of {config.loss} (seed {config.seed}) follows its concept with correlation "
                 f"≥ {base.faithfulness_cutoff:g}: its sparse head can use no concept (lower --faithfulness-cutoff)")
+    if base.nec > min(offered):
+        log(f"warning: --nec {base.nec} asks for more concepts per class than the {min(offered)} units (of {c}) "
+            f"that pass the faithfulness cutoff {base.faithfulness_cutoff:g} in some model: its head holds every "
+            "weight the path reaches instead (the NEC metrics report the real count)")
     designs = {split: _design(source, cbl, mean, std, usable) for split, source in sources.items()}
     # budgets above C concepts per class are every weight (as VLG-CBM's truncation does)
     levels = sorted({min(level, c) for level in M.NEC_LEVELS} | {min(config.nec, c) for config in configs})
+    log(f"fitting the sparse head{'s' * (len(configs) > 1)}: an elastic-net path on the frozen CBL's activations, "
+        f"then NEC {', '.join(map(str, levels))} each truncated and refitted")
+    started = time.monotonic()
     path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
                     designs["val"], designs["test"])
+    log(f"sparse head{'s' * (len(configs) > 1)} fitted in {time.monotonic() - started:.1f} s")
     # test top-1 at every NEC level, for every model at once, from the standardised activations
     level_top1 = {level: top1(designs["test"], weight, bias) for level, (weight, bias) in path.heads.items()}
     results = []
@@ -377,9 +386,11 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
         chosen = sparse if config.head == "sparse" else dense
         metrics = {split: evaluate_model(chosen, sources[split], data, split, config) for split in ("test", "val")}
         metrics["dense"] = {split: evaluate_head(dense, sources[split]) for split in ("val", "test")}
-        metrics["sparse"] = {"nec": config.nec, **{split: evaluate_head(sparse, sources[split])
-                                                     for split in ("val", "test")}}
+        metrics["sparse"] = {"nec": M.nec(sparse.class_concept_weights()), "nec_requested": config.nec,
+                             "units_offered": int(offered[m]),
+                             **{split: evaluate_head(sparse, sources[split]) for split in ("val", "test")}}
         accuracy_at = {level: float(level_top1[min(level, c)][m]) for level in M.NEC_LEVELS}
+        reached = {str(level): M.nec(path.heads[min(level, c)][0][m]) for level in M.NEC_LEVELS}
         history, best = stack.history[m], stack.best_epoch[m]
         test = metrics["test"]
         test["dense_top1"] = metrics["dense"]["test"]["top1"]
@@ -387,7 +398,7 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
         test["nec5_top1"] = accuracy_at[5]
         test["anec"] = M.anec(accuracy_at)
         metrics.update({
-            "head": config.head, "nec_accuracy": {str(k): v for k, v in accuracy_at.items()},
+            "head": config.head, "nec_accuracy": {str(k): v for k, v in accuracy_at.items()}, "nec_reached": reached,
             "anec": test["anec"], "path": path.points[m], "refit": {str(k): v[m] for k, v in path.refit.items()},
             "model": {**M.cbl_weight_metrics(cbl[m], stack.initial_cbl[m]),
                       "faithful_units": int(usable[m].sum()),

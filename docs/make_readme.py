@@ -61,8 +61,13 @@ class Blocks:
         return self.once(key, lambda: cbmctl_json(["train", "W", *args, "-q", "--out", "runs"], self.work))
 
     # ---- the blocks -------------------------------------------------------------------------------------
+    def _quickstart(self, *args):
+        """`cbmctl quickstart` run as a newcomer runs it: in an empty folder, without arguments."""
+        (self.work / "qs").mkdir(exist_ok=True)
+        return cbmctl(["quickstart", *args], self.work / "qs")
+
     def quickstart(self) -> str:
-        out, err, _ = cbmctl(["quickstart", "qs"], self.work)
+        out, err, _ = self._quickstart()
         steps = [line for line in err.splitlines() if line.startswith(("[", "      ")) and "%|" not in line]
         return fenced(["cbmctl quickstart"], "\n".join(steps))
 
@@ -203,10 +208,9 @@ class Blocks:
 
     def explain(self) -> str:
         # quickstart (run by its own block, or here) leaves a trained run and names a test image it explains
-        image = json.loads(cbmctl(["quickstart", "qs", "--json"], self.work)[0])["image"]
-        relative = str(Path(image).relative_to("qs"))  # quickstart names it from where it ran
-        out, _, _ = cbmctl(["explain", relative, "--runs-root", "runs", "--top-k", "6"], self.work / "qs")
-        return fenced([f"cbmctl explain {relative} --top-k 6"], out)
+        image = json.loads(self._quickstart("--json")[0])["image"]
+        out, _, _ = cbmctl(["explain", image, "--top-k", "6"], self.work / "qs")
+        return fenced([f"cbmctl explain {image} --top-k 6"], out)
 
 
 def replace_block(text: str, name: str, body: str) -> str:

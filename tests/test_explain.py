@@ -67,9 +67,12 @@ def test_explanation_contributions_sum_to_the_logit(explainer):
             assert len(contributions) == 4
         for row in result.concepts:
             assert row.contribution == pytest.approx(row.head_input * row.weight, rel=1e-5, abs=1e-7)
-        # every concept's contribution to the explained class, plus its bias, is its logit
+        # every concept's contribution to the explained class, plus its bias, is its logit; what top_k left
+        # out is accounted for in `unlisted`
         total = float((inputs[i] * weight[c]).sum()) + result.bias
         assert total == pytest.approx(result.logit, abs=1e-4)
+        shown = sum(row.contribution for row in result.concepts)
+        assert shown + result.unlisted + result.bias == pytest.approx(result.logit, abs=1e-4)
     other = explainer.explain(features, ["a", "b", "c"], class_name="class 3")
     assert all(r.explained_class == "class 3" for r in other)
 

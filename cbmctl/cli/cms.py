@@ -36,11 +36,11 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     from cbmctl.cms import cms_report
     from cbmctl.pipeline import resolve_cache, resolve_concepts
     resolved = resolve_device(device)
-    if log and device.lower() == "auto":
-        log(f"device: {resolved} (--device auto)")
     cache, config = resolve_cache(data or dataset_option, device=resolved, log=log, plan=plan,
                                   warn=lambda line: click.echo(line, err=True))
     concept_set = resolve_concepts(concepts, config, cache)
+    if log and device.lower() == "auto":
+        log(f"device: {resolved} (--device auto)")
     report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved)
     if as_json:
         return print_json(report)

@@ -62,10 +62,12 @@ def _fidelity_text(fidelity: dict) -> str:
 
 @demo.command(name="eval")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
-@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False))
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="The split to evaluate.")
+@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
+              help="The world's cache (default: the one `cbmctl embed DIRECTORY` makes; embedded when missing).")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(directory, split, cache_path, device, as_json):
     """Zero-shot accuracy of the demo CLIP per attribute family and per species, a linear probe, and the
     best species accuracy the world allows, on DIRECTORY's split."""

@@ -21,21 +21,25 @@ def _assignment(text):
 @click.command()
 @click.argument("images", nargs=-1)
 @click.option("--run", "run_spec", default=None, help="Run directory (default: runs/latest).")
-@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where runs live (its `latest` is the default run).")
 @click.option("--cms", "use_cms", is_flag=True, help="Explain with Concept Matrix Search instead of a trained model.")
-@click.option("--top-k", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(1),
+              help="List at most this many concepts (the rest is summed in the header).")
 @click.option("--class", "class_name", default=None, help="Explain this class instead of the predicted one.")
 @click.option("--set", "set_values", multiple=True, help="Intervention: CONCEPT=VALUE sets that activation.")
-@click.option("--zero", "zero", multiple=True, help="Intervention: zero this concept's activation.")
+@click.option("--zero", "zero", multiple=True,
+              help="Intervention: remove this concept's contribution (its activation set to the mean the head is "
+                   "centred on; 0 for a dense head).")
 @click.option("--save-edited", default=None, type=click.Path(file_okay=False),
               help="Write a copy of the run whose head no longer uses the --zero concepts.")
 @click.option("--model", "-m", default=None, help="Backbone for --cms without a run (default: demo).")
-@click.option("--pretrained", "-p", default=None)
+@click.option("--pretrained", "-p", default=None, help="Weights for --model with --cms (a zoo tag or a file).")
 @click.option("--concepts", "-c", default=None, help="Concept set for --cms without a run (default: demo).")
 @click.option("--classes", default=None, help="Class list for --cms without a run (default: the set's own).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also draw the explanations to a PNG.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the explanations (and errors) as JSON.")
 def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values, zero, save_edited, model,
             pretrained, concepts, classes, device, png, as_json):
     """Explain IMAGES: the predicted class, the top classes, and the concepts that contributed most

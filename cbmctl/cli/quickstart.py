@@ -26,7 +26,7 @@ def quickstart(directory, as_json):
 Done. Everything is under {root.resolve()}:
   world   {result['world']}   (images, attributes, cbmctl.yaml)
   cache   {result['cache']}
-  run     {result['run']}   (config.yaml, metrics.json, model.safetensors, curves.png, train.log)
+  run     {result['run']}   (config.yaml, metrics.json, model.safetensors, curves.png, sparsity.png, train.log)
 
 Next, try:
   cbmctl inspect {runs / 'latest'}

@@ -15,11 +15,12 @@ from cbmctl.spec import CBL_INITS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCH
 DEFAULTS = {name: str(value) for name, value in asdict(TrainConfig()).items()}
 
 
-def _option(*flags, name=None, **kwargs):
+def _option(*flags, name=None, show_default=None, **kwargs):
     """A click option that defaults to None (not given) and shows TrainConfig's default in --help."""
     key = name or flags[0].lstrip("-").replace("-", "_")
-    if key in DEFAULTS:
-        kwargs["show_default"] = DEFAULTS[key]
+    default = show_default or DEFAULTS.get(key)
+    if default is not None:
+        kwargs["help"] = (kwargs.get("help", "") + f"  [default: {default}]").strip()
     return click.option(*flags, key, default=None, **kwargs)
 
 
@@ -120,6 +121,14 @@ def _command_line_wins(given: dict) -> dict:
     return wins
 
 
+def _nec_text(spec, rows: list[dict]) -> str:
+    """The asked NEC, and what the heads really hold when that differs (fewer units passed the cutoff)."""
+    real = [row["nec"]["mean"] for row in rows if "nec" in row]
+    if real and abs(min(real) - spec.train.nec) > 1e-6:
+        return f"{spec.train.nec} asked, {min(real):.1f} held"
+    return str(spec.train.nec)
+
+
 def _evaluate(run_dir, given, as_json):
     from cbmctl.pipeline import evaluate_run
     unknown = sorted(set(given) - {"device", "precision_k"})
@@ -143,19 +152,25 @@ def _render(result, spec):
     from cbmctl.render import compare_table
     from cbmctl.runs import RECORD_FILE, read_json
     out = console()
-    out.print(compare_table(result.rows, _title(read_json(result.run_dir / RECORD_FILE, "record"), spec)))
+    out.print(compare_table(result.rows, _title(read_json(result.run_dir / RECORD_FILE, "record"), spec, result.rows)))
     if any("vs_none" in row for row in result.rows):
+        from cbmctl.render import significance_sentence
         out.print("± = half-width of the 95 % interval over seeds. Δ vs none: paired difference in test top-1 (same "
                   "seeds and split); * = significant after Holm's correction over the methods compared.", markup=False)
-    out.print(f"run: {result.run_dir}  (config.yaml, metrics.json, model.safetensors, curves.png, sparsity.png, "
-              "train.log)", markup=False)
+        for key, what in (("top1", f"test top-1 of the run's head ({spec.train.head})"),
+                          ("dense_top1", "test top-1 of the dense head")):
+            sentence = significance_sentence(result.rows, key, what)
+            if sentence and not (key == "dense_top1" and spec.train.head == "dense"):
+                out.print(sentence, markup=False)
+    written = sorted(p.name for p in result.run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    out.print(f"run: {result.run_dir}  ({', '.join(written)})", markup=False)
 
 
-def _title(record: dict, spec) -> str:
+def _title(record: dict, spec, rows: list[dict]) -> str:
     backbone = record.get("backbone", {})
     concept_set = record.get("concept_set", {})
     return (f"test split — {record.get('dataset', {}).get('dataset_name', '')}, backbone "
             f"{backbone.get('backbone_model')} ({backbone.get('backbone_pretrained')}), concepts "
             f"{concept_set.get('name')} ({concept_set.get('size')}), head {spec.train.head}"
-            + (f" NEC {spec.train.nec}" if spec.train.head == "sparse" else "")
+            + (f" NEC {_nec_text(spec, rows)}" if spec.train.head == "sparse" else "")
             + f", seeds {','.join(map(str, spec.seeds))}")
