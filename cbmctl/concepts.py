@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
+from cbmctl.logs import sayer
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
@@ -213,12 +214,31 @@ def validate_class_names(names: list[str], source) -> list[str]:
     return names
 
 
-def load_class_list(spec: str) -> list[str]:
-    """Class names from a file (one per line, label order) or a built-in list by dataset name."""
+NUMBERED_LINE = re.compile(r"(\d+)\s+(\S+)")
+
+
+def numbered_class_names(lines: list[str]) -> list[str] | None:
+    """The names of a CUB-style classes.txt ('1 001.Black_footed_Albatross', numbered 1..K in order) as the
+    CUB reader names its classes ('black footed albatross'); None for any other list."""
+    from cbmctl.datasets.base import clean_class_name
+    matches = [NUMBERED_LINE.fullmatch(line) for line in lines]
+    if not lines or not all(matches) or [int(m.group(1)) for m in matches] != list(range(1, len(lines) + 1)):
+        return None
+    return [clean_class_name(m.group(2)) for m in matches]
+
+
+def load_class_list(spec: str, log=None) -> list[str]:
+    """Class names from a file (one per line, label order; a CUB-style numbered classes.txt is read as the
+    CUB reader reads it) or a built-in list by dataset name."""
     path = Path(spec).expanduser()
     if path.is_file():
         classes, issues = read_lines(path, dedupe=False)
         _raise_first_error(path, issues)
+        numbered = numbered_class_names(classes)
+        if numbered is not None:
+            sayer(log)(f"{safe_text(path)}: read as a numbered CUB-style class list ('{safe_text(classes[0])}' -> "
+                       f"'{safe_text(numbered[0])}')")
+            classes = numbered
         return validate_class_names(classes, path)
     classes = builtin_classes(spec)
     if classes is None:

@@ -255,7 +255,7 @@ def explain_with_run(run_dir: Path, images: list[str], device="auto", top_k: int
 
 def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str | None = None,
                      pretrained: str | None = None, concepts: str | None = None, classes: str | None = None,
-                     device="auto", top_k: int = 10, class_name: str | None = None) -> ImageExplanations:
+                     device="auto", top_k: int = 10, class_name: str | None = None, log=None) -> ImageExplanations:
     """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given,
     else the named (default: demo) backbone, concept set and class list."""
     from cbmctl.backbones import load_backbone
@@ -268,7 +268,7 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
     else:
         concept_set = load_concept_set(concepts or "demo")
         concept_list = concept_set.concepts
-        class_list = load_class_list(classes) if classes else builtin_classes(concept_set.name)
+        class_list = load_class_list(classes, log) if classes else builtin_classes(concept_set.name)
         if not class_list:
             raise CbmctlError(f"--classes is needed: no built-in class list goes with {concept_set.name!r}")
         backbone = load_backbone(model or "demo", pretrained, device)

@@ -14,9 +14,11 @@ from cbmctl.concepts import (
     check_class_list,
     check_file,
     filter_concepts,
+    load_class_list,
     load_concept_set,
     read_lines,
 )
+from cbmctl.datasets import load_dataset
 from cbmctl.errors import CbmctlError
 
 MINIMUM_SIZES = {"cifar10": 100, "cifar100": 500, "cub": 300, "imagenet": 2000, "places365": 1000, "demo": 20}
@@ -60,6 +62,21 @@ def test_class_list_checker_catches_duplicates():
     issues = check_class_list(["crane", "tench", "Crane", "maillot", "the maillot"])
     assert [(i.line, i.severity) for i in issues] == [(3, "error"), (5, "error")]
     assert "same name as class 0" in issues[0].message
+
+
+def test_a_cub_classes_txt_gives_the_cub_readers_class_names(tmp_path):
+    cub = make_cub(tmp_path / "data", classes=4)
+    said = []
+    names = load_class_list(str(cub / "classes.txt"), log=said.append)
+    assert names == load_dataset(tmp_path / "data").classes == [
+        "black footed albatross", "laysan albatross", "sooty albatross", "groove billed ani"]
+    assert len(said) == 1 and "numbered" in said[0]
+    # numbers out of order, or a plain list that merely starts with digits, are read as written
+    (tmp_path / "gaps.txt").write_text("1 a\n3 b\n")
+    (tmp_path / "plain.txt").write_text("7 up\nred\n")
+    assert load_class_list(str(tmp_path / "gaps.txt"), log=said.append) == ["1 a", "3 b"]
+    assert load_class_list(str(tmp_path / "plain.txt"), log=said.append) == ["7 up", "red"]
+    assert len(said) == 1
 
 
 def test_check_reports_errors_and_warnings(tmp_path, tiny_model):

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,21 @@ def test_images_screen_dense_head_sums_to_the_logit(runs):
             assert row["score"] == pytest.approx(float(scores[image, j]), abs=1e-4)
         total = sum(r["contribution"] for r in part.rows) + part.others_sum + part.bias
         assert total == pytest.approx(float(logits[image, part.class_index]), abs=1e-4)
+
+
+def test_no_viewer_is_offered_without_a_display(monkeypatch, tmp_path):
+    from cbmctl.tui.images_screen import viewer_command
+    if not sys.platform.startswith("linux"):
+        pytest.skip("display detection applies to X11/Wayland desktops")
+    opener = tmp_path / "xdg-open"
+    opener.write_text("#!/bin/sh\n")
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert viewer_command() is None  # xdg-open would exit 0 on a server without showing anything
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert viewer_command() == [str(opener)]
 
 
 def test_matrix_view_renders_only_visible_cells():

@@ -60,7 +60,7 @@ def show(concept_set, as_json):
 def _classes_for(spec, concept_set):
     from cbmctl.concepts import builtin_classes, load_class_list
     if spec:
-        return load_class_list(spec)
+        return load_class_list(spec, log=lambda line: _say(line, err=True))
     return builtin_classes(concept_set) or []
 
 
@@ -195,7 +195,7 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
     if out.exists() and not force:
         raise click.ClickException(f"{safe_text(out)} exists; pass --force to replace it")
     endpoint = Endpoint.from_options(base_url, api_key, llm_model, timeout, retries)
-    classes = load_class_list(classes_spec)
+    classes = load_class_list(classes_spec, log=lambda line: _say(line, err=True))
     if endpoint.sends_key_in_clear():
         _say(f"warning: the API key goes unencrypted over http to {endpoint.base_url}", err=True)
     with click.progressbar(length=3 * len(classes), label="asking", file=sys.stderr) as bar:

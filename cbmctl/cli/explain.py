@@ -76,7 +76,7 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     from cbmctl.explain import explain_with_cms, explain_with_run
     if use_cms:
         explained = explain_with_cms(list(images), run_dir, model, pretrained, concepts, classes, device, top_k,
-                                     class_name)
+                                     class_name, log=lambda line: click.echo(line, err=True))
     else:
         explained = explain_with_run(run_dir, list(images), device, top_k, class_name, assignments, list(zero))
     if as_json:

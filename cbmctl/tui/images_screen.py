@@ -6,6 +6,7 @@ row uses; with the dense head (and CMS) every active concept contributes, the la
 rest summed in one row."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def viewer_command() -> list[str] | None:
         return ["open"]
     if sys.platform.startswith("win"):
         return ["cmd", "/c", "start", ""]
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return None  # xdg-open "succeeds" on a headless machine (ssh, tmux on a server) without showing anything
     for program in ("xdg-open", "gio"):
         path = shutil.which(program)
         if path:
@@ -243,7 +246,7 @@ class ImagesScreen(Screen):
         shown = safe_text(path)
         command = viewer_command()
         if command is None:
-            self.notify(f"no system image viewer found; the file is {shown}", severity="warning", timeout=8,
+            self.notify(f"no image viewer here (no display, or no xdg-open); the file is {shown}", severity="warning", timeout=8,
                         markup=False)
             return
         try:
