@@ -503,7 +503,7 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint_dir: Path | No
 
 
 def run_baseline(data: TrainingData, name: str) -> TrainResult:
-    """The linear probe (on image embeddings, L2 chosen on val) or zero-shot CLIP, on the same split."""
+    """The linear probe (on image embeddings, L2 chosen by validation loss) or zero-shot CLIP, on the same split."""
     from cbmctl.probe import fit_linear_probe
     if name == "zero-shot":
         logits = {s: data.logit_scale * data.features[s] @ data.class_vectors.T for s in ("val", "test")}

@@ -78,7 +78,7 @@ class Blocks:
                 for family, v in report["families"].items()]
         rows.append(["zero-shot species from class names", f"{report['zero_shot_class']['accuracy']:.3f}",
                      f"{report['zero_shot_class']['chance']:.3f}"])
-        rows.append(["linear probe, species (L2 chosen on val)", f"{report['linear_probe_class']['accuracy']:.3f}",
+        rows.append(["linear probe, species (L2 chosen by val loss)", f"{report['linear_probe_class']['accuracy']:.3f}",
                      ""])
         ceiling = report["class_ceiling"]
         rows.append(["species ceiling (Bayes-optimal from the true attributes)", f"{ceiling['expected']:.3f}", ""])

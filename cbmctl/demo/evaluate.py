@@ -122,7 +122,7 @@ def evaluate_world(cache, backbone, split: str = "test", world_root=None) -> dic
     train, val = cache.split("train"), cache.split("val")
     probe = fit_linear_probe(train.embeddings, train.labels, val.embeddings, val.labels, len(classes))
     report["linear_probe_class"] = {"accuracy": round(probe.accuracy(features, data.labels), 4), "l2": probe.l2,
-                                    "val_accuracy": round(probe.val_accuracy, 4),
+                                    "val_accuracy": round(probe.val_accuracy, 4), "val_loss": round(probe.val_loss, 4),
                                     "train_images": int(len(train.labels)), "val_images": int(len(val.labels))}
     likelihood = profile_likelihood(np.stack(codes, 1), profiles, spec.fidelity)
     bayes_on_split = float((likelihood.argmax(1) == data.labels).mean())
