@@ -226,3 +226,10 @@ def test_contradicting_knobs(cli, world, tmp_path):
     assert f"precision@{len(CONCEPTS)} is reported instead" in result.stderr
     metrics = json.loads((tmp_path / "latest" / "metrics.json").read_text())
     assert f"concept_precision@{len(CONCEPTS)}" in metrics["test"]
+
+
+def test_an_unexpected_file_error_is_one_line_not_a_traceback(cli, interrupted):
+    # train.log replaced by a directory: no command checks for this; the CLI's last-resort handler says it
+    (interrupted / "train.log").unlink()
+    (interrupted / "train.log").mkdir()
+    one_line_error(cli("train", "--resume", interrupted, "--quiet"), "train.log")
