@@ -47,10 +47,12 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None) -> ExperimentResult:
-    """Train every method with every seed (resuming from the run's checkpoint when one is there)."""
+                   spec: dict, log=None, warn=None) -> ExperimentResult:
+    """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
+    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both."""
     from cbmctl.logs import sayer
     log = sayer(log)
+    warn = warn or log
     run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
     runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
@@ -60,13 +62,19 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
             log_file.flush()
             log(line)
 
+        def say_warning(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            warn(line)
+
         members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
         results: dict[str, list[TrainResult]] = {method: [] for method in methods}
         if members:
             say(f"== training {len(members)} model{'s' * (len(members) > 1)}: "
                 + ", ".join(sorted({describe(_method_config(base, m, 0)) for m, _ in members}))
                 + f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
-            for (method, _), result in zip(members, train_many(data, base, members, run_dir, say)):
+            for (method, _), result in zip(members, train_many(data, base, members, run_dir, say,
+                                                                      warn=say_warning)):
                 results[method].append(result)
         for method in methods:
             if method in BASELINES:

@@ -96,21 +96,43 @@ def plan_train(spec):
                       data_root=spec.data_root)
 
 
+def _absolute(path: str | None) -> str | None:
+    """An existing path made absolute, so that a run's config.yaml works from any directory; a name (a
+    dataset or concept set name) unchanged."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
 def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None):
     """The whole `cbmctl train` behaviour for an ExperimentSpec; returns the ExperimentResult. `run_dir`
     trains into that directory instead of a new timestamped one; `resume` continues an interrupted run;
-    `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines."""
+    `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines (`log`
+    when not given), which a quiet `log` must not hide."""
     from cbmctl import runs
     from cbmctl.backbones import resolve_device
     from cbmctl.experiment import check_resumable, run_experiment
+    from cbmctl.logs import sayer
     from cbmctl.train import prepare_data
+    warn = warn or sayer(log)
     resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded or trained
+    # an unwritable destination is found before minutes of embedding and training, not after them
+    if resume is not None:
+        runs.check_writable(Path(resume), "the resumed run")
+    else:
+        runs.check_writable(Path(run_dir) if run_dir is not None else Path(spec.out))
     cache, dataset_config = resolve_cache(spec.data, device=spec.train.device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
     data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device)
-    spec = replace(spec, cache_path=str(Path(cache.path).resolve()),
-                   concepts=concept_set.name if concept_set.source.startswith("builtin:") else concept_set.source)
+    spec = replace(spec, cache_path=str(Path(cache.path).resolve()), data=_absolute(spec.data),
+                   data_root=_absolute(spec.data_root), concept_map=_absolute(spec.concept_map),
+                   concepts=concept_set.name if concept_set.source.startswith("builtin:") else
+                   _absolute(concept_set.source))
+    if spec.train.precision_k > len(data.concepts):
+        warn(f"warning: --precision-k {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
+             f"precision@{len(data.concepts)} is reported instead")
+        spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
     if resume is not None:
         run_dir = Path(resume).resolve()
         check_resumable(run_dir, data)
@@ -121,17 +143,20 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     else:
         label = "compare" if len(spec.methods) > 1 else spec.methods[0]
         run_dir = runs.new_run_dir(Path(spec.out), str(cache.attrs["dataset_name"]), label)
-    result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log)
+    result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
+                            warn=warn)
     runs.point_latest(run_dir.parent, run_dir)
     return result
 
 
-def evaluate_run(run_dir, device="auto", precision_k: int = 5) -> dict:
+def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dict:
     """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
-    and record the result in the run's metrics.json."""
+    and record the result in the run's evaluation.json (metrics.json is what training wrote, and stays).
+    A run that cannot be written to is still scored: `warn` says that nothing was written."""
     from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
+    from cbmctl.logs import sayer
     from cbmctl.spec import TrainConfig
     from cbmctl.train import evaluate_splits, prepare_data
     run_dir = Path(run_dir)
@@ -144,7 +169,15 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5) -> dict:
     data = prepare_data(open_cache(cache_path), concept_set, device=device)
     if data.record["dataset"]["dataset_fingerprint"] != recorded:
         raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
+    if precision_k > len(data.concepts):
+        sayer(warn)(f"warning: --precision-k {precision_k} is more than the {len(data.concepts)} concepts: "
+                    f"precision@{len(data.concepts)} is reported instead")
+        precision_k = len(data.concepts)
     metrics = evaluate_splits(model, data, TrainConfig(device=device, precision_k=precision_k), splits=("val", "test"))
     metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
-    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+    try:
+        runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
+    except OSError as error:
+        sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
+                    f"({error.strerror or error})")
     return metrics

@@ -4,6 +4,7 @@
         config.yaml          every option, fully resolved (`cbmctl train --config` replays it)
         record.json          provenance: cache, backbone and weights hash, dataset fingerprint, concept set, versions
         metrics.json         results (per split, dense and sparse heads, the sparsity path, ...)
+        evaluation.json      the latest `cbmctl train --evaluate` of the run's model (never metrics.json)
         model.safetensors    CBL, head, standardisation, and the concept/class text embeddings (tensors only)
         model.json           concepts, classes, head kind, training configuration, provenance
         curves.png           training curves; sparsity.png: the accuracy-sparsity path of the sparse head
@@ -28,6 +29,7 @@ from cbmctl.errors import CbmctlError
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "record.json"
 METRICS_FILE = "metrics.json"
+EVALUATION_FILE = "evaluation.json"  # `train --evaluate`'s scores; metrics.json stays what training wrote
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 CURVES_FILE = "curves.png"
@@ -53,6 +55,21 @@ def versions() -> dict:
     if "torch" in sys.modules:  # the build tag too (2.14.1+cu130), which the metadata omits
         info["torch"] = sys.modules["torch"].__version__
     return info
+
+
+def check_writable(directory: Path, what: str = "runs") -> None:
+    """A one-line error unless files can be created in `directory` (made when missing): found before any
+    training, not as a traceback after it."""
+    import tempfile
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CbmctlError(f"cannot write {what} in {directory}: it is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix=".cbmctl-write-test"):
+            pass
+    except OSError as error:
+        raise CbmctlError(f"cannot write {what} in {directory}: {error.strerror or error}") from None
 
 
 def new_run_dir(root: Path, dataset: str, label: str) -> Path:
@@ -111,6 +128,8 @@ def read_json(path: Path, what: str = "file") -> dict | list:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise CbmctlError(f"{path}: not a readable {what} ({str(error).splitlines()[0][:80]})") from None
+    except RecursionError:
+        raise CbmctlError(f"{path}: not a readable {what} (nested too deeply)") from None
 
 
 def read_metrics(run_dir: Path) -> dict:

@@ -5,9 +5,11 @@ command line can read defaults and check options before anything heavy is import
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import first_control, has_control
 
 LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
 BASELINES = ("linear-probe", "zero-shot")
@@ -17,6 +19,10 @@ HEADS = ("sparse", "dense")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 CBL_INITS = ("identity", "random")
+# seeds go to torch's and numpy's generators, some of which take only 32-bit seeds
+SEED_LIMIT = 2 ** 32
+# each seed trains one more model (and writes one more directory); more than this is a typo, not a study
+MAX_SEEDS = 1000
 
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
@@ -79,6 +85,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
             if getattr(self, name) < 1:
                 raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise CbmctlError(f"--seed must be in [0, 2^32) (the random generators take 32-bit seeds), got {self.seed}")
         if self.min_epochs < 0:
             raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
         if not 0 < self.sparse_alpha <= 1:
@@ -115,18 +123,35 @@ def _convert(value, kind: str, label: str):
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise CbmctlError(f"{label} must be a number, got {value!r}")
+        if kind == "int":
+            return _whole_number(value, label)
         try:
             number = float(value)
         except ValueError:
             raise CbmctlError(f"{label} must be a number, got {value!r}") from None
-        if kind == "int":
-            if not number.is_integer():
-                raise CbmctlError(f"{label} must be a whole number, got {value!r}")
-            return int(number)
         return number
     if not isinstance(value, str):
         raise CbmctlError(f"{label} must be text, got {value!r}")
     return value
+
+
+def _whole_number(value, label: str) -> int:
+    """An int read exactly: digits (not '1e3', which a float would silently turn into 1000, nor a value a
+    float would round, as 9007199254740993); a float only when it is whole and exact (YAML's `7.0`)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= 2 ** 53:
+            return int(value)
+        raise CbmctlError(f"{label} must be a whole number, got {value!r}")
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,30}", text):
+        try:
+            float(text)
+        except ValueError:
+            raise CbmctlError(f"{label} must be a number, got {value!r}") from None
+        raise CbmctlError(f"{label} must be a whole number written in digits, got {value!r}")
+    return int(text)
 
 
 # options of an experiment that are not TrainConfig's: what to train on, and where the run goes
@@ -160,13 +185,18 @@ class ExperimentSpec:
         meaning seeds 0..N-1) the seeds; every other name is a TrainConfig field or a data option. `where`
         names the source in errors (a file); empty, errors name the command-line flag."""
         values = {str(k).replace("-", "_"): v for k, v in values.items() if v is not None}
-        methods = parse_methods(values.pop("compare", None) or values.pop("methods", None)
-                                or [values.get("loss", TrainConfig.loss)], option_label(where, "compare"))
+        # `compare` (the command line's spelling) wins over `methods` (config.yaml's); both win over `loss`
+        listed = [values.pop(k) for k in ("methods", "compare") if k in values]
+        methods = parse_methods(listed[-1] if listed else [values.get("loss", TrainConfig.loss)],
+                                option_label(where, "compare"))
         values.pop("loss", None)
         seeds = parse_seeds(values.pop("seeds", None), values.get("seed", TrainConfig.seed),
                             option_label(where, "seeds"))
         data = {k: _convert(values.pop(k), kind, option_label(where, k)) for k, kind in DATA_OPTIONS.items()
                 if k in values}
+        if data.get("out") is not None and has_control(data["out"]):
+            raise CbmctlError(f"{option_label(where, 'out')} holds a control character ({first_control(data['out'])}); "
+                              "choose a plain directory name")
         train = TrainConfig.from_mapping({**values, "loss": methods[0], "seed": seeds[0]}, where)
         for method in methods:
             replace(train, loss=method, hard=train.hard and method == "gumbel").validate()
@@ -192,24 +222,27 @@ def parse_methods(value, where: str = "--compare") -> list[str]:
 
 
 def parse_seeds(value, seed=0, where: str = "--seeds") -> list[int]:
-    """A list of seeds, a comma list ('0,1,2'), or a count ('10' = seeds 0..9); None: the single `seed`."""
+    """A list of seeds, a comma list ('0,1,2'), or a count ('10' = seeds 0..9); None: the single `seed`.
+    At most MAX_SEEDS seeds, each in [0, SEED_LIMIT), every number read exactly."""
     if value is None:
-        return [_convert(seed, "int", f"{where}: seed")]
-    if isinstance(value, str) and "," not in value:
+        seeds = [_convert(seed, "int", f"{where}: seed")]
+    elif (isinstance(value, str) and "," not in value) or (isinstance(value, int) and not isinstance(value, bool)):
         count = _convert(value, "int", where)
-        if count < 1:
-            raise CbmctlError(f"{where}: a seed count must be at least 1, got {count}")
+        if not 1 <= count <= MAX_SEEDS:
+            raise CbmctlError(f"{where}: a seed count must be in [1, {MAX_SEEDS}] (each seed trains one more "
+                              f"model), got {count}")
         return list(range(count))
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise CbmctlError(f"{where}: a seed count must be at least 1, got {value}")
-        return list(range(value))
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
-        raise CbmctlError(f"{where}: seeds must be a list of whole numbers, got {value!r}")
-    seeds = [_convert(item.strip() if isinstance(item, str) else item, "int", where) for item in items]
-    if len(set(seeds)) != len(seeds):
-        raise CbmctlError(f"{where}: a seed is listed twice")
+    else:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise CbmctlError(f"{where}: seeds must be a list of whole numbers, got {str(value)[:80]!r}")
+        if len(items) > MAX_SEEDS:
+            raise CbmctlError(f"{where}: at most {MAX_SEEDS} seeds (each trains one more model), got {len(items)}")
+        seeds = [_convert(item.strip() if isinstance(item, str) else item, "int", where) for item in items]
+        if len(set(seeds)) != len(seeds):
+            raise CbmctlError(f"{where}: a seed is listed twice")
+    for number in seeds:
+        if not 0 <= number < SEED_LIMIT:
+            raise CbmctlError(f"{where}: a seed must be in [0, 2^32) (the random generators take 32-bit seeds), "
+                              f"got {number}")
     return seeds
-
-

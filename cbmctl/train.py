@@ -150,6 +150,7 @@ class _Stack:
         self.best_cbl = self.cbl.detach().clone()
         self.best_head = self.head.detach().clone()
         self.epoch = 0
+        self.identity = checkpoint_identity(data, base)
         groups: dict[tuple, list[int]] = {}
         for m, config in enumerate(configs):
             groups.setdefault((config.loss, config.gumbel_form, config.tau, config.hard, config.l1_lambda), []).append(m)
@@ -163,7 +164,7 @@ class _Stack:
         tensors.update({f"noise_rng.{m}": g.get_state() for m, g in enumerate(self.noise)})
         plain = {"epoch": self.epoch, "history": self.history, "best_loss": self.best_loss,
                  "best_epoch": self.best_epoch, "stopped": self.stopped,
-                 "members": [[c.loss, c.seed] for c in self.configs]}
+                 "members": [[c.loss, c.seed] for c in self.configs], "identity": self.identity}
         for name, optimizer in (("cbl_optimizer", self.cbl_optimizer), ("head_optimizer", self.head_optimizer)):
             state = optimizer.state_dict()
             for index, values in state["state"].items():
@@ -173,33 +174,132 @@ class _Stack:
                            "keys": {str(i): sorted(v) for i, v in state["state"].items()}}
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, plain
 
-    def load(self, tensors: dict[str, torch.Tensor], plain: dict) -> None:
+    def load(self, tensors: dict[str, torch.Tensor], plain: dict, where: str = "the checkpoint") -> None:
+        """Continue from a checkpoint, every value of which is checked first (a run directory may have been
+        sent by anyone, or a checkpoint copied in from another run): a one-line error naming `where`."""
+        def refuse(problem: str):
+            raise CbmctlError(f"{where}: {problem}; remove the run's checkpoint.* files to restart it")
+        if plain.get("identity") != self.identity:
+            refuse("written for another dataset, concept set, backbone or training configuration (or by an "
+                   "older cbmctl)")
         if plain.get("members") != [[c.loss, c.seed] for c in self.configs]:
-            raise CbmctlError("the checkpoint was written for other methods or seeds; start a new run")
+            refuse("written for other methods or seeds")
+        s, epochs = len(self.configs), self.configs[0].epochs
+        epoch = plain.get("epoch")
+        if not _is_int(epoch) or not 0 <= epoch <= epochs:
+            refuse(f"'epoch' must be a whole number in [0, {epochs}], got {_short(epoch)}")
+        history = plain.get("history")
+        if not (isinstance(history, list) and len(history) == s and all(
+                isinstance(rows, list) and len(rows) <= epoch and all(_is_history_row(row) for row in rows)
+                for rows in history)):
+            refuse(f"'history' must hold, per model, at most {epoch} rows of named plain numbers")
+        best_loss, best_epoch, stopped = plain.get("best_loss"), plain.get("best_epoch"), plain.get("stopped")
+        if not (_is_list_of(best_loss, s, lambda v: _is_number(v) and not math.isnan(v) and v > -math.inf)):
+            refuse(f"'best_loss' must be {s} numbers")
+        if not _is_list_of(best_epoch, s, lambda v: _is_int(v) and 0 <= v <= epoch):
+            refuse(f"'best_epoch' must be {s} whole numbers in [0, {epoch}]")
+        if not _is_list_of(stopped, s, lambda v: isinstance(v, bool)):
+            refuse(f"'stopped' must be {s} true/false values")
+        expected = {"cbl": self.cbl, "head": self.head, "best_cbl": self.best_cbl, "best_head": self.best_head}
+        expected.update({f"order_rng.{m}": g.get_state() for m, g in enumerate(self.order)})
+        expected.update({f"noise_rng.{m}": g.get_state() for m, g in enumerate(self.noise)})
+        optimizer_states = {}
+        for name, optimizer in (("cbl_optimizer", self.cbl_optimizer), ("head_optimizer", self.head_optimizer)):
+            saved, fresh = plain.get(name), optimizer.state_dict()
+            keys = saved.get("keys") if isinstance(saved, dict) else None
+            allowed = sorted(OPTIMIZER_STATE[self.configs[0].optimizer])
+            if not (isinstance(keys, dict) and (keys == {} or keys == {"0": allowed})):
+                refuse(f"'{name}.keys' must be {{}} or {{\"0\": {allowed}}}")
+            groups = saved.get("param_groups")
+            if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+                    and all(_plain(groups[0].get(k)) == _plain(v) for k, v in fresh["param_groups"][0].items()
+                            if k != "lr")):  # the learning rate is set again every epoch
+                refuse(f"'{name}.param_groups' differ from the run's optimizer settings")
+            parameter = optimizer.param_groups[0]["params"][0]
+            for key in keys.get("0", []):
+                expected[f"{name}.0.{key}"] = torch.zeros(()) if key == "step" else parameter.detach()
+            optimizer_states[name] = {0: {key: f"{name}.0.{key}" for key in keys.get("0", [])}} if keys else {}
+        for key, like in expected.items():
+            tensor = tensors.get(key)
+            if tensor is None:
+                refuse(f"checkpoint.safetensors lacks {key}")
+            if tuple(tensor.shape) != tuple(like.shape) or (like.dtype == torch.uint8) != (tensor.dtype == torch.uint8):
+                refuse(f"checkpoint.safetensors: {key} has shape {tuple(tensor.shape)} ({tensor.dtype}), expected "
+                       f"{tuple(like.shape)}")
+            if tensor.dtype != torch.uint8 and not bool(torch.isfinite(tensor.float()).all()):
+                refuse(f"checkpoint.safetensors: {key} holds NaN or infinite values")
         try:
             with torch.no_grad():
-                for name in ("cbl", "head"):
+                for name in ("cbl", "head", "best_cbl", "best_head"):
                     getattr(self, name).copy_(tensors[name])
-                self.best_cbl.copy_(tensors["best_cbl"])
-                self.best_head.copy_(tensors["best_head"])
             for m, g in enumerate(self.order):
                 g.set_state(tensors[f"order_rng.{m}"])
             for m, g in enumerate(self.noise):
                 g.set_state(tensors[f"noise_rng.{m}"].to(g.device) if g.device.type != "cpu"
                             else tensors[f"noise_rng.{m}"])
             for name, optimizer in (("cbl_optimizer", self.cbl_optimizer), ("head_optimizer", self.head_optimizer)):
-                saved = plain[name]
-                state = {int(i): {key: tensors[f"{name}.{i}.{key}"].to(self.device) if key != "step"
-                                  else tensors[f"{name}.{i}.{key}"] for key in keys}
-                         for i, keys in saved["keys"].items()}
-                optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise CbmctlError(f"the checkpoint is damaged or from another run ({str(error)[:80]})") from None
-        self.epoch = int(plain["epoch"])
-        self.history = plain["history"]
-        self.best_loss = [float(v) for v in plain["best_loss"]]
-        self.best_epoch = [int(v) for v in plain["best_epoch"]]
-        self.stopped = [bool(v) for v in plain["stopped"]]
+                state = {i: {key: tensors[stored].float() if key == "step" else tensors[stored].to(self.device)
+                             for key, stored in values.items()} for i, values in optimizer_states[name].items()}
+                # the hyperparameters are the run's own (checked equal above), never taken from the file
+                optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        except (RuntimeError, ValueError, TypeError) as error:
+            refuse(f"damaged ({str(error).splitlines()[0][:80]})")
+        self.epoch = epoch
+        self.history = history
+        self.best_loss = [float(v) for v in best_loss]
+        self.best_epoch = list(best_epoch)
+        self.stopped = list(stopped)
+
+
+# the per-parameter state each optimizer keeps (what a checkpoint's optimizer tensors must be)
+OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"), "adamw": ("step", "exp_avg", "exp_avg_sq"),
+                   "sgd": ("momentum_buffer",)}
+HISTORY_KEYS = {"epoch", "loss", "cbl_loss", "ce", "train_top1", "val_loss", "val_top1", "lr"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_list_of(value, length: int, check) -> bool:
+    return isinstance(value, list) and len(value) == length and all(check(v) for v in value)
+
+
+def _is_history_row(row) -> bool:
+    return isinstance(row, dict) and set(row) == HISTORY_KEYS and all(
+        _is_number(v) and math.isfinite(v) for v in row.values())
+
+
+def _plain(value):
+    """A value as JSON stores it (tuples become lists), for comparing a file's settings with the live ones."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _short(value) -> str:
+    return repr(value)[:40]
+
+
+def checkpoint_identity(data: TrainingData, base: TrainConfig) -> str:
+    """What a checkpoint belongs to: the data (dataset fingerprint and split), backbone, concepts, classes and
+    every training option but the device (which --resume may change), the epoch limit (the library may
+    continue a run for longer) and the member's own loss and seed (checked as `members`). A checkpoint
+    copied in from another run or dataset does not match."""
+    import hashlib
+    import json
+    record = data.record
+    dataset, backbone = record.get("dataset", {}), record.get("backbone", {})
+    identity = {
+        "dataset": [dataset.get(k) for k in ("dataset_fingerprint", "val_fraction", "val_seed")],
+        "backbone": [backbone.get(k) for k in ("backbone_model", "weights_sha256")],
+        "concepts": data.concepts, "classes": data.classes, "logit_scale": data.logit_scale,
+        "sizes": {split: int(labels.shape[0]) for split, labels in data.labels.items()},
+        "config": {k: v for k, v in asdict(base).items() if k not in ("device", "epochs", "loss", "seed", "hard")},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -218,15 +318,15 @@ def _learning_rate_factor(config: TrainConfig, epoch: int) -> float:
 
 
 def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, int]],
-               checkpoint_dir: Path | None = None, log=None) -> list[TrainResult]:
+               checkpoint_dir: Path | None = None, log=None, warn=None) -> list[TrainResult]:
     """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring),
     then fit the sparse heads and evaluate; with `checkpoint_dir`, a checkpoint there is written while
-    training and resumed from when present."""
+    training and resumed from when present. `warn` gets the warning lines (`log` when not given)."""
     from cbmctl.backbones import resolve_device
     configs = member_configs(base, members)
     device = resolve_device(base.device)
     stack = train_stack(data, configs, device, checkpoint_dir, log)
-    return _finish(data, configs, stack, device, log)
+    return _finish(data, configs, stack, device, log, warn)
 
 
 def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoint_dir: Path | None = None,
@@ -241,7 +341,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
     stack = _Stack(data, configs, device)
     saved = runs.load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
-        stack.load(*saved)
+        stack.load(*saved, where=str(Path(checkpoint_dir) / f"{runs.CHECKPOINT}.json"))
         log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
     saved_at, saved_epoch = -1.0, stack.epoch
@@ -345,11 +445,13 @@ def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tenso
     return model.eval()
 
 
-def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log) -> list[TrainResult]:
+def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log, warn=None
+            ) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
     from cbmctl.logs import sayer
     from cbmctl.sparse import SparseConfig, fit_path, top1
     log = sayer(log)
+    warn = warn or log
     base = configs[0]
     c = len(data.concepts)
     cbl, dense_head = stack.best_cbl, stack.best_head
@@ -361,10 +463,10 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
     offered = usable.sum(1).tolist()
     for m, config in enumerate(configs):
         if not offered[m]:
-            log(f"warning: no CBL unit of {config.loss} (seed {config.seed}) follows its concept with correlation "
+            warn(f"warning: no CBL unit of {config.loss} (seed {config.seed}) follows its concept with correlation "
                 f"≥ {base.faithfulness_cutoff:g}: its sparse head can use no concept (lower --faithfulness-cutoff)")
     if base.nec > min(offered):
-        log(f"warning: --nec {base.nec} asks for more concepts per class than the {min(offered)} units (of {c}) "
+        warn(f"warning: --nec {base.nec} asks for more concepts per class than the {min(offered)} units (of {c}) "
             f"that pass the faithfulness cutoff {base.faithfulness_cutoff:g} in some model: its head holds every "
             "weight the path reaches instead (the NEC metrics report the real count)")
     designs = {split: _design(source, cbl, mean, std, usable) for split, source in sources.items()}

@@ -45,6 +45,13 @@ class LazyGroup(click.Group):
             from cbmctl.sanitize import safe_text  # messages quote names from files and servers
             click.echo(f"Error: {safe_text(error)}", err=True)
             ctx.exit(error.exit_code)
+        except OSError as error:
+            # the last resort for a file the commands did not expect to be unwritable or missing (a full disk, a
+            # read-only mount): one line, not a traceback; other exceptions stay visible as the bugs they are
+            from cbmctl.sanitize import safe_text
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"Error: {safe_text(where + (error.strerror or str(error)))}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)

@@ -86,9 +86,13 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     given = {k: v for k, v in options.items() if v is not None}
     if data is not None:
         given["data"] = data
+    if "min_epochs" in given and "epochs" in given and given["min_epochs"] > given["epochs"]:
+        raise click.UsageError(f"--min-epochs {given['min_epochs']} is more than --epochs {given['epochs']}: "
+                               "training could never stop early; lower --min-epochs or raise --epochs")
     if evaluate_run_dir:
-        return _evaluate(evaluate_run_dir, given, as_json)
+        return _evaluate(_run_dir(evaluate_run_dir), given, as_json)
     if resume:
+        resume = _run_dir(resume)
         allowed = {"device"}
         changed = sorted(set(given) - allowed)
         if changed:
@@ -109,6 +113,16 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     if as_json:
         return print_json(read_metrics(result.run_dir))
     _render(result, spec)
+
+
+def _run_dir(path: str) -> Path:
+    """A run directory, or a runs root standing for its latest run (as explain and inspect read it; said)."""
+    from cbmctl.runs import resolve_run
+    from cbmctl.sanitize import safe_text
+    run_dir = resolve_run(path)
+    if run_dir != Path(path).resolve():
+        _echo_err(f"{safe_text(path)}: its latest run, {safe_text(run_dir)}")
+    return run_dir
 
 
 def _command_line_wins(given: dict) -> dict:
@@ -135,11 +149,12 @@ def _evaluate(run_dir, given, as_json):
     if unknown:
         raise click.UsageError(f"--evaluate scores a saved model; it takes only --device and --precision-k, not "
                                f"{', '.join('--' + u.replace('_', '-') for u in unknown)}")
-    metrics = evaluate_run(run_dir, given.get("device", "auto"), int(given.get("precision_k", 5)))
+    from cbmctl.sanitize import safe_text
+    metrics = evaluate_run(run_dir, given.get("device", "auto"), int(given.get("precision_k", 5)), warn=_echo_err)
     if as_json:
         return print_json(metrics)
     test = metrics["test"]
-    click.echo(f"{run_dir}: test top-1 {100 * test['top1']:.2f}, top-5 {100 * test['top5']:.2f}, "
+    click.echo(f"{safe_text(run_dir)}: test top-1 {100 * test['top1']:.2f}, top-5 {100 * test['top5']:.2f}, "
                f"mean/class {100 * test['mean_per_class']:.2f}, ECE {test['ece']:.3f}, NEC {test['nec']:.1f}")
 
 
@@ -151,8 +166,11 @@ def _render(result, spec):
     from cbmctl.cli.common import console
     from cbmctl.render import compare_table
     from cbmctl.runs import RECORD_FILE, read_json
+    from cbmctl.sanitize import safe_text
     out = console()
-    out.print(compare_table(result.rows, _title(read_json(result.run_dir / RECORD_FILE, "record"), spec, result.rows)))
+    from rich.text import Text  # a Text title: names such as "[red]x" are not rich markup
+    title = Text(_title(read_json(result.run_dir / RECORD_FILE, "record"), spec, result.rows))
+    out.print(compare_table(result.rows, title))
     if any("vs_none" in row for row in result.rows):
         from cbmctl.render import significance_sentence
         out.print("± = half-width of the 95 % interval over seeds. Δ vs none: paired difference in test top-1 (same "
@@ -163,14 +181,16 @@ def _render(result, spec):
             if sentence and not (key == "dense_top1" and spec.train.head == "dense"):
                 out.print(sentence, markup=False)
     written = sorted(p.name for p in result.run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    out.print(f"run: {result.run_dir}  ({', '.join(written)})", markup=False)
+    out.print(f"run: {safe_text(result.run_dir)}  ({safe_text(', '.join(written))})", markup=False)
 
 
 def _title(record: dict, spec, rows: list[dict]) -> str:
+    """The table's title; its names come from the cache and the concept file, hence safe_text."""
+    from cbmctl.sanitize import safe_text
     backbone = record.get("backbone", {})
     concept_set = record.get("concept_set", {})
-    return (f"test split — {record.get('dataset', {}).get('dataset_name', '')}, backbone "
-            f"{backbone.get('backbone_model')} ({backbone.get('backbone_pretrained')}), concepts "
-            f"{concept_set.get('name')} ({concept_set.get('size')}), head {spec.train.head}"
-            + (f" NEC {_nec_text(spec, rows)}" if spec.train.head == "sparse" else "")
-            + f", seeds {','.join(map(str, spec.seeds))}")
+    return safe_text(f"test split — {record.get('dataset', {}).get('dataset_name', '')}, backbone "
+                     f"{backbone.get('backbone_model')} ({backbone.get('backbone_pretrained')}), concepts "
+                     f"{concept_set.get('name')} ({concept_set.get('size')}), head {spec.train.head}"
+                     + (f" NEC {_nec_text(spec, rows)}" if spec.train.head == "sparse" else "")
+                     + f", seeds {','.join(map(str, spec.seeds))}")
