@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import safe_text
 
 # |value| an intervention may set an activation to: far beyond any real activation, far below overflow
 MAX_INTERVENTION = 1e6
@@ -65,10 +66,8 @@ class Explainer:
         vectors = metadata.pop("vectors")
         if "concept_vectors" not in vectors or "class_vectors" not in vectors:
             raise CbmctlError(f"{run_dir}: the model file lacks its text embeddings; retrain with this cbmctl")
-        try:
-            logit_scale = float(metadata["logit_scale"])
-        except (KeyError, TypeError, ValueError):
-            raise CbmctlError(f"{run_dir}: the model description has no valid logit_scale") from None
+        from cbmctl.model import logit_scale_of
+        logit_scale = logit_scale_of(metadata, str(run_dir))
         if vectors["concept_vectors"].shape[1] != vectors["class_vectors"].shape[1]:
             raise CbmctlError(f"{run_dir}: its concept and class embeddings have different widths")
         return cls(model, metadata["concepts"], metadata["classes"], vectors["concept_vectors"],
@@ -109,6 +108,7 @@ class Explainer:
             activations = activations_override
             with torch.no_grad():
                 logits = self.model.logits_from_activations(activations)
+        _require_finite(scores=scores, activations=activations, logits=logits)
         probabilities = logits.softmax(dim=1)
         with torch.no_grad():
             inputs = self.model.head_inputs(activations)
@@ -143,6 +143,12 @@ class Explainer:
             if not (math.isfinite(value) and abs(value) <= MAX_INTERVENTION):
                 raise CbmctlError(f"--set {concept}={value}: the value must be a finite number within "
                                   f"±{MAX_INTERVENTION:g}")
+        zeroed = {self.concept_index(concept): concept for concept in zero}
+        for concept in set_values:
+            both = zeroed.get(self.concept_index(concept))
+            if both is not None:
+                raise CbmctlError(f"--set {safe_text(concept)} and --zero {safe_text(both)} name the same concept; "
+                                  "give one intervention per concept")
         _, activations, logits = self.forward(features)
         edited = activations.clone()
         for concept in zero:
@@ -163,6 +169,15 @@ class Explainer:
         return model
 
 
+def _require_finite(**tensors: torch.Tensor) -> None:
+    """The last guard against a model whose numbers overflow: a one-line error instead of NaN printed as a
+    probability (model_from_tensors bounds every weight, so this fires only on what slipped past it)."""
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise CbmctlError(f"the model gives non-finite {name} for this image (its weights are damaged or "
+                              "tampered); retrain or restore the run")
+
+
 def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], classes: list[str], concept_vectors,
                 class_vectors, logit_scale: float, top_k: int = 10, class_name: str | None = None,
                 top_classes: int = 5) -> list[Explanation]:
@@ -171,6 +186,7 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
     from cbmctl.cms import ConceptMatrixSearch
     cms = ConceptMatrixSearch(concept_vectors, class_vectors).score(features)
     v, t, similarity = cms.v, cms.t, cms.scores
+    _require_finite(similarities=similarity)
     probabilities = (similarity * logit_scale).softmax(dim=1)
     lowered = [c.lower() for c in classes]
     if class_name and class_name.lower() not in lowered:
@@ -192,18 +208,11 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
 
 def embed_images(backbone, paths: list[str]):
     """(features of the readable images, their names, {path: error} for the others)."""
-    from cbmctl.images import BadImage, load_rgb
+    from cbmctl.images import BadImage, load_rgb, open_image_file
     tensors, names, errors = [], [], {}
-
-    def opener(path):
-        from PIL import Image
-        return Image.open(path)
-
     for path in paths:
         try:
-            if Path(path).is_dir():
-                raise BadImage("is a directory")
-            tensors.append(backbone.preprocess(load_rgb(opener, path)))
+            tensors.append(backbone.preprocess(load_rgb(open_image_file, path)))
             names.append(path)
         except BadImage as error:
             errors[path] = str(error)

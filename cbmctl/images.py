@@ -1,6 +1,9 @@
 """Opening any image PIL can read as 8-bit RGB, or saying in a few words why it cannot be used."""
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 
 
@@ -31,6 +34,43 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_image_file(path):
+    """The decoded image in file `path`, opened only when it is a regular file: a named pipe would block the
+    reader forever and a device would never end. The file is opened non-blocking and checked through its
+    descriptor (no window in which it could be swapped for a pipe), and closed before returning."""
+    from PIL import Image
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+            raise BadImage(f"is {kind}, not an image file")
+        file = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
+        image = Image.open(file)
+        image.load()
+        return image
+
+
+def _reason(error: Exception, limit: int = 300) -> str:
+    """An error's text for a one-line reason: whole sentences, control characters escaped, and cut at a
+    word (with '…') only when it is longer than `limit`."""
+    from cbmctl.sanitize import safe_text
+    text = safe_text(error.strerror if isinstance(error, OSError) and error.strerror else str(error)).strip()
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = cut.rfind(". ")
+    return cut[:end + 1] if end > limit // 2 else cut.rsplit(" ", 1)[0] + " …"
+
+
 def load_rgb(opener, path: str):
     """Open `path` through `opener` (a dataset's image source) and return a decoded RGB image."""
     from PIL import Image, UnidentifiedImageError
@@ -48,5 +88,5 @@ def load_rgb(opener, path: str):
         raise BadImage("empty file" if empty else "not an image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         text = str(error).lower()
-        reason = "truncated image" if "truncat" in text else f"unreadable image ({str(error)[:80]})"
+        reason = "truncated image" if "truncat" in text else f"unreadable image ({_reason(error)})"
         raise BadImage(reason) from None

@@ -8,8 +8,10 @@ head has μ = 0, σ = 1, b = 0. The contribution of concept j to class c for one
 class's logit is the sum of its concepts' contributions plus its bias.
 
 model_tensors / model_from_tensors convert to and from what cbmctl.runs stores (safetensors + JSON); the
-conversion back checks every shape, that every value is finite and that the concept list matches its
-recorded hash, so a damaged or tampered run directory is a one-line error, never a silently wrong model."""
+conversion back checks every shape, that every value is finite and within bounds no trained model comes near
+(so no forward pass overflows), that names are short plain text and class names distinct, and that the
+concept list matches its recorded hash, so a damaged or tampered run directory is a one-line error, never a
+silently wrong model or a NaN printed as a result."""
 from __future__ import annotations
 
 import hashlib
@@ -101,15 +103,59 @@ def model_tensors(model: ConceptBottleneckModel, vectors: dict | None = None) ->
     return state
 
 
+# Bounds on what a run directory may hold (it may have been sent by someone else). Trained values sit far
+# inside them (CBL and head weights are O(1)-O(10), activation std O(0.1)-O(10), CLIP's logit scale is
+# clamped at 100); within them no forward pass can overflow float32 (|ψ| ≤ 1e3·‖v‖, |a| ≤ C·1e4·|ψ|,
+# |x| ≤ |a|/1e-8, logits ≤ C·1e4·|x| stay below 1e38 for any C under a million), so every number an
+# explanation or an evaluation prints is finite.
+MAX_WEIGHT = 1e4            # |cbl.weight|, |head.weight|, |concept_vectors|, |class_vectors|
+MAX_OFFSET = 1e8            # |head.bias|, |activation_mean|
+STD_RANGE = (1e-8, 1e8)     # activation_std
+MAX_LOGIT_SCALE = 1000.0    # CLIP clamps its learned scale at 100
+MAX_NAME_CHARS = 1000       # a concept or class name; a real one is a few words
+BOUNDS = {"cbl.weight": MAX_WEIGHT, "head.weight": MAX_WEIGHT, "concept_vectors": MAX_WEIGHT,
+          "class_vectors": MAX_WEIGHT, "head.bias": MAX_OFFSET, "activation_mean": MAX_OFFSET}
+SINGULAR = {"concepts": "concept", "classes": "class"}
+
+
 def _names(metadata: dict, key: str, where: str) -> list[str]:
     from cbmctl.sanitize import first_control, has_control
     names = metadata.get(key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CbmctlError(f"{where}: '{key}' must be a non-empty list of names")
     for index, name in enumerate(names):
+        if len(name) > MAX_NAME_CHARS:
+            raise CbmctlError(f"{where}: {SINGULAR[key]} {index} has a name of {len(name)} characters (at most "
+                              f"{MAX_NAME_CHARS})")
         if has_control(name):
-            raise CbmctlError(f"{where}: {key[:-1]} {index} holds the control character {first_control(name)}")
+            raise CbmctlError(f"{where}: {SINGULAR[key]} {index} holds the control character {first_control(name)}")
     return names
+
+
+def logit_scale_of(metadata: dict, where: str) -> float:
+    """The CLIP logit scale a run recorded: a finite number in (0, MAX_LOGIT_SCALE]."""
+    value = metadata.get("logit_scale")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_LOGIT_SCALE:
+        from cbmctl.sanitize import safe_text
+        raise CbmctlError(f"{where}: the model description's logit_scale {safe_text(repr(value))[:40]} is not a "
+                          f"number in (0, {MAX_LOGIT_SCALE:g}]")
+    return float(value)
+
+
+def _check_magnitudes(tensors: dict[str, torch.Tensor], where: str) -> None:
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CbmctlError(f"{where}: {name} holds NaN, infinite or non-numeric values")
+        if tensor.numel() == 0:
+            continue
+        if name == "activation_std":
+            low, high = STD_RANGE
+            if not ((tensor >= low) & (tensor <= high)).all():
+                raise CbmctlError(f"{where}: activation_std must lie in [{low:g}, {high:g}] (it holds "
+                                  f"{float(tensor.min()):.3g} to {float(tensor.max()):.3g})")
+        elif name in BOUNDS and float(tensor.abs().max()) > BOUNDS[name]:
+            raise CbmctlError(f"{where}: {name} holds a value of magnitude {float(tensor.abs().max()):.3g}, beyond "
+                              f"the ±{BOUNDS[name]:g} a trained model stays within")
 
 
 def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: str):
@@ -120,11 +166,19 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
         raise CbmctlError(f"{where}: the model description is not a JSON object")
     concepts, classes = _names(metadata, "concepts", where), _names(metadata, "classes", where)
     c, k = len(concepts), len(classes)
+    from cbmctl.concepts import validate_class_names
+    validate_class_names(classes, where)
+    # the hash is required: without it a renamed concept would be explained under the wrong name
     record = metadata.get("concept_set")
     recorded = record.get("sha256") if isinstance(record, dict) else None
-    if recorded is not None and recorded != concepts_sha256(concepts):
+    if not isinstance(recorded, str):
+        raise CbmctlError(f"{where}: the model description lacks its concept_set hash (edited or damaged); retrain "
+                          "or restore the run")
+    if recorded != concepts_sha256(concepts):
         raise CbmctlError(f"{where}: the model's concept list does not match its recorded hash (edited or "
                           "damaged); retrain or restore the run")
+    if "logit_scale" in metadata:
+        logit_scale_of(metadata, where)
     head = metadata.get("head", "dense")
     if head not in HEADS:
         raise CbmctlError(f"{where}: unknown head {head!r}")
@@ -141,11 +195,7 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
             raise CbmctlError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape} for {c} concepts "
                               f"and {k} classes")
         weights[name] = tensor.float()
-    for name, tensor in list(weights.items()) + list(state.items()):
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise CbmctlError(f"{where}: {name} holds NaN, infinite or non-numeric values")
-    if not (weights["activation_std"] > 0).all():
-        raise CbmctlError(f"{where}: activation_std must be positive")
+    _check_magnitudes({**weights, **state}, where)
     for name, rows in (("concept_vectors", c), ("class_vectors", k)):
         if name in state and (state[name].dim() != 2 or state[name].shape[0] != rows):
             raise CbmctlError(f"{where}: {name} has shape {tuple(state[name].shape)}, expected {rows} rows")

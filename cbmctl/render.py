@@ -1,15 +1,20 @@
 """Rendering: rich tables and bars for the terminal, matplotlib figures for files."""
 from __future__ import annotations
 
+import math
+import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
 BAR_WIDTH = 24
 
 
 def _bar(value: float, largest: float) -> str:
-    if largest <= 0:
+    if not (math.isfinite(value) and math.isfinite(largest)) or largest <= 0:
         return ""
     cells = abs(value) / largest * BAR_WIDTH
     full = int(cells)
@@ -75,7 +80,7 @@ def intervention_table(classes, before_logits, after_logits, top: int = 5):
 
 def explanation_figure(explanations, path: Path, images: dict[str, str] | None = None) -> None:
     """A PNG: per explained image, its picture (when a file) beside a bar chart of its top concepts."""
-    from PIL import Image
+    from cbmctl.images import BadImage, open_image_file, to_rgb
     plt = _pyplot()
     count = len(explanations)
     figure, axes = plt.subplots(count, 2, figsize=(10, 2.6 * count + 0.4), squeeze=False,
@@ -84,8 +89,8 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
         picture, bars = row
         picture.axis("off")
         try:
-            picture.imshow(Image.open(explanation.image).convert("RGB"))
-        except (OSError, ValueError):
+            picture.imshow(to_rgb(open_image_file(explanation.image)))
+        except (OSError, ValueError, BadImage):
             picture.text(0.5, 0.5, "(no image)", ha="center", va="center")
         picture.set_title(f"{_plain(Path(explanation.image).name)}\n→ {_plain(explanation.predicted)} "
                           f"({explanation.probability:.2f})", fontsize=9)
@@ -103,10 +108,7 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
         bars.set_xlabel(f"contribution to {_plain(explanation.explained_class)} ({explanation.head} head)"
                         if explanation.method == "cbm" else f"V × T for {_plain(explanation.explained_class)} (CMS)")
         bars.tick_params(axis="y", labelsize=8)
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path, plt, make_parent=True)
 
 
 def _plain(text: str) -> str:
@@ -119,6 +121,55 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def figure_formats() -> list[str]:
+    """The file suffixes matplotlib can write (png, pdf, svg, ...), without the dot."""
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_figure_path(path) -> Path:
+    """Refuse, before any work, a figure path matplotlib cannot write: a suffix it has no writer for, a
+    directory, or a place where the file cannot be created. Returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in figure_formats():
+        raise CbmctlError(f"{safe_text(path)}: cannot draw a .{safe_text(suffix) or '(no suffix)'} file; give a name "
+                          f"ending in one of {', '.join('.' + f for f in figure_formats())}")
+    if path.is_dir():
+        raise CbmctlError(f"{safe_text(path)} is a directory; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CbmctlError(f"cannot write {safe_text(path)}: {safe_text(existing)} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CbmctlError(f"cannot write {safe_text(path)}: {safe_text(existing)} is not writable")
+    return path
+
+
+@contextmanager
+def _drawing():
+    """Around matplotlib calls: a label's missing glyph is not worth a warning (labels are passed through
+    safe_text, so no control character reaches a font), and no raw warning text reaches the terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        yield
+
+
+def _save(figure, path, plt, make_parent: bool = False) -> None:
+    try:
+        with _drawing():
+            figure.tight_layout()
+            if make_parent:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, dpi=110)
+    except OSError as error:
+        raise CbmctlError(f"cannot write {safe_text(path)}: {safe_text(error.strerror or error)}") from None
+    finally:
+        plt.close(figure)
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
@@ -143,11 +194,9 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
             axis.axvline(best["epoch"], color="gray", linewidth=0.8, linestyle=":")
     losses.legend(fontsize=8)
     accuracy.legend(fontsize=8)
-    figure.suptitle(title + (f" — kept epoch {best['epoch']} (lowest validation loss, dotted)" if best else ""),
+    figure.suptitle(_plain(title) + (f" — kept epoch {best['epoch']} (lowest validation loss, dotted)" if best else ""),
                     fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path, plt)
 
 
 def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> None:
@@ -164,7 +213,7 @@ def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> Non
         levels = sorted(int(k) for k in per_seed[0].get("nec_accuracy", {}))
         if levels:
             means = [sum(m["nec_accuracy"][str(level)] for m in per_seed) / len(per_seed) for level in levels]
-            axis.plot(levels, means, "o-", color=colour, label=f"{label}: sparse head (refit)", markersize=4)
+            axis.plot(levels, means, "o-", color=colour, label=f"{_plain(label)}: sparse head (refit)", markersize=4)
         dense = [m["dense"]["test"]["top1"] for m in per_seed if "dense" in m]
         if dense:
             axis.axhline(sum(dense) / len(dense), color=colour, linestyle="--", linewidth=0.8)
@@ -177,10 +226,8 @@ def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> Non
     if shown and budgeted:
         axis.set_ylim(max(0.0, min(budgeted) - 0.1), min(1.0, max(shown) + 0.03))
     axis.legend(fontsize=7, loc="lower right")
-    axis.set_title(title + "\n(lines: λ path of the first seed; dashed: dense head)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    axis.set_title(_plain(title) + "\n(lines: λ path of the first seed; dashed: dense head)", fontsize=9)
+    _save(figure, path, plt)
 
 
 # (key, header, percent?) of a comparison table, in order; absent keys are skipped

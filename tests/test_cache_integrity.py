@@ -503,7 +503,7 @@ def test_meaningless_backbones_are_named_in_one_warning_line(cli, built, tmp_pat
     demo = cli("embed", built["data"], "--cache", tmp_path / "d.h5", "--model", "demo", "--workers", "0", "--quiet")
     assert demo.exit_code == 0 and len(warnings_in(demo.output)) == 1
     assert "demo CLIP knows only the generated demo world" in warnings_in(demo.output)[0]
-    world = make_world(tmp_path / "world", images_per_class=2)
+    world = make_world(tmp_path / "world", images_per_class=3)
     assert warnings_in(cli("embed", world, "--cache", tmp_path / "w.h5", "--workers", "0", "--quiet").output) == []
     as_json = cli("embed", built["data"], "--cache", tmp_path / "d.h5", "--model", "demo", "--json")
     assert "demo CLIP" in json.loads(as_json.stdout)["warnings"][0]

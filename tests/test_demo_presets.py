@@ -212,8 +212,8 @@ def test_demo_eval_reports_the_worlds_ceiling_pairs_and_concept_sets(cli, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--train-per-class", "0"], "--train-per-class must be at least 1"),
-    (["--test-per-class", "-2"], "--test-per-class must be at least 1"),
+    (["--train-per-class", "0"], "--train-per-class must be at least 2"),
+    (["--test-per-class", "-2"], "--test-per-class -2: between 1 and 5000"),
     (["--fidelity", "1.5"], "between 0 and 1"),
     (["--fidelity", "colour=0.5"], "unknown family 'colour'"),
     (["--fidelity", "high"], "give a number in [0, 1]"),
@@ -224,7 +224,7 @@ def test_demo_eval_reports_the_worlds_ceiling_pairs_and_concept_sets(cli, tmp_pa
     (["--preset", "noisy-concepts", "--distractors", "0"], "needs --distractors above 0"),
     (["--concept-noise", "-0.1"], "--concept-noise"),
     (["--images-per-class", "8", "--train-per-class", "2"], "not both"),
-    (["--images-per-class", "1"], "at least 2"),
+    (["--images-per-class", "2"], "--images-per-class 2: between 3"),
 ])
 def test_bad_knob_values_give_one_line_errors_and_write_nothing(cli, tmp_path, args, message):
     result = cli("demo", "make", tmp_path / "w", *args)

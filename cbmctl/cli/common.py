@@ -39,8 +39,14 @@ def dataset_options(func):
     return wrapper
 
 
-def print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+def print_json(data, strict: bool = False) -> None:
+    """`strict`: refuse NaN and Infinity (not JSON; a parser downstream would choke) with a one-line error."""
+    from cbmctl.errors import CbmctlError
+    try:
+        text = json.dumps(data, indent=2, default=str, allow_nan=not strict)
+    except ValueError:
+        raise CbmctlError("the result holds NaN or infinite numbers, which JSON cannot carry") from None
+    click.echo(text)
 
 
 def console():

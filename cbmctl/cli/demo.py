@@ -13,7 +13,8 @@ def demo():
 
 @demo.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed and knobs, byte-identical files.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Same seed and knobs, byte-identical files (0 to 2^32-1).")
 @click.option("--preset", default="default", show_default=True,
               type=click.Choice(["default", "fewshot", "noisy-concepts", "hard"]),
               help="default: 20 train + 20 test images per species, clean concepts. fewshot: 6 train (5 after "
@@ -21,10 +22,10 @@ def demo():
                    "distractor phrases. hard: fewshot + 6 extra confusable pairs + the distractor set. The "
                    "options below override the preset's value.")
 @click.option("--images-per-class", default=None, type=int,
-              help="Images per species, half train and half test (the pre-preset form of the two below).")
+              help="Images per species, half train and half test (the pre-preset form of the two below; 3 to 10000).")
 @click.option("--train-per-class", default=None, type=int,
-              help="Train images per species (cbmctl carves validation out of them: 10 %, at least 1).")
-@click.option("--test-per-class", default=None, type=int, help="Test images per species.")
+              help="Train images per species, 2 to 5000 (cbmctl carves validation out of them: 10 %, at least 1).")
+@click.option("--test-per-class", default=None, type=int, help="Test images per species, 1 to 5000.")
 @click.option("--fidelity", default=None,
               help="How often an image shows its species' value: one number for every family, or "
                    "FAMILY=P pairs (color=0.7,shape=0.9). Default 0.85 colour and shape, 0.8 the rest.")

@@ -18,6 +18,22 @@ def _assignment(text):
         raise click.BadParameter(f"{text!r}: {value!r} is not a number") from None
 
 
+def _assignments(texts) -> dict[str, float]:
+    """--set values by concept; a concept set twice is refused (which value was meant is not ours to guess)."""
+    from cbmctl.errors import CbmctlError
+    from cbmctl.sanitize import safe_text
+    assignments, seen = {}, {}
+    for text in texts:
+        concept, value = _assignment(text)
+        key = concept.lower()
+        if key in seen:
+            raise CbmctlError(f"--set {safe_text(seen[key])} and --set {safe_text(concept)} set the same concept twice; "
+                              "give one value per concept")
+        seen[key] = concept
+        assignments[concept] = value
+    return assignments
+
+
 @click.command()
 @click.argument("images", nargs=-1)
 @click.option("--run", "run_spec", default=None, help="Run directory (default: runs/latest).")
@@ -47,7 +63,7 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     explanation is Concept Matrix Search's. Unreadable images are reported and skipped."""
     from cbmctl.errors import CbmctlError
     from cbmctl.runs import resolve_run
-    assignments = dict(_assignment(t) for t in set_values)
+    assignments = _assignments(set_values)
     run_dir = None
     if not use_cms or not (model or concepts):
         # --cms alone borrows the run's backbone and concepts when there is one
@@ -73,6 +89,9 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
         raise click.UsageError("give at least one IMAGE")
     if (assignments or zero) and use_cms:
         raise click.UsageError("interventions (--set/--zero) need a trained run, not --cms")
+    if png:
+        from cbmctl.render import check_figure_path
+        check_figure_path(png)  # before embedding anything: a bad --png is known now
     from cbmctl.explain import explain_with_cms, explain_with_run
     if use_cms:
         explained = explain_with_cms(list(images), run_dir, model, pretrained, concepts, classes, device, top_k,
@@ -82,7 +101,7 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     if as_json:
         print_json({"run": str(run_dir) if run_dir and not use_cms else None, "method": "cms" if use_cms else "cbm",
                     "explanations": [r.as_dict() for r in explained.results],
-                    "errors": [{"image": k, "error": v} for k, v in explained.errors.items()]})
+                    "errors": [{"image": k, "error": v} for k, v in explained.errors.items()]}, strict=True)
     else:
         _render(explained)
     if png and explained.results:
@@ -99,7 +118,8 @@ def _render(explained):
     out = console()
     for i, result in enumerate(explained.results):
         out.print(explanation_table(result))
-        out.print(top_classes_line(result), markup=False)
+        # untrusted names: neither markup nor rich's highlighter (whose regexes take seconds on a long name)
+        out.print(top_classes_line(result), markup=False, highlight=False)
         if explained.interventions is not None:
             before, after = explained.interventions
             out.print(intervention_table(explained.classes, before[i], after[i]))

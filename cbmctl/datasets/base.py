@@ -52,8 +52,8 @@ class FileImages:
         self.root = Path(root)
 
     def __call__(self, path: str):
-        from PIL import Image
-        return Image.open(self.root / path)
+        from cbmctl.images import open_image_file
+        return open_image_file(self.root / path)
 
     def fingerprint_items(self, records):
         # Size is cheap to read and catches a replaced or truncated file; hashing every byte of

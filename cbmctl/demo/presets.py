@@ -19,6 +19,8 @@ WORLD_FORMAT = "cbmctl-demo-world"
 WORLD_VERSION = 1
 MAX_WORLD_FILE = 1_000_000  # bytes; a world.json is a few kB
 CONCEPT_SETS = ("clean", "distractors", "noisy")
+# images per species and split: 30 species × 5000 × 2 splits is 300k JPEGs (~1 GB), far beyond any benchmark's need
+MAX_PER_CLASS = 5000
 
 
 def _default_fidelity() -> dict[str, float]:
@@ -68,7 +70,12 @@ def parse_fidelity(text) -> float | dict[str, float]:
         if "=" not in text:
             return float(text)
         pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
-        return {family.strip(): float(value) for family, value in pairs}
+        values = {}
+        for family, value in pairs:
+            if family.strip() in values:
+                raise CbmctlError(f"--fidelity {text!r}: {family.strip()!r} is given twice; give each family once")
+            values[family.strip()] = float(value)
+        return values
     except ValueError:
         raise CbmctlError(f"--fidelity {text!r}: give a number in [0, 1] or FAMILY=NUMBER pairs, e.g. "
                           "color=0.7,shape=0.9") from None
@@ -115,8 +122,9 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
         given["concept_sets"] = tuple(sets)
     spec = replace(spec, fidelity={f: float(fidelity[f]) for f in FAMILIES}, **given)
     for name in ("train_per_class", "test_per_class"):
-        if _as_int(f"--{name.replace('_', '-')}", getattr(spec, name)) < 1:
-            raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 1 <= _as_int(f"--{name.replace('_', '-')}", getattr(spec, name)) <= MAX_PER_CLASS:
+            raise CbmctlError(f"--{name.replace('_', '-')} {getattr(spec, name)}: between 1 and {MAX_PER_CLASS} images "
+                              "per species")
     spec = replace(spec, train_per_class=int(spec.train_per_class), test_per_class=int(spec.test_per_class))
     most = max_confusable()
     if not 0 <= _as_int("--confusable", spec.confusable) <= most:

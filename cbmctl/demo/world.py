@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import safe_text
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 3
@@ -224,30 +228,88 @@ def _folder_name(index: int, name: str) -> str:
     return f"{index + 1:03d}.{name.title().replace(' ', '_')}"
 
 
+MAX_SEED = 2**32 - 1
+
+
+def _check_target(root: Path) -> None:
+    """Refuse, before anything is written, a target that is not a new or empty directory."""
+    try:
+        root.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise CbmctlError(f"cannot use {safe_text(root)}: {error.strerror}") from None
+    try:
+        is_dir = root.is_dir() and not root.is_symlink() or root.resolve(strict=True).is_dir()
+    except (OSError, RuntimeError):  # a symlink loop or a link to nowhere
+        raise CbmctlError(f"{safe_text(root)} is a symbolic link that leads nowhere (broken or a loop); choose a new "
+                          "directory") from None
+    if not is_dir:
+        raise CbmctlError(f"{safe_text(root)} exists and is not a directory; choose a new directory")
+    if any(root.iterdir()):
+        raise CbmctlError(f"{safe_text(root)} exists and is not empty; choose a new directory")
+
+
 def make_world(directory, seed: int = 0, images_per_class: int | None = None, preset: str = "default",
                **knobs) -> Path:
     """Write a world in the CUB_200_2011 layout (+ attributes, cbmctl.yaml, world.json, and the concept
     sets its knobs ask for) and return its path. `images_per_class` is the pre-preset way of saying
-    train_per_class = test_per_class = half of it; knobs are those of cbmctl.demo.presets.WorldSpec."""
+    train_per_class = test_per_class = half of it; knobs are those of cbmctl.demo.presets.WorldSpec.
+    The world is written into a temporary directory beside `directory` and moved into place when complete,
+    so a failure (or an interrupt) leaves nothing behind."""
     from cbmctl.demo import presets
-    from cbmctl.demo.world_concepts import write_concept_sets
     root = Path(directory)
-    if root.exists() and any(root.iterdir()):
-        raise CbmctlError(f"{root} exists and is not empty; choose a new directory")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise CbmctlError(f"--seed {seed!r}: a whole number between 0 and {MAX_SEED}")
+    _check_target(root)
     if images_per_class is not None:
         if knobs.get("train_per_class") is not None or knobs.get("test_per_class") is not None:
             raise CbmctlError("give --images-per-class or --train-per-class/--test-per-class, not both")
-        if images_per_class < 2:
-            raise CbmctlError("--images-per-class must be at least 2 (one train and one test image)")
-        knobs["train_per_class"] = max(1, int(round(0.5 * images_per_class)))
+        if not 3 <= images_per_class <= 2 * presets.MAX_PER_CLASS:
+            raise CbmctlError(f"--images-per-class {images_per_class}: between 3 (two train images, one carved for "
+                              f"validation, and one test image) and {2 * presets.MAX_PER_CLASS}")
+        knobs["train_per_class"] = max(2, int(round(0.5 * images_per_class)))
         knobs["test_per_class"] = images_per_class - knobs["train_per_class"]
-    spec = presets.resolve_spec(preset, **knobs)
+    given = knobs.get("train_per_class")
+    spec = None if isinstance(given, int) and given < 2 else presets.resolve_spec(preset, **knobs)
+    if spec is None or spec.train_per_class < 2:
+        raise CbmctlError("--train-per-class must be at least 2: cbmctl carves a validation image per species out "
+                          "of the train images, and 1 would leave none to validate (or train) on")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{root.name}.making-", dir=root.parent))
+        from cbmctl.files import _umask
+        os.chmod(work, 0o777 & ~_umask())  # mkdtemp's 0700 is for the temporary name, not the world
+    except OSError as error:
+        raise CbmctlError(f"cannot write {safe_text(root)}: {error.strerror or error}") from None
+    try:
+        _write_world(work, seed, spec)
+        from cbmctl.files import fault_point
+        fault_point("demo:world-written", root)  # crash tests: killed here, the target must not exist
+        if root.is_dir():  # an existing empty directory (or a link to one) keeps its identity
+            for child in work.iterdir():
+                child.rename(root / child.name)
+            work.rmdir()
+        else:
+            work.rename(root)
+    except OSError as error:
+        shutil.rmtree(work, ignore_errors=True)
+        raise CbmctlError(f"cannot write {safe_text(root)}: {error.strerror or error}") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return root
+
+
+def _write_world(root: Path, seed: int, spec) -> None:
+    from cbmctl.demo import presets
+    from cbmctl.demo.world_concepts import write_concept_sets
     all_species, edits = world_species(spec.confusable)
     attributes = attribute_list()
     column = {pair: j for j, pair in enumerate(attributes)}
     rng = np.random.default_rng(seed)
     per_class = spec.train_per_class + spec.test_per_class
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir()
     images, labels, splits, attribute_rows = [], [], [], []
     image_id = 0
     for k, sp in enumerate(all_species):
@@ -292,4 +354,3 @@ def make_world(directory, seed: int = 0, images_per_class: int | None = None, pr
                                          for i, j, family in single_attribute_pairs(all_species)],
               "profile_edits": edits, "concept_sets": sets}
     (root / presets.WORLD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return root
