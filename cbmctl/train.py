@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from cbmctl import metrics as M
 from cbmctl.errors import CbmctlError
 from cbmctl.losses import cbl_loss
-from cbmctl.model import ConceptBottleneckModel
+from cbmctl.model import MAX_WEIGHT, ConceptBottleneckModel
 from cbmctl.spec import BASELINES, TrainConfig
 
 # concept scores of every split are precomputed when they take at most this many bytes
@@ -150,7 +150,7 @@ class _Stack:
         self.best_cbl = self.cbl.detach().clone()
         self.best_head = self.head.detach().clone()
         self.epoch = 0
-        self.identity = checkpoint_identity(data, base)
+        self.identity = checkpoint_identity(data, configs)
         groups: dict[tuple, list[int]] = {}
         for m, config in enumerate(configs):
             groups.setdefault((config.loss, config.gumbel_form, config.tau, config.hard, config.l1_lambda), []).append(m)
@@ -188,18 +188,25 @@ class _Stack:
         epoch = plain.get("epoch")
         if not _is_int(epoch) or not 0 <= epoch <= epochs:
             refuse(f"'epoch' must be a whole number in [0, {epochs}], got {_short(epoch)}")
-        history = plain.get("history")
-        if not (isinstance(history, list) and len(history) == s and all(
-                isinstance(rows, list) and len(rows) <= epoch and all(_is_history_row(row) for row in rows)
-                for rows in history)):
-            refuse(f"'history' must hold, per model, at most {epoch} rows of named plain numbers")
-        best_loss, best_epoch, stopped = plain.get("best_loss"), plain.get("best_epoch"), plain.get("stopped")
-        if not (_is_list_of(best_loss, s, lambda v: _is_number(v) and not math.isnan(v) and v > -math.inf)):
-            refuse(f"'best_loss' must be {s} numbers")
-        if not _is_list_of(best_epoch, s, lambda v: _is_int(v) and 0 <= v <= epoch):
-            refuse(f"'best_epoch' must be {s} whole numbers in [0, {epoch}]")
+        history, stopped = plain.get("history"), plain.get("stopped")
         if not _is_list_of(stopped, s, lambda v: isinstance(v, bool)):
             refuse(f"'stopped' must be {s} true/false values")
+        # a model trains every epoch until it stops: epochs 1..epoch, or 1..n < epoch for a stopped one
+        if not (isinstance(history, list) and len(history) == s and all(
+                isinstance(rows, list) and all(_is_history_row(row) for row in rows)
+                and [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
+                and (len(rows) == epoch or (halted and len(rows) < epoch))
+                for rows, halted in zip(history, stopped))):
+            refuse(f"'history' must hold, per model, one row of named plain numbers for each of its epochs "
+                   f"(1..{epoch}, fewer only for a model that stopped)")
+        # the best epoch is the first with the lowest validation loss, as training chose it
+        best_loss, best_epoch = plain.get("best_loss"), plain.get("best_epoch")
+        wanted_epoch = [min(range(len(rows)), key=lambda i: (rows[i]["val_loss"], i)) + 1 if rows else 0
+                        for rows in history]
+        if best_epoch != wanted_epoch or not _is_list_of(best_loss, s, _is_number) or any(
+                (best_loss[m] != history[m][best_epoch[m] - 1]["val_loss"]) if best_epoch[m] else best_loss[m] < 1e308
+                for m in range(s)):
+            refuse("'best_loss'/'best_epoch' do not match the history's lowest validation loss")
         expected = {"cbl": self.cbl, "head": self.head, "best_cbl": self.best_cbl, "best_head": self.best_head}
         expected.update({f"order_rng.{m}": g.get_state() for m, g in enumerate(self.order)})
         expected.update({f"noise_rng.{m}": g.get_state() for m, g in enumerate(self.noise)})
@@ -228,6 +235,13 @@ class _Stack:
                        f"{tuple(like.shape)}")
             if tensor.dtype != torch.uint8 and not bool(torch.isfinite(tensor.float()).all()):
                 refuse(f"checkpoint.safetensors: {key} holds NaN or infinite values")
+            if key in ("cbl", "head", "best_cbl", "best_head") and float(tensor.abs().max()) > MAX_WEIGHT:
+                refuse(f"checkpoint.safetensors: {key} holds weights beyond ±{MAX_WEIGHT:g}, which a model may not "
+                       "hold")
+            if key.endswith(".step") and not (float(tensor) >= 0 and float(tensor) == int(tensor)):
+                refuse(f"checkpoint.safetensors: {key} must be a whole number ≥ 0")
+            if key.endswith("exp_avg_sq") and float(tensor.min()) < 0:
+                refuse(f"checkpoint.safetensors: {key} holds negative second moments")
         try:
             with torch.no_grad():
                 for name in ("cbl", "head", "best_cbl", "best_head"):
@@ -283,11 +297,11 @@ def _short(value) -> str:
     return repr(value)[:40]
 
 
-def checkpoint_identity(data: TrainingData, base: TrainConfig) -> str:
+def checkpoint_identity(data: TrainingData, configs: list[TrainConfig]) -> str:
     """What a checkpoint belongs to: the data (dataset fingerprint and split), backbone, concepts, classes and
-    every training option but the device (which --resume may change), the epoch limit (the library may
-    continue a run for longer) and the member's own loss and seed (checked as `members`). A checkpoint
-    copied in from another run or dataset does not match."""
+    every training option of every member but the device (which --resume may change) and the epoch limit
+    (the library may continue a run for longer). A checkpoint copied in from another run or dataset does not
+    match."""
     import hashlib
     import json
     record = data.record
@@ -297,7 +311,7 @@ def checkpoint_identity(data: TrainingData, base: TrainConfig) -> str:
         "backbone": [backbone.get(k) for k in ("backbone_model", "weights_sha256")],
         "concepts": data.concepts, "classes": data.classes, "logit_scale": data.logit_scale,
         "sizes": {split: int(labels.shape[0]) for split, labels in data.labels.items()},
-        "config": {k: v for k, v in asdict(base).items() if k not in ("device", "epochs", "loss", "seed", "hard")},
+        "configs": [{k: v for k, v in asdict(config).items() if k not in ("device", "epochs")} for config in configs],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

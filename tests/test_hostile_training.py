@@ -93,6 +93,8 @@ def test_evaluate_of_an_unwritable_run_still_prints_the_scores(cli, finished):
     ("stopped", None, "'stopped'"), ("cbl_optimizer.keys", "x", "cbl_optimizer.keys"),
     ("cbl_optimizer.betas", [2, "x"], "cbl_optimizer.param_groups"),
     ("identity", "0" * 64, "another dataset"),
+    ("epoch", 2, "'history'"), ("history", [[]], "'history'"),  # rows must be the epochs trained, no fewer
+    ("best_loss", [-1e308], "'best_loss'"), ("best_epoch", [1], "'best_epoch'"),
 ])
 def test_tampered_checkpoint_fields_are_one_line(cli, interrupted, field, value, fragment):
     path = interrupted / "checkpoint.json"
@@ -116,11 +118,19 @@ def test_deeply_nested_checkpoint_is_one_line(cli, interrupted):
     ("cbl_optimizer.0.exp_avg", torch.zeros(2, 2), "shape"),
     ("cbl_optimizer.0.step", torch.zeros(3, 3), "shape"),
     ("cbl", None, "NaN"),
+    ("best_head", torch.full((1, 2, 2), 3e38), "shape"),
+    ("cbl_optimizer.0.step", torch.tensor(-5.0), "whole number"),
+    ("cbl_optimizer.0.exp_avg_sq", None, "negative"),
+    ("best_head", "huge", "beyond"),
 ])
 def test_tampered_checkpoint_tensors_are_one_line(cli, interrupted, key, value, fragment):
     path = interrupted / "checkpoint.safetensors"
     tensors = load_file(str(path))
-    tensors[key] = value if value is not None else torch.full_like(tensors[key], float("nan"))
+    if value is None:
+        value = torch.full_like(tensors[key], -1.0 if key.endswith("_sq") else float("nan"))
+    elif isinstance(value, str):
+        value = torch.full_like(tensors[key], 3e38)
+    tensors[key] = value
     save_file(tensors, str(path))
     error = one_line_error(cli("train", "--resume", interrupted, "--quiet"), key.split(".")[0], fragment)
     assert "--lr" not in error  # not the advice for a diverging loss
@@ -140,6 +150,15 @@ def test_a_checkpoint_from_another_world_is_refused(cli, world, interrupted, tmp
     for suffix in (".json", ".safetensors"):
         shutil.copyfile(other / f"checkpoint{suffix}", interrupted / f"checkpoint{suffix}")
     one_line_error(cli("train", "--resume", interrupted, "--quiet"), "another dataset")
+
+
+def test_a_checkpoint_of_the_hard_gumbel_loss_does_not_resume_the_soft_one(cli, world, interrupted, tmp_path):
+    root = world["root"]
+    _train(root, world[0][0], "--out", tmp_path / "hard", "--hard")
+    hard = _interrupt((tmp_path / "hard" / "latest").resolve())
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(hard / f"checkpoint{suffix}", interrupted / f"checkpoint{suffix}")
+    one_line_error(cli("train", "--resume", interrupted, "--quiet"), "training configuration")
 
 
 # 4. control characters in the destination are refused, never printed raw
