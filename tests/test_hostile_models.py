@@ -196,6 +196,14 @@ def test_explain_skips_a_named_pipe_with_its_reason(cli, image_run, tmp_path):
     assert len(payload["explanations"]) == 1
 
 
+def test_an_unreadable_image_with_control_characters_in_its_name_is_reported_escaped(cli, image_run, tmp_path):
+    hostile = tmp_path / "x\x1b[31mRED\x07nope.jpg"
+    result = cli("explain", hostile, image_run[1], "--run", image_run[0], "--device", "cpu")
+    assert result.exit_code == 1
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error: ") and "\\x1b[31mRED\\x07" in line]
+
+
 def test_an_oversized_image_is_reported_in_whole_sentences(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -124,5 +124,6 @@ def _render(explained):
             before, after = explained.interventions
             out.print(intervention_table(explained.classes, before[i], after[i]))
         out.print()
+    from cbmctl.sanitize import safe_text
     for image, error in explained.errors.items():
-        click.echo(f"Error: {image}: {error}", err=True)
+        click.echo(safe_text(f"Error: {image}: {error}"), err=True)
