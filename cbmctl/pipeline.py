@@ -112,6 +112,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     from cbmctl import runs
     from cbmctl.backbones import resolve_device
     from cbmctl.experiment import check_resumable, run_experiment
+    from cbmctl.files import file_lock
     from cbmctl.logs import sayer
     from cbmctl.train import prepare_data
     warn = warn or sayer(log)
@@ -135,16 +136,19 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
         spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
     if resume is not None:
         run_dir = Path(resume).resolve()
-        check_resumable(run_dir, data)
-        if runs.is_finished(run_dir):
-            raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
     elif run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     else:
         label = "compare" if len(spec.methods) > 1 else spec.methods[0]
         run_dir = runs.new_run_dir(Path(spec.out), str(cache.attrs["dataset_name"]), label)
-    result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
-                            warn=warn)
+    # one process trains a run at a time: a --resume of a run still training elsewhere is refused
+    with file_lock(run_dir, wait=False, doing="training"):
+        if resume is not None:
+            check_resumable(run_dir, data)
+            if runs.is_finished(run_dir):
+                raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
+        result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
+                                warn=warn)
     runs.point_latest(run_dir.parent, run_dir)
     return result
 

@@ -107,6 +107,23 @@ def resolve_run(spec: str | None, root: Path = Path("runs")) -> Path:
     return path.resolve()
 
 
+def resolve_interrupted_run(spec: str) -> Path:
+    """The run `--resume` continues: the given run directory, or, for a folder of runs (a runs root, or an
+    --out folder), its newest run that holds a checkpoint and has not finished (`latest` only ever points at
+    finished runs)."""
+    path = Path(spec)
+    if not path.is_dir():
+        raise CbmctlError(f"{path}: no such run directory")
+    if (path / CONFIG_FILE).exists():
+        return path.resolve()
+    candidates = sorted((child for child in path.iterdir() if child.is_dir() and not child.is_symlink()
+                         and (child / CONFIG_FILE).is_file() and has_checkpoint(child) and not is_finished(child)),
+                        key=lambda child: child.name)
+    if not candidates:
+        raise CbmctlError(f"{path}: neither a run nor a folder holding an interrupted run (one with a checkpoint)")
+    return candidates[-1].resolve()
+
+
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file() and not has_checkpoint(run_dir)
 

@@ -142,6 +142,18 @@ def test_an_untampered_checkpoint_resumes(cli, interrupted):
     assert not (interrupted / "checkpoint.json").exists()
 
 
+def test_a_run_still_training_elsewhere_is_not_resumed(cli, interrupted):
+    from filelock import FileLock
+
+    from cbmctl.files import lock_path
+    before = (interrupted / "checkpoint.json").read_bytes()
+    with FileLock(str(lock_path(interrupted))):  # as another process training it holds it
+        one_line_error(cli("train", "--resume", interrupted, "--quiet"), "in use", "training")
+    assert (interrupted / "checkpoint.json").read_bytes() == before
+    resumed = cli("train", "--resume", interrupted, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+
+
 # 3. a checkpoint copied in from a run on other data is refused
 def test_a_checkpoint_from_another_world_is_refused(cli, world, interrupted, tmp_path):
     other = tmp_path / "other"
@@ -222,7 +234,14 @@ def test_a_runs_root_means_its_latest_run(cli, finished):
     scored = cli("train", "--evaluate", root, "--device", "cpu")
     assert scored.exit_code == 0, scored.output
     assert "latest run" in scored.stderr
-    one_line_error(cli("train", "--resume", root, "--quiet"), "already finished")
+    one_line_error(cli("train", "--resume", root, "--quiet"), "interrupted run")  # only a finished one there
+    # a run killed after `latest` was last moved is the one --resume means (latest only names finished runs)
+    shutil.copytree(finished, root / "zz-killed")
+    _interrupt(root / "zz-killed")
+    resumed = cli("train", "--resume", root, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert "newest interrupted run" in resumed.stderr and "zz-killed" in resumed.stderr
+    assert (root / "zz-killed" / "metrics.json").is_file() and not (root / "zz-killed" / "checkpoint.json").exists()
 
 
 # 9. a run records absolute paths, so its config works from anywhere

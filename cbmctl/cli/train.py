@@ -92,7 +92,7 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     if evaluate_run_dir:
         return _evaluate(_run_dir(evaluate_run_dir), given, as_json)
     if resume:
-        resume = _run_dir(resume)
+        resume = _run_dir(resume, interrupted=True)
         allowed = {"device"}
         changed = sorted(set(given) - allowed)
         if changed:
@@ -115,13 +115,15 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     _render(result, spec)
 
 
-def _run_dir(path: str) -> Path:
-    """A run directory, or a runs root standing for its latest run (as explain and inspect read it; said)."""
-    from cbmctl.runs import resolve_run
+def _run_dir(path: str, interrupted: bool = False) -> Path:
+    """A run directory, or a folder of runs standing for its latest run (as explain and inspect read it) or,
+    to resume, its newest interrupted run; said when a folder was resolved."""
+    from cbmctl.runs import resolve_interrupted_run, resolve_run
     from cbmctl.sanitize import safe_text
-    run_dir = resolve_run(path)
+    run_dir = resolve_interrupted_run(path) if interrupted else resolve_run(path)
     if run_dir != Path(path).resolve():
-        _echo_err(f"{safe_text(path)}: its latest run, {safe_text(run_dir)}")
+        which = "newest interrupted" if interrupted else "latest"
+        _echo_err(f"{safe_text(path)}: its {which} run, {safe_text(run_dir)}")
     return run_dir
 
 

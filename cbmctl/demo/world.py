@@ -7,6 +7,7 @@ an image shows its species' profile, which concept sets ship with the world, and
 species pairs differ in a single attribute by editing one family of one species' profile."""
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -275,9 +276,24 @@ def make_world(directory, seed: int = 0, images_per_class: int | None = None, pr
     if spec is None or spec.train_per_class < 2:
         raise CbmctlError("--train-per-class must be at least 2: cbmctl carves a validation image per species out "
                           "of the train images, and 1 would leave none to validate (or train) on")
+    from cbmctl.files import file_lock
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{root.name}.making-", dir=root.parent))
+    except OSError as error:
+        raise CbmctlError(f"cannot write {safe_text(root)}: {error.strerror or error}") from None
+    with file_lock(root, wait=False, doing="making"):
+        return _make_in_place(root, seed, spec)
+
+
+def _make_in_place(root: Path, seed: int, spec) -> Path:
+    """Under the target's lock: sweep what a killed make left (its staging folder; no other make of this
+    target can be running), then write into a new staging folder and move it into place."""
+    staging = f".{root.name}.making-"
+    for stale in root.parent.glob(f"{glob.escape(staging)}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=staging, dir=root.parent))
         from cbmctl.files import _umask
         os.chmod(work, 0o777 & ~_umask())  # mkdtemp's 0700 is for the temporary name, not the world
     except OSError as error:
