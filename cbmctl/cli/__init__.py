@@ -49,7 +49,8 @@ class LazyGroup(click.Group):
             # the last resort for a file the commands did not expect to be unwritable or missing (a full disk, a
             # read-only mount): one line, not a traceback; other exceptions stay visible as the bugs they are
             from cbmctl.sanitize import safe_text
-            where = f"{error.filename}: " if error.filename else ""
+            names = [str(name) for name in (error.filename, error.filename2) if name]
+            where = f"{' -> '.join(names)}: " if names else ""
             click.echo(f"Error: {safe_text(where + (error.strerror or str(error)))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
