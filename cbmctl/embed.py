@@ -186,8 +186,9 @@ def _embed_shards(dataset, backbone, journal, pending, batch_size, workers, prog
     shard_iter = iter(pending)
     split, index, start, end = next(shard_iter)
     chunks, rows, skipped_rows, reasons, done_in_shard, embedded = [], [], [], [], 0, 0
-    bar = tqdm(total=len(items), unit="img", desc=f"embed rank {rank}" if rank else "embed", disable=not progress,
-               dynamic_ncols=True)
+    # with `progress`, a bar on a terminal only: redirected stderr gets no carriage-return frames
+    bar = tqdm(total=len(items), unit="img", desc=f"embed rank {rank}" if rank else "embed",
+               disable=None if progress else True, dynamic_ncols=True)
     for pixels, positions, failures in loader:
         failures = list(failures)
         good = [i for i, reason in enumerate(failures) if not reason]
@@ -329,7 +330,7 @@ def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
 
 
 def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: int | None = None,
-                  overwrite: bool = False, templates: list[str] | None = None, progress: bool = True,
+                  overwrite: bool = False, templates: list[str] | None = None, progress: bool = False,
                   shard_size: int | None = None, log=None) -> EmbedReport:
     """Embed every split of `dataset` with `backbone` into the HDF5 file `cache`.
 

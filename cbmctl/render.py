@@ -311,6 +311,7 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
     if differ:
         parts.append("differ significantly from the plain CBM (none): " + "; ".join(differ))
     if same:
-        parts.append("no significant difference from none: " + "; ".join(same))
+        parts.append("not significant after Holm's correction (an uncorrected interval may still exclude 0): "
+                     + "; ".join(same))
     return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
             "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")

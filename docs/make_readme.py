@@ -195,15 +195,16 @@ class Blocks:
     def cms(self) -> str:
         self.world()
         full = cbmctl_json(["cms", "W"], self.work)
-        attributes = [c for c in (ROOT / "cbmctl/concept_sets/demo.txt").read_text().splitlines()
-                      if c.strip() and not c.startswith("#")][:22]
+        # as the shown command makes it: the built-in set lists its 22 attribute values first
+        attributes = cbmctl(["concepts", "show", "demo"], self.work)[0].splitlines()[:22]
         (self.work / "attributes.txt").write_text("\n".join(attributes) + "\n")
         only = cbmctl_json(["cms", "W", "--concepts", "attributes.txt"], self.work)
         by_name = {r["method"]: r for r in only["rows"]}
         body = [[r["method"] + (" (transductive)" if r["transductive"] else ""), percent(r["top1"]),
                  percent(by_name[r["method"]]["top1"]) if r["method"] in by_name else "-"] for r in full["rows"]]
-        return (commands_line(["cbmctl cms W", "cbmctl cms W --concepts attributes.txt   # the 22 attribute concepts "
-                                               "of the demo set, without its 11 distractors"])
+        return (commands_line(["cbmctl cms W", "cbmctl concepts show demo | head -n 22 > attributes.txt   # the 22 "
+                               "attribute concepts of the demo set, without its 11 distractors",
+                               "cbmctl cms W --concepts attributes.txt"])
                 + markdown_table(["method", "top-1, demo set (33)", "top-1, attributes only (22)"], body))
 
     def explain(self) -> str:

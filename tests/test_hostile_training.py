@@ -244,6 +244,15 @@ def test_a_runs_root_means_its_latest_run(cli, finished):
     assert (root / "zz-killed" / "metrics.json").is_file() and not (root / "zz-killed" / "checkpoint.json").exists()
 
 
+def test_a_new_run_beside_an_interrupted_one_says_how_to_continue_it(cli, world, interrupted):
+    started = cli("train", world[0][0], "--concepts", world["root"] / "concepts.txt", "--epochs", "2",
+                  "--device", "cpu", "--out", interrupted.parent, "-q")
+    assert started.exit_code == 0, started.output
+    notes = [line for line in started.stderr.splitlines() if "was interrupted" in line]
+    assert len(notes) == 1 and interrupted.name in notes[0] and "--resume" in notes[0]
+    assert (interrupted / "checkpoint.json").is_file()  # the interrupted run is left as it was
+
+
 # 9. a run records absolute paths, so its config works from anywhere
 def test_relative_data_is_recorded_absolute(world, tmp_path, monkeypatch):
     from cbmctl.runs import read_yaml

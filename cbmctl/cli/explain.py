@@ -64,6 +64,8 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     from cbmctl.errors import CbmctlError
     from cbmctl.runs import resolve_run
     assignments = _assignments(set_values)
+    if not images and not save_edited:
+        raise click.UsageError("give at least one IMAGE")
     run_dir = None
     if not use_cms or not (model or concepts):
         # --cms alone borrows the run's backbone and concepts when there is one

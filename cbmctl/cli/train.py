@@ -107,6 +107,8 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
         spec = ExperimentSpec.from_mapping(given)
     from cbmctl.pipeline import plan_train
     plan = plan_train(spec)  # every mistake in the arguments is found before torch loads (seconds)
+    if not resume:
+        _mention_interrupted_run(Path(spec.out))
     from cbmctl.pipeline import run_train
     result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
                        plan=plan, warn=_echo_err)
@@ -125,6 +127,22 @@ def _run_dir(path: str, interrupted: bool = False) -> Path:
         which = "newest interrupted" if interrupted else "latest"
         _echo_err(f"{safe_text(path)}: its {which} run, {safe_text(run_dir)}")
     return run_dir
+
+
+def _mention_interrupted_run(out: Path) -> None:
+    """A new run next to an interrupted one: say how to continue that one instead (one line)."""
+    from cbmctl.errors import CbmctlError
+    from cbmctl.runs import resolve_interrupted_run
+    from cbmctl.sanitize import safe_text
+    if not out.is_dir():
+        return
+    try:
+        interrupted = resolve_interrupted_run(str(out))
+    except (CbmctlError, OSError):
+        return
+    if interrupted.parent == out.resolve():
+        _echo_err(f"note: {safe_text(interrupted)} was interrupted; this starts a new run "
+                  f"(`cbmctl train --resume {safe_text(out)}` continues that one)")
 
 
 def _command_line_wins(given: dict) -> dict:
