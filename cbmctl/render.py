@@ -22,6 +22,12 @@ def _bar(value: float, largest: float) -> str:
     return ("█" * full + partial.strip()) or "▏"
 
 
+def is_absence(explanation, row) -> bool:
+    """Evidence from a concept's absence: with the sparse head, a standardised activation below the concept's
+    train mean (its contribution then comes from the concept being weaker than usual, not from its presence)."""
+    return explanation.head == "sparse" and row.head_input is not None and row.head_input < 0
+
+
 def explanation_table(explanation):
     """A rich Table: the explained class's concepts with contribution bars, the values behind them and the
     raw CLIP scores. Every name is untrusted text: shown escaped, never as markup."""
@@ -51,7 +57,10 @@ def explanation_table(explanation):
     largest = max((abs(r.contribution) for r in rows), default=0.0)
     for row in rows:
         colour = "green" if row.contribution >= 0 else "red"
-        cells = [Text(safe_text(row.concept)), Text(_bar(row.contribution, largest), style=colour),
+        name = Text(safe_text(row.concept))
+        if is_absence(explanation, row):
+            name.append(" (absent)", style="dim")
+        cells = [name, Text(_bar(row.contribution, largest), style=colour),
                  f"{row.contribution:+.3f}", f"{row.activation:.3f}"]
         if sparse:
             cells.append(f"{row.head_input:+.2f}")
@@ -96,8 +105,7 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
                           f"({explanation.probability:.2f})", fontsize=9)
         concepts = list(reversed(explanation.concepts))
         values = [c.contribution for c in concepts]
-        # evidence from a concept's absence (its standardised activation below its train mean) is drawn hatched
-        absent = [c.head_input is not None and explanation.head == "sparse" and c.head_input < 0 for c in concepts]
+        absent = [is_absence(explanation, c) for c in concepts]  # drawn hatched
         labels = [_plain(c.concept) + (" (absent)" if gone else "") for c, gone in zip(concepts, absent)]
         drawn = bars.barh(labels, values, color=["#2e7d32" if v >= 0 else "#c62828" for v in values])
         for bar, gone in zip(drawn, absent):

@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -75,6 +76,26 @@ def test_explanation_contributions_sum_to_the_logit(explainer):
         assert shown + result.unlisted + result.bias == pytest.approx(result.logit, abs=1e-4)
     other = explainer.explain(features, ["a", "b", "c"], class_name="class 3")
     assert all(r.explained_class == "class 3" for r in other)
+
+
+def test_the_text_table_marks_evidence_from_absence_as_the_png_does(explainer):
+    from rich.console import Console
+
+    from cbmctl.render import explanation_table
+    explainer, data = explainer
+    results = explainer.explain(data.features["test"][:20], [str(i) for i in range(20)], top_k=6)
+    marked = 0
+    for result in results:
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(explanation_table(result))
+        lines = console.export_text().splitlines()
+        for row in result.concepts:
+            line = next(line for line in lines if line.strip().startswith(row.concept))
+            below_mean = result.head == "sparse" and row.head_input < 0
+            assert ("(absent)" in line) == below_mean, line
+            marked += below_mean
+    if explainer.model.head_kind == "sparse":
+        assert marked > 0  # the case occurs on these images, so the check above is not vacuous
 
 
 def test_cms_explanation_ranks_concepts_by_similarity():
