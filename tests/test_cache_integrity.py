@@ -258,20 +258,26 @@ def _wait_for_note(process):
     assert note in _stderr_so_far(process), _stderr_so_far(process)
 
 
+def _second_waits_for_first(start_first, start_second):
+    """Start a process that stops holding the cache's lock (its journal half-assembled), then a second one;
+    once the second says it waits, let the first go on. Returns both (exit code, stdout, stderr)."""
+    with reaped([]) as started:
+        first = start_first(CBMCTL_FAULT="embed:before-replace=stop")
+        started.append(first)
+        _stopped(first)
+        second = start_second()
+        started.append(second)
+        _wait_for_note(second)
+        os.kill(first.pid, signal.SIGCONT)
+        return finish(first), finish(second)
+
+
 @pytest.mark.slow
 def test_two_embeds_of_one_cache_the_second_waits_then_finds_it_done(built, tmp_path):
     cache = tmp_path / "c.h5"
     args = ["embed", built["data"], "--cache", cache, *TINY_ARGS, "--workers", "0", "--shard-size", "4"]
-    with reaped([]) as started:
-        first = cbmctl(*args, CBMCTL_FAULT="embed:before-replace=stop")
-        started.append(first)
-        _stopped(first)  # it holds the lock, with its journal half-assembled
-        second = cbmctl(*args)
-        started.append(second)
-        _wait_for_note(second)
-        os.kill(first.pid, signal.SIGCONT)
-        code_a, out_a, err_a = finish(first)
-        code_b, out_b, err_b = finish(second)
+    (code_a, out_a, err_a), (code_b, out_b, err_b) = _second_waits_for_first(
+        lambda **fault: cbmctl(*args, **fault), lambda: cbmctl(*args))
     assert (code_a, code_b) == (0, 0), err_a + err_b
     assert out_a.startswith("wrote") and out_b.startswith("up to date")
     assert "Traceback" not in err_a + err_b and err_b.count("waiting:") == 1
@@ -286,16 +292,8 @@ def test_two_trains_that_both_need_the_cache_embed_it_once(built, tmp_path):
     def train(out, **fault):
         return cbmctl("train", built["data"], "--cache", cache, *TINY_ARGS, "--concepts", built["concepts"],
                       "--epochs", "2", "--device", "cpu", "--out", tmp_path / out, **fault)
-    with reaped([]) as started:
-        first = train("a", CBMCTL_FAULT="embed:before-replace=stop")
-        started.append(first)
-        _stopped(first)
-        second = train("b")
-        started.append(second)
-        _wait_for_note(second)
-        os.kill(first.pid, signal.SIGCONT)
-        code_a, _, err_a = finish(first)
-        code_b, _, err_b = finish(second)
+    (code_a, _, err_a), (code_b, _, err_b) = _second_waits_for_first(lambda **fault: train("a", **fault),
+                                                                      lambda: train("b"))
     assert (code_a, code_b) == (0, 0), err_a + err_b
     assert "no cache yet: embedding" in err_a and "no cache yet: embedding" not in err_b
     assert "Traceback" not in err_a + err_b
