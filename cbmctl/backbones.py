@@ -625,8 +625,8 @@ def backbone_request(model: str | None, pretrained: str | None) -> BackboneReque
 
 def is_demo_world(classes) -> bool:
     """Whether a dataset's classes are the generated demo world's species (any subset of them)."""
-    from cbmctl.demo.world import species
-    names = {s.name for s in species()}
+    from cbmctl.demo.world import SPECIES_SETS, base_species
+    names = {s.name for kind in SPECIES_SETS for s in base_species(kind)}
     return bool(classes) and all(str(name).lower() in names for name in classes)
 
 
