@@ -221,6 +221,7 @@ def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMA
     background, each with a probability scaled by it (cbmctl.demo.cub_like); at 0 the draws, and so the
     images of every other world, are exactly what they always were."""
     from PIL import Image
+
     from cbmctl.demo import cub_like
     background = np.array(BACKGROUND_RGB[attributes["background"]], dtype=np.float32)
     texture = rng.normal(0, 14 if attributes["background"] == "grass" else 7, (size, size, 1)).astype(np.float32)

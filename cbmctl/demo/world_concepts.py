@@ -238,10 +238,10 @@ def llm_answer(all_species) -> tuple[dict[str, list[str]], dict[str, list[str]]]
         for _ in range(int(rng.binomial(len(own), LLM_WRONG_SHARE))):
             other = profiles[int(rng.integers(len(profiles)))]
             template, fams = LLM_COMPOSITES[int(rng.integers(len(LLM_COMPOSITES)))]
-            if all(other[f] == sp.profile[f] for f in fams):
+            composite = rng.random() < 0.6
+            if all(other[f] == sp.profile[f] for f in (fams if composite else fams[:1])):
                 continue  # no mistake after all: the other species shares these features
-            mistakes.append(_composite(template, fams, other) if rng.random() < 0.6
-                            else _phrasing(fams[0], other[fams[0]], rng))
+            mistakes.append(_composite(template, fams, other) if composite else _phrasing(fams[0], other[fams[0]], rng))
         answer[sp.name] = list(dict.fromkeys(own + mistakes))
         wrong[sp.name] = [m for m in mistakes if m not in own]
     return answer, wrong
