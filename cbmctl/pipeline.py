@@ -47,7 +47,7 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
 def resolve_concepts(concepts: str | None, config, cache):
     """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
     dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
-    demo world's (clean, distractors, noisy, as its world.json records them), or `concepts/NAME.txt` beside
+    demo world's (clean, distractors, noisy, llm, as its world.json records them), or `concepts/NAME.txt` beside
     its cbmctl.yaml."""
     from cbmctl.concepts import builtin_sets, load_concept_set
     name = concepts or config.concepts
