@@ -167,10 +167,12 @@ def _drawing():
         yield
 
 
-def _save(figure, path, plt, make_parent: bool = False) -> None:
+def _save(figure, path, plt, make_parent: bool = False, tight: bool = True) -> None:
+    """Write `figure` (laid out tight unless the caller placed everything itself) and close it."""
     try:
         with _drawing():
-            figure.tight_layout()
+            if tight:
+                figure.tight_layout()
             if make_parent:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path, dpi=110)
