@@ -22,10 +22,15 @@ def _bar(value: float, largest: float) -> str:
     return ("█" * full + partial.strip()) or "▏"
 
 
-def is_absence(explanation, row) -> bool:
+def absence_evidence(head: str, head_input: float | None) -> bool:
     """Evidence from a concept's absence: with the sparse head, a standardised activation below the concept's
-    train mean (its contribution then comes from the concept being weaker than usual, not from its presence)."""
-    return explanation.head == "sparse" and row.head_input is not None and row.head_input < 0
+    train mean (its contribution then comes from the concept being weaker than usual, not from its presence).
+    The one predicate behind every "(absent)" mark: explain's table and PNG, the TUI, the report."""
+    return head == "sparse" and head_input is not None and head_input < 0
+
+
+def is_absence(explanation, row) -> bool:
+    return absence_evidence(explanation.head, row.head_input)
 
 
 def explanation_table(explanation):

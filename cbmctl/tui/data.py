@@ -52,9 +52,13 @@ class InspectData:
         return active[np.argsort(-magnitude[active], kind="stable")].tolist()
 
     def image_path(self, image: int) -> Path | None:
-        if self.dataset_root is None or "#" in self.paths[image]:
+        return self.image_path_of(self.paths[image])
+
+    def image_path_of(self, relative: str) -> Path | None:
+        """The file of an image the cache lists by its path under the dataset root (None: not a file)."""
+        if self.dataset_root is None or "#" in relative:
             return None
-        return self.dataset_root / self.paths[image]
+        return self.dataset_root / relative
 
 
 def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str = "test") -> InspectData:
