@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
     "explain": ("cbmctl.cli.explain", "explain", "Explain images: predicted class, contributing concepts, interventions."),
     "inspect": ("cbmctl.cli.inspect", "inspect", "Browse class-concept matrices and per-image activations (TUI)."),
+    "report": ("cbmctl.cli.report", "report", "One self-contained HTML page about a run or comparison, to share."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }
 
