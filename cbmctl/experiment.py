@@ -47,15 +47,18 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, started=None) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
-    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both."""
+    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
+    is called once the run directory can be resumed (its config and record are written)."""
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
     run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
     runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
+    if started is not None:
+        started(run_dir)
     with open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") as log_file:
         def say(line: str) -> None:
             log_file.write(line + "\n")

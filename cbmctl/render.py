@@ -320,8 +320,9 @@ def plot_activation_histograms(path: Path, histograms: dict, title: str) -> None
         axis.set_xlim(0, 1)
         axis.set_xlabel(_plain(description), fontsize=8)
         axis.set_ylabel(f"share of {histograms.get('split', 'test')} images")
-        axis.set_title(_plain(name.replace("_", " ")), fontsize=9)
-    axes[0][0].legend(fontsize=7)
+        axis.set_title({"hoyer": "Hoyer", "top5_mass": "top-5 mass"}.get(name, _plain(name.replace("_", " "))),
+                       fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
     figure.suptitle(_plain(title), fontsize=10)
     _save(figure, path, plt)
 

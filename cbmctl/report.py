@@ -89,7 +89,9 @@ class ReportBuilder:
     def run_section(self) -> str:
         backbone, dataset = _section(self.record, "backbone"), _section(self.record, "dataset")
         concepts = _section(self.record, "concept_set")
-        facts = [("run", str(self.run_dir)), ("model shown", f"{self.meta.get('method')}, {self.explainer.model.head_kind} head"),
+        seed = _section(self.meta, "train_config").get("seed")
+        facts = [("run", str(self.run_dir)),
+                 ("model shown", f"{self.meta.get('method')}, seed {seed}, {self.explainer.model.head_kind} head"),
                  ("dataset", f"{dataset.get('dataset_name')} ({dataset.get('dataset_root')})"),
                  ("dataset fingerprint", str(dataset.get("dataset_fingerprint", ""))[:16]),
                  ("backbone", f"{backbone.get('backbone_model')} / {backbone.get('backbone_pretrained')}"),
@@ -221,7 +223,11 @@ class ReportBuilder:
         chosen = []
         for wanted in (True, False):
             pool = np.flatnonzero(correct == wanted)
-            chosen += [(int(i), wanted) for i in pool[np.argsort(-confidence[pool], kind="stable")][:self.examples]]
+            seen: set[int] = set()  # one image per true class: a few examples should show a few classes
+            for i in pool[np.argsort(-confidence[pool], kind="stable")]:
+                if len(seen) < self.examples and int(data.labels[i]) not in seen:
+                    seen.add(int(data.labels[i]))
+                    chosen.append((int(i), wanted))
         parts = []
         for index, right in chosen:
             features = torch.from_numpy(data.embeddings[index:index + 1].astype(np.float32))
@@ -245,8 +251,9 @@ class ReportBuilder:
                      f"{self.explainer.classes[int(predicted[index])]} (p = {confidence[index]:.2f})")
             parts.append(f"<h3>{text(title)}</h3><div class=\"example\">{self._image(root, data.paths[index])}"
                          f"<div>{''.join(tables)}</div></div>")
-        return ('<p class="note">the most confident correct and wrong predictions of the split; "(absent)": the '
-                "contribution comes from the concept being weaker than its train mean.</p>" + "".join(parts))
+        return ('<p class="note">the most confident correct and wrong predictions of the split, one per true class; '
+                '"(absent)": the contribution comes from the concept being weaker than its train mean.</p>'
+                + "".join(parts))
 
     # --- the page --------------------------------------------------------------------------------------
     def html(self) -> str:
@@ -264,9 +271,9 @@ class ReportBuilder:
         else:
             data = cache.split(self.split)
             self.say(f"report: the model on the {len(data.labels)} {self.split} images, faithfulness on train")
-            outputs = split_outputs(self.explainer, data.embeddings)
+            outputs = split_outputs(self.explainer, data.embeddings, self.say)
             report = units_of_run(self.run_dir, self.explainer, cache, self.split, data, outputs[0], outputs[1],
-                                  self.unit_images)
+                                  self.unit_images, self.say)
             sections += [("units", "Concept units", self.units_section(report)),
                          ("examples", f"Explained {self.split} images",
                           self.examples_section(data, outputs, report.dataset_root))]

@@ -116,17 +116,26 @@ def resolve_interrupted_run(spec: str) -> Path:
     """The run `--resume` continues: the given run directory, or, for a folder of runs (a runs root, or an
     --out folder), its newest run that holds a checkpoint and has not finished (`latest` only ever points at
     finished runs)."""
+    from cbmctl.files import in_use
     path = Path(spec)
     if not path.is_dir():
         raise CbmctlError(f"{path}: no such run directory")
     if (path / CONFIG_FILE).exists():
+        if in_use(path):
+            raise CbmctlError(f"{path} is in use: another cbmctl process is training it right now (it is not "
+                              "interrupted); wait for it to finish")
         return path.resolve()
     candidates = sorted((child for child in path.iterdir() if child.is_dir() and not child.is_symlink()
-                         and (child / CONFIG_FILE).is_file() and has_checkpoint(child) and not is_finished(child)),
-                        key=lambda child: child.name)
+                         and (child / CONFIG_FILE).is_file() and is_interrupted(child)), key=lambda child: child.name)
     if not candidates:
         raise CbmctlError(f"{path}: neither a run nor a folder holding an interrupted run (one with a checkpoint)")
     return candidates[-1].resolve()
+
+
+def is_interrupted(run_dir: Path) -> bool:
+    """A run that stopped before finishing and that no process is training now (it holds a checkpoint)."""
+    from cbmctl.files import in_use
+    return has_checkpoint(run_dir) and not is_finished(run_dir) and not in_use(run_dir)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -260,7 +269,7 @@ def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str], percen
 
     def value(key, statistic, cell, scaled):
         number = cell.get(statistic, "")
-        return 100 * number if key in percent and statistic in scaled and isinstance(number, (int, float)) \
+        return round(100 * number, 6) if key in percent and statistic in scaled and isinstance(number, (int, float)) \
             and not isinstance(number, bool) else number
     writer.writerow(["method"] + [f"{k}_{s}{unit(k, s, columns, 'pct')}" for k in keys for s in columns]
                     + [f"{k}_vs_none_{s}{unit(k, s, differences[:3], 'pp')}" for k in paired for s in differences])

@@ -165,15 +165,20 @@ def run_truth(run_dir: Path, cache, split_data, concepts) -> tuple[np.ndarray | 
     return truth, notes
 
 
-def run_faithfulness(explainer, cache) -> torch.Tensor:
+def run_faithfulness(explainer, cache, log=None) -> torch.Tensor:
+    """faithfulness over the cache's train split; `log` hears of progress when it takes a while."""
     from cbmctl.cms import split_embedding_chunks
-    return faithfulness(explainer, split_embedding_chunks(cache, "train", CHUNK))
+    from cbmctl.logs import Progress
+    progress = Progress(log, cache.counts().get("train", 0), "faithfulness over the train split")
+    return faithfulness(explainer, progress.iterate(split_embedding_chunks(cache, "train", CHUNK)))
 
 
-def split_outputs(explainer, embeddings: np.ndarray):
+def split_outputs(explainer, embeddings: np.ndarray, log=None):
     """(ψ, activations, logits) of a split's embeddings as float32 numpy arrays, CHUNK images at a time."""
-    parts = [explainer.forward(torch.from_numpy(embeddings[s:s + CHUNK].astype(np.float32)))
-             for s in range(0, len(embeddings), CHUNK)]
+    from cbmctl.logs import Progress
+    progress = Progress(log, len(embeddings), "the model over the split")
+    parts = [explainer.forward(torch.from_numpy(chunk.astype(np.float32)))
+             for chunk in progress.iterate(embeddings[s:s + CHUNK] for s in range(0, len(embeddings), CHUNK))]
     if not parts:
         c, k = len(explainer.concepts), len(explainer.classes)
         return np.zeros((0, c), np.float32), np.zeros((0, c), np.float32), np.zeros((0, k), np.float32)
@@ -191,18 +196,18 @@ def concept_units(run_dir, split: str = "test", k: int = 10, log=None) -> UnitsR
     data = cache.split(split)
     say(f"units: {len(explainer.concepts)} concepts over the {len(data.labels)} {split} images; faithfulness over "
         f"the {cache.counts().get('train', 0)} train images")
-    scores, activations, _ = split_outputs(explainer, data.embeddings)
-    return units_of_run(run_dir, explainer, cache, split, data, scores, activations, k)
+    scores, activations, _ = split_outputs(explainer, data.embeddings, log)
+    return units_of_run(run_dir, explainer, cache, split, data, scores, activations, k, log)
 
 
-def units_of_run(run_dir, explainer, cache, split: str, data, scores, activations, k: int) -> UnitsReport:
+def units_of_run(run_dir, explainer, cache, split: str, data, scores, activations, k: int, log=None) -> UnitsReport:
     """concept_units from a split already read (SplitData) and passed through the model (ψ, activations)."""
     truth, notes = run_truth(run_dir, cache, data, explainer.concepts)
     config = explainer.metadata.get("train_config") if isinstance(explainer.metadata.get("train_config"), dict) else {}
     cutoff = float(config.get("faithfulness_cutoff", -1.0)) if explainer.model.head_kind == "sparse" else -1.0
     head = explainer.model.class_concept_weights().numpy()
     units = build_units(explainer.concepts, explainer.classes, activations, scores, head, data.labels, data.paths,
-                        run_faithfulness(explainer, cache).numpy(), cutoff, truth, k)
+                        run_faithfulness(explainer, cache, log).numpy(), cutoff, truth, k)
     return UnitsReport(str(run_dir), split, int(len(data.labels)), cutoff, explainer.model.head_kind, units,
                        str(cache.attrs.get("dataset_root", "")) or None, notes)
 

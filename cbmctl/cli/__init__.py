@@ -40,6 +40,8 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from cbmctl.cli.common import on_interrupt
+        on_interrupt(None)  # each command says for itself how its work continues
         try:
             return super().invoke(ctx)
         except CbmctlError as error:
@@ -55,7 +57,9 @@ class LazyGroup(click.Group):
             click.echo(f"Error: {safe_text(where + (error.strerror or str(error)))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            from cbmctl.cli.common import interrupt_line
+            from cbmctl.sanitize import safe_text
+            click.echo(safe_text(interrupt_line()), err=True)
             ctx.exit(130)
 
 

@@ -21,14 +21,15 @@ from cbmctl.sanitize import safe_text as _shown
 @click.option("--per-class", is_flag=True, help="Add per-class accuracy.")
 @click.option("--no-random-control", is_flag=True, help="Skip the random-word control (it needs the backbone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (every row, notes, device) as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, data_root, split, per_class,
-        no_random_control, as_json):
+        no_random_control, as_json, quiet):
     """Concept Matrix Search: predict argmax_c sim(V_i, T_c) from V = cos(image, concepts) and
     T = cos(class names, concepts), in the paper's variants and cbmctl's centred one (V centred with the
     train split's mean), next to zero-shot CLIP, a description baseline and a random-concept control, on
     one split (test by default). No training."""
     from cbmctl.preflight import plan_cache
-    log = None if as_json else (lambda line: click.echo(line, err=True))
+    log = None if as_json or quiet else (lambda line: click.echo(line, err=True))
     # every mistake in the arguments is found before torch loads (seconds)
     plan = plan_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
                       data_root=data_root)
@@ -41,7 +42,7 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     concept_set = resolve_concepts(concepts, config, cache)
     if log and device.lower() == "auto":
         log(f"device: {resolved} (--device auto)")
-    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved)
+    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved, log=log)
     if as_json:
         return print_json(report)
     from rich.table import Table

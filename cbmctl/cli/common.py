@@ -39,6 +39,19 @@ def dataset_options(func):
     return wrapper
 
 
+# what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)
+_INTERRUPT_HINT: list[str] = []
+
+
+def on_interrupt(hint: str | None) -> None:
+    """Set what an interrupt (Ctrl-C) of this command prints after "Interrupted": how to continue."""
+    _INTERRUPT_HINT[:] = [hint] if hint else []
+
+
+def interrupt_line() -> str:
+    return "Interrupted" + (f"; {_INTERRUPT_HINT[0]}" if _INTERRUPT_HINT else ".")
+
+
 def print_json(data, strict: bool = False) -> None:
     """`strict`: refuse NaN and Infinity (not JSON; a parser downstream would choke) with a one-line error."""
     from cbmctl.errors import CbmctlError

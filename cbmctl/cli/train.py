@@ -109,9 +109,13 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     plan = plan_train(spec)  # every mistake in the arguments is found before torch loads (seconds)
     if not resume:
         _mention_interrupted_run(Path(spec.out))
+    from cbmctl.cli.common import on_interrupt
     from cbmctl.pipeline import run_train
+    from cbmctl.sanitize import safe_text
+    on_interrupt("rerun the same command to continue (an embedding resumes from its last finished shard)")
     result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
-                       plan=plan, warn=_echo_err)
+                       plan=plan, warn=_echo_err,
+                       started=lambda run: on_interrupt(f"`cbmctl train --resume {safe_text(run)}` continues it"))
     if as_json:
         return print_json(read_metrics(result.run_dir))
     _render(result, spec)
