@@ -218,3 +218,21 @@ def check_images_exist(images) -> None:
         first = safe_text(images[0])
         raise CbmctlError(f"{first}: file not found" if len(images) == 1 else
                           f"none of the {len(images)} images exists (first: {first}: file not found)")
+
+
+class _Recorded:
+    """What resolve_concepts reads of a cache (its attributes), for a cache that is not embedded yet."""
+
+    def __init__(self, dataset):
+        self.attrs = {"dataset_root": str(dataset.root), "dataset_name": dataset.name}
+
+
+def check_concepts(concepts, plan: CachePlan) -> None:
+    """The concept set `--concepts` (or the dataset's default) names exists — a built-in set, a file, or one of
+    the dataset's own — decided before torch loads and before any embedding, not after them."""
+    from cbmctl.pipeline import resolve_concepts
+    if plan.cache.is_file() and plan.state != "missing":
+        from cbmctl.cache import open_cache
+        resolve_concepts(concepts, plan.config, open_cache(plan.cache))
+    elif plan.dataset is not None:
+        resolve_concepts(concepts, plan.config, _Recorded(plan.dataset))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import backbone_options, console, print_json
+from cbmctl.cli.common import Choice, backbone_options, console, print_json
 from cbmctl.sanitize import safe_text as _shown
 
 
@@ -16,7 +16,7 @@ from cbmctl.sanitize import safe_text as _shown
               help="Cache file to read (made by embedding DATA when it does not exist yet).")
 @click.option("--data-root", default=None, envvar="CBMCTL_DATA",
               help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="Split to evaluate (the centred variant always centres with train).")
 @click.option("--per-class", is_flag=True, help="Add per-class accuracy.")
 @click.option("--no-random-control", is_flag=True, help="Skip the random-word control (it needs the backbone).")
@@ -33,6 +33,8 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     # every mistake in the arguments is found before torch loads (seconds)
     plan = plan_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
                       data_root=data_root)
+    from cbmctl.preflight import check_concepts
+    check_concepts(concepts, plan)
     from cbmctl.backbones import resolve_device
     from cbmctl.cms import cms_report
     from cbmctl.pipeline import resolve_cache, resolve_concepts

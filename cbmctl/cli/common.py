@@ -7,6 +7,18 @@ import json
 import click
 
 
+class Choice(click.Choice):
+    """click.Choice that adds "did you mean ...?" to the error for a misspelt value."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as error:
+            from cbmctl.suggest import did_you_mean
+            error.message = str(error.message).rstrip(".") + did_you_mean(str(value), self.choices)
+            raise
+
+
 def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.yaml, else ViT-L-14"):
     """--model/--pretrained/--device; `@backbone_options(model_default=...)` for commands that take no
     dataset, so that the help says where their default really comes from."""
@@ -26,7 +38,7 @@ def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.ya
 
 def dataset_options(func):
     @click.option("--format", "dataset_format", default=None,
-                  type=click.Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
+                  type=Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
                   help="Force the on-disk format instead of detecting it.")
     @click.option("--data-root", default=None, envvar="CBMCTL_DATA",
                   help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import console, print_json
+from cbmctl.cli.common import Choice, console, print_json
 
 
 def _assignment(text):
@@ -58,7 +58,7 @@ def _assignments(texts) -> dict[str, float]:
               help="Instead of images, show the run's unit for CONCEPT: its --top-k most activating images of "
                    "--split, its faithfulness and, with ground truth, the share of them that show it. "
                    "'all' tabulates every unit.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="With --unit: the split whose images are ranked.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False),
               help="Also draw the explanations (with --unit: the units' top images) to a PNG.")

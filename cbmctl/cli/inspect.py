@@ -5,12 +5,14 @@ from pathlib import Path
 
 import click
 
+from cbmctl.cli.common import Choice
+
 
 @click.command()
 @click.argument("source", required=False)
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where runs live: without SOURCE, its latest run is opened.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="The split whose images the images and concept-units screens list.")
 def inspect(source, runs_root, split):
     """Open the TUI on SOURCE: a run directory (default: runs/latest; a runs root means its latest) or a

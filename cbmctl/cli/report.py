@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from cbmctl.cli.common import Choice
+
 
 @click.command()
 @click.argument("source", required=False)
@@ -12,7 +14,7 @@ import click
               help="Where runs live: without SOURCE, its latest run is reported.")
 @click.option("--out", "-o", default=None, type=click.Path(dir_okay=False),
               help="The HTML file to write (default: report.html in the run directory).")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="The split whose images rank the concept units and are explained.")
 @click.option("--images", "unit_images", default=8, show_default=True, type=click.IntRange(1, 50),
               help="Top images shown per concept unit.")
