@@ -82,8 +82,11 @@ class HelpScreen(ModalScreen):
 class InspectApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "cbmctl inspect"
-    BINDINGS = [Binding("1,m", "switch_mode('matrix')", "matrix"), Binding("2,i", "switch_mode('images')", "images"),
-                Binding("3", "switch_mode('summary')", "summary"), Binding("4,u", "switch_mode('concepts')", "units"),
+    # one footer entry for the four screens: the footer has room for each screen's own keys (? lists them all)
+    BINDINGS = [Binding("1,m", "switch_mode('matrix')", "screens", key_display="1-4"),
+                Binding("2,i", "switch_mode('images')", "images", show=False),
+                Binding("3", "switch_mode('summary')", "summary", show=False),
+                Binding("4,u", "switch_mode('concepts')", "units", show=False),
                 Binding("question_mark", "help", "help"),
                 Binding("q", "quit", "quit")]
 

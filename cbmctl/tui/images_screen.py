@@ -262,7 +262,7 @@ class ImagesScreen(Screen):
         table = Table(title=title, title_justify="left", box=None, padding=(0, 1), header_style="bold")
         table.add_column("concept", overflow="fold")
         columns = [("V = cos", "activation"), ("T", "weight"), ("V·T", "contribution")] if cms else \
-            [("a", "activation")] + ([("x=(a−μ)/σ", "input")] if data.head_kind == "sparse" else []) + \
+            [("a", "activation")] + ([("x", "input")] if data.head_kind == "sparse" else []) + \
             [("F", "weight"), ("x·F" if data.head_kind == "sparse" else "a·F", "contribution"), ("CLIP ψ", "score")]
         for header, _ in columns:
             table.add_column(header, justify="right", no_wrap=True)
