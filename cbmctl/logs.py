@@ -14,14 +14,18 @@ def sayer(log=None):
     return log if log is not None else LOGGER.info
 
 
+PROGRESS_SECONDS = 10.0  # at most one progress line this often
+
+
 class Progress:
     """Lines about work that takes a while: the first after `every` seconds, then at most one per `every`
     seconds, each with the share done and an estimate of the time left — so a short job says nothing and a
     long one is never silent for long. `log` None: silent (quiet and JSON modes pass None)."""
 
-    def __init__(self, log, total: int, what: str, unit: str = "images", every: float = 10.0, clock=None):
+    def __init__(self, log, total: int, what: str, unit: str = "images", every: float | None = None, clock=None):
         import time
-        self.log, self.total, self.what, self.unit, self.every = log, max(int(total), 0), what, unit, every
+        self.log, self.total, self.what, self.unit = log, max(int(total), 0), what, unit
+        self.every = PROGRESS_SECONDS if every is None else every
         self.clock = clock or time.monotonic
         self.started = self.last = self.clock()
         self.done = 0
@@ -33,7 +37,7 @@ class Progress:
             return
         self.last = now
         share = min(self.done / self.total, 1.0)
-        left = (now - self.started) * (1 - share) / share if share > 0 else None
+        left = (now - self.started) * (1 - share) / share if 0 < share < 1 else None
         self.log(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} ({100 * share:.0f} %)"
                  + (f", about {_duration(left)} left" if left is not None else ""))
 
