@@ -102,13 +102,7 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
         raise click.UsageError("give at least one IMAGE")
     if (assignments or zero) and use_cms:
         raise click.UsageError("interventions (--set/--zero) need a trained run, not --cms")
-    if png:
-        from cbmctl.render import check_figure_path
-        check_figure_path(png)  # before embedding anything: a bad --png is known now
-    from cbmctl.preflight import check_images_exist, check_run_names
-    check_images_exist(images)  # every mistake findable without torch is found before it loads (seconds)
-    if run_dir is not None and not use_cms:
-        check_run_names(run_dir, [*zero, *assignments], [class_name] if class_name else [])
+    _check_first(images, run_dir if not use_cms else None, [*zero, *assignments], class_name, png)
     from cbmctl.explain import explain_with_cms, explain_with_run
     if use_cms:
         explained = explain_with_cms(list(images), run_dir, model, pretrained, concepts, classes, device, top_k,
@@ -128,6 +122,18 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
             click.echo(f"wrote {png}")
     if explained.errors:
         raise SystemExit(1)
+
+
+def _check_first(images, run_dir, concepts, class_name, png) -> None:
+    """Every mistake findable without torch, found before it loads (seconds): a --png that cannot be written,
+    images none of which exists, concept and class names the run does not have."""
+    from cbmctl.preflight import check_images_exist, check_run_names
+    if png:
+        from cbmctl.render import check_figure_path
+        check_figure_path(png)
+    check_images_exist(images)
+    if run_dir is not None:
+        check_run_names(run_dir, concepts, [class_name] if class_name else [])
 
 
 def _render(explained):
