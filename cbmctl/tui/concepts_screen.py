@@ -99,13 +99,13 @@ class ConceptsScreen(Screen):
         images = self.query_one("#unit-images", DataTable)
         images.clear(columns=True)
         truth = unit.truth_share is not None
-        for label in ("#", "class", "a", "ψ") + (("shows it",) if truth else ()) + ("image",):
+        for label in ("#", "a", "ψ") + (("shows it",) if truth else ()) + ("class", "image"):
             images.add_column(label)
         for rank, image in enumerate(unit.top, 1):
-            cells = [str(rank), plain(image.label), Text(f"{image.activation:.2f}"), Text(f"{image.score:.2f}")]
+            cells = [str(rank), Text(f"{image.activation:.2f}"), Text(f"{image.score:.2f}")]
             if truth:
                 cells.append(Text("yes", style="green") if image.shows else Text("no", style="red"))
-            images.add_row(*cells, plain(image.path.rsplit("/", 1)[-1]), key=str(rank - 1))
+            images.add_row(*cells, plain(image.label), plain(image.path.rsplit("/", 1)[-1]), key=str(rank - 1))
 
     def action_cycle_sort(self) -> None:
         if self.report is not None:
