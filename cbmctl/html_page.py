@@ -77,7 +77,8 @@ def table(headers: list[str], rows: list[list], text_columns: int = 1, css: str 
         return f"<{tag}{kind}>{content}</{tag}>"
     head = "".join(cell("th", i, h) for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f'<table{f" class={chr(34)}{css}{chr(34)}" if css else ""}><tr>{head}</tr>{body}</table>'
+    attributes = f' class="{css}"' if css else ""
+    return f"<table{attributes}><tr>{head}</tr>{body}</table>"
 
 
 class Raw:

@@ -43,7 +43,7 @@ def weights_csv(classes: list[str], concepts: list[str], weights: np.ndarray, bi
     writer = csv.writer(buffer)
     writer.writerow(["class"] + [cell(c) for c in concepts] + ["bias"])
     for k, name in enumerate(classes):
-        writer.writerow([cell(name)] + [f"{w + 0.0:.6g}" for w in weights[k]] + [f"{float(bias[k]):.6g}"])
+        writer.writerow([cell(name)] + [f"{w + 0.0:.6g}" for w in weights[k]] + [f"{float(bias[k]) + 0.0:.6g}"])
     return buffer.getvalue()
 
 

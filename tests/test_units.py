@@ -66,8 +66,9 @@ def test_explain_unit_text_json_and_png(cli, unit_runs, tmp_path):
     assert both.exit_code == 2 and "give no IMAGES" in both.output
 
 
-def test_mistakes_are_answered_before_torch_is_imported(unit_runs, tmp_path):
-    """Each command runs in one fresh interpreter; at the end torch must still not be imported."""
+def test_name_and_run_mistakes_are_answered_before_torch_is_imported(unit_runs, tmp_path):
+    """Every command runs in one fresh interpreter (the embed mistakes: test_cache_integrity); at the end torch
+    must still not be imported."""
     from makers import make_cub
     run, cache = unit_runs["single"], unit_runs["cache"]
     image = sorted((unit_runs["root"] / "test").glob("*.jpg"))[0]

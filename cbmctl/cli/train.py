@@ -108,6 +108,8 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     from cbmctl.pipeline import plan_train
     plan = plan_train(spec)  # every mistake in the arguments is found before torch loads (seconds)
     from cbmctl.preflight import check_concepts
+    from cbmctl.runs import check_writable
+    check_writable(Path(resume) if resume else Path(spec.out), "the resumed run" if resume else "runs")
     check_concepts(spec.concepts, plan)
     if not resume:
         _mention_interrupted_run(Path(spec.out))
