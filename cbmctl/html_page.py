@@ -70,15 +70,16 @@ def image_uri(image, quality: int = 85) -> str:
 
 
 def table(headers: list[str], rows: list[list], text_columns: int = 1, css: str = "") -> str:
-    """An HTML table; cells are escaped unless given as Raw; the first `text_columns` columns align left."""
+    """An HTML table (no header row when every header is empty); cells are escaped unless given as Raw; the
+    first `text_columns` columns align left."""
     def cell(tag, index, value):
         kind = ' class="text"' if index < text_columns else ""
         content = value.html if isinstance(value, Raw) else text(value)
         return f"<{tag}{kind}>{content}</{tag}>"
-    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
+    head = "<tr>" + "".join(cell("th", i, h) for i, h in enumerate(headers)) + "</tr>" if any(headers) else ""
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
     attributes = f' class="{css}"' if css else ""
-    return f"<table{attributes}><tr>{head}</tr>{body}</table>"
+    return f"<table{attributes}>{head}{body}</table>"
 
 
 class Raw:
