@@ -158,9 +158,10 @@ def _chunks(features, chunk: int):
 
 
 def predict(features, concept_vectors, class_vectors, variants=PAPER_VARIANTS, chunk: int = 4096,
-            device="cpu", v_train_mean=None) -> dict[Variant, torch.Tensor]:
+            device="cpu", v_train_mean=None, progress=None) -> dict[Variant, torch.Tensor]:
     """Predicted class per image for every variant, computed over chunks of `chunk` images. The centred
-    variant needs v_train_mean (see ConceptMatrixSearch.mean_v over the train split)."""
+    variant needs v_train_mean (see ConceptMatrixSearch.mean_v over the train split). `progress`: a
+    cbmctl.logs.Progress advanced by each chunk scored."""
     search = ConceptMatrixSearch(concept_vectors, class_vectors, device)
     features = torch.as_tensor(features)
     statistics = {}
@@ -174,6 +175,8 @@ def predict(features, concept_vectors, class_vectors, variants=PAPER_VARIANTS, c
         v = search.v(piece)
         for variant in variants:
             predictions[variant].append(score_matrices(v, search.t, variant, **statistics).predicted.cpu())
+        if progress is not None:
+            progress.advance(len(piece))
     return {v: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for v, p in predictions.items()}
 
 
@@ -220,11 +223,13 @@ def split_embedding_chunks(cache, split: str, chunk: int = 4096):
 
 
 def cms_report(cache, concept_set, split: str = "test", per_class: bool = False, random_control: bool = True,
-               device="cpu", chunk: int = 4096) -> dict:
+               device="cpu", chunk: int = 4096, log=None) -> dict:
     """Every CMS variant side by side with zero-shot CLIP, the description baseline and the random-concept
-    control, on one split of a cache. The centred variant centres V with the train split's mean."""
+    control, on one split of a cache. The centred variant centres V with the train split's mean. `log`
+    gets a progress line every few seconds of a long pass over the images (None: silent)."""
     from cbmctl.backbones import resolve_device
     from cbmctl.concepts import concept_vectors, random_concept_set
+    from cbmctl.logs import Progress
     device = resolve_device(str(device))
     data = cache.split(split)
     classes = cache.classes
@@ -240,7 +245,9 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
     variants, v_train_mean = PAPER_VARIANTS, None
     if "train" in cache.splits:
         search = ConceptMatrixSearch(concept_embeddings, class_embeddings, device)
-        train_sums, train_count = search.column_sums(split_embedding_chunks(cache, "train", chunk))
+        counts = cache.counts()
+        centring = Progress(log, counts.get("train", 0), "CMS: the train split's mean concept scores")
+        train_sums, train_count = search.column_sums(centring.iterate(split_embedding_chunks(cache, "train", chunk)))
         if train_count:
             variants, v_train_mean = ALL_VARIANTS, train_sums / train_count
             notes.append(f"{CENTRED.name} is cbmctl's addition, not the paper's: T's columns centred over "
@@ -249,7 +256,9 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
                 notes.append("evaluating the train split: the centring mean is taken over the evaluated images")
     if v_train_mean is None:
         notes.append(f"{CENTRED.name} skipped: the cache has no train images to centre V with")
-    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean)
+    scoring = Progress(log, len(features), f"CMS: {len(variants)} variants on the {split} split")
+    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean,
+                          scoring)
     for variant, predicted in predictions.items():
         add_row(variant.name, predicted, variant.transductive)
     add_row("zero-shot CLIP", zero_shot_predict(features, class_embeddings, chunk, device))

@@ -132,7 +132,9 @@ def locate_concept_set(spec: str) -> tuple[Path, str, str]:
         return path, path.stem, str(path)
     if spec in sets:
         return sets[spec], spec, f"builtin:{spec}"
-    raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set ({', '.join(sets) or 'none'})")
+    from cbmctl.suggest import did_you_mean
+    raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set ({', '.join(sets) or 'none'})"
+                      + did_you_mean(spec, sets))
 
 
 def load_concept_set(spec: str) -> ConceptSet:

@@ -90,3 +90,23 @@ def load_rgb(opener, path: str):
         text = str(error).lower()
         reason = "truncated image" if "truncat" in text else f"unreadable image ({_reason(error)})"
         raise BadImage(reason) from None
+
+
+def thumbnail(root, relative: str, size: int = 112):
+    """A dataset image (`relative` to the dataset `root`, as a cache records it) as an RGB image at most
+    `size` pixels on a side, or None when it is not a readable image file there: an array-backed row such
+    as CIFAR's "batch#row", a moved dataset, or a path that would leave the root (a cache's paths are not
+    trusted to stay inside it: a report must not pick up a file from elsewhere on the machine)."""
+    from pathlib import Path
+    if root is None or "#" in relative:
+        return None
+    base = Path(root).resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        return None
+    try:
+        image = load_rgb(open_image_file, str(path))
+    except (BadImage, OSError):
+        return None
+    image.thumbnail((size, size))
+    return image

@@ -104,11 +104,13 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None):
+def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None,
+              started=None):
     """The whole `cbmctl train` behaviour for an ExperimentSpec; returns the ExperimentResult. `run_dir`
     trains into that directory instead of a new timestamped one; `resume` continues an interrupted run;
     `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines (`log`
-    when not given), which a quiet `log` must not hide."""
+    when not given), which a quiet `log` must not hide; `started(run_dir)` is called once the run directory
+    is the one `--resume` would continue (the command line then knows what to say on Ctrl-C)."""
     from cbmctl import runs
     from cbmctl.backbones import resolve_device
     from cbmctl.experiment import check_resumable, run_experiment
@@ -148,7 +150,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
             if runs.is_finished(run_dir):
                 raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
         result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
-                                warn=warn)
+                                warn=warn, started=started)
     runs.point_latest(run_dir.parent, run_dir)
     return result
 

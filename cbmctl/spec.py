@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import first_control, has_control
+from cbmctl.suggest import did_you_mean
 
 LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
 BASELINES = ("linear-probe", "zero-shot")
@@ -27,7 +28,7 @@ MAX_SEEDS = 1000
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
     if name not in LOSSES:
-        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})")
+        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})" + did_you_mean(name, LOSSES))
     if gumbel_form not in GUMBEL_FORMS:
         raise CbmctlError(f"unknown --gumbel-form {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
     if hard and not (name == "gumbel" and gumbel_form == "paper"):
@@ -64,7 +65,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.loss not in METHODS:
-            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})")
+            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})"
+                              + did_you_mean(self.loss, METHODS))
         if self.loss in LOSSES:
             check_loss_options(self.loss, self.gumbel_form, self.hard)
         elif self.gumbel_form not in GUMBEL_FORMS:
@@ -73,7 +75,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CbmctlError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r} "
-                                  f"({', '.join(allowed)})")
+                                  f"({', '.join(allowed)})" + did_you_mean(str(getattr(self, name)), allowed))
         positive = {"tau": self.tau, "lr": self.lr, "cbl-lr": self.cbl_lr}
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
@@ -215,7 +217,8 @@ def parse_methods(value, where: str = "--compare") -> list[str]:
         raise CbmctlError(f"{where}: methods must be a list of {', '.join(METHODS)} (or 'all')")
     unknown = [m for m in value if m not in METHODS]
     if unknown:
-        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')")
+        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')"
+                          + did_you_mean(unknown[0], METHODS))
     if len(set(value)) != len(value):
         raise CbmctlError(f"{where}: a method is listed twice")
     return value

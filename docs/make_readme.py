@@ -214,6 +214,14 @@ class Blocks:
         return fenced([f"cbmctl explain {image} --top-k 6"], out)
 
 
+    def explain_unit(self) -> str:
+        # the quickstart's run, as in the explain block: one concept unit and its top images
+        self._quickstart("--json")
+        command = ["explain", "--unit", "star shape", "--top-k", "6"]
+        out, _, _ = cbmctl(command, self.work / "qs")
+        return fenced(["cbmctl " + " ".join(c if " " not in c else f'"{c}"' for c in command)], out)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN GENERATED: {re.escape(name)} -->\n).*?(<!-- END GENERATED: "
                          rf"{re.escape(name)} -->)", re.S)
@@ -229,7 +237,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default=None, help="Comma-separated block names (default: all).")
     args = parser.parse_args(argv)
     names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "faithfulness", "l1", "cms",
-             "explain"]
+             "explain", "explain-unit"]
     wanted = args.only.split(",") if args.only else names
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")

@@ -73,11 +73,14 @@ def _classes_for(spec, concept_set):
 def check(concept_set, classes, model, as_json):
     """Report control characters, duplicates, blank lines, BOM/CRLF, over-long concepts and class names
     used as concepts. Exits 1 on errors, 0 with warnings only."""
-    from cbmctl.backbones import DEFAULT_MODEL, load_tokenizer
+    from cbmctl.backbones import DEFAULT_MODEL, backbone_request, load_tokenizer
     from cbmctl.concepts import check_concept_set, locate_concept_set
     _, name, _ = locate_concept_set(concept_set)
-    tokenizer, context = load_tokenizer(model or ("demo" if name == "demo" else DEFAULT_MODEL))
-    loaded, path, issues = check_concept_set(concept_set, _classes_for(classes, name), tokenizer, context)
+    class_names = _classes_for(classes, name)
+    model = model or ("demo" if name == "demo" else DEFAULT_MODEL)
+    backbone_request(model, None)  # an unknown model is an error before open_clip loads (seconds)
+    tokenizer, context = load_tokenizer(model)
+    loaded, path, issues = check_concept_set(concept_set, class_names, tokenizer, context)
     errors = [i for i in issues if i.severity == "error"]
     if as_json:
         print_json({**loaded.record(), "issues": [vars(i) for i in issues], "ok": not errors})

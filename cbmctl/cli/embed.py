@@ -51,6 +51,8 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
             say(f"note: {note}")
         for warning in plan.warnings:
             say(f"warning: {warning}")
+    from cbmctl.cli.common import on_interrupt
+    on_interrupt("rerun the same `cbmctl embed` command to continue from its last finished shard")
     if plan.state == "up-to-date":
         from cbmctl.cache import open_cache
         from cbmctl.embed import up_to_date_report
