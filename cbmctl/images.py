@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import stat
 
 import numpy as np
 
@@ -34,26 +33,17 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def open_image_file(path):
-    """The decoded image in file `path`, opened only when it is a regular file: a named pipe would block the
-    reader forever and a device would never end. The file is opened non-blocking and checked through its
-    descriptor (no window in which it could be swapped for a pipe), and closed before returning."""
+    """The decoded image in file `path`, opened only when it is a regular file (cbmctl.data_files.open_regular:
+    a named pipe would block the reader forever and a device would never end), and closed before returning."""
     from PIL import Image
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+
+    from cbmctl.data_files import NotRegularFile, open_regular
     try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
-            raise BadImage(f"is {kind}, not an image file")
-        file = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with file:
+        descriptor = open_regular(path)
+    except NotRegularFile as error:
+        raise BadImage(f"{error}".replace("a regular file", "an image file")) from None
+    with os.fdopen(descriptor, "rb") as file:
         image = Image.open(file)
         image.load()
         return image

@@ -156,7 +156,8 @@ def _whole_number(value, label: str) -> int:
 
 # options of an experiment that are not TrainConfig's: what to train on, and where the run goes
 DATA_OPTIONS = {"data": "str", "cache_path": "str", "model": "str", "pretrained": "str", "data_root": "str",
-                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str"}
+                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str",
+                "allow_outside_root": "bool"}
 
 
 @dataclass
@@ -177,6 +178,7 @@ class ExperimentSpec:
     concept_map: str | None = None
     random_concepts: bool = False
     out: str = "runs"
+    allow_outside_root: bool = False
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> ExperimentSpec:
