@@ -5,10 +5,8 @@ ends in a one-line error or a warning, through the real click app, with no trace
 re-raises anything but a clean exit), nothing executed and no credential sent elsewhere."""
 import json
 import pickle
-import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -57,39 +55,6 @@ def test_strip_control_removes_escape_sequences_whole():
 
 
 # ----------------------------------------------------------------------------------- local chat servers
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self.server.seen.append((self.path, self.headers.get("Authorization")))
-        try:
-            self.server.respond(self)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up, as it should
-
-
-@pytest.fixture
-def serve():
-    """serve(respond) starts a real HTTP server whose POSTs `respond(handler)` answers; returns it, with
-    .url (an OpenAI-style base URL) and .seen ([(path, Authorization header)])."""
-    servers = []
-
-    def start(respond):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.respond, server.seen = respond, []
-        server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
 
 def chat_answer(text: str):
     def respond(handler):

@@ -27,7 +27,7 @@ def no_run(tmp_path) -> bool:
 
 def _edit(cache, **changes):
     with h5py.File(cache, "a") as handle:
-        for name, change in changes.items():
+        for change in changes.values():
             change(handle)
 
 

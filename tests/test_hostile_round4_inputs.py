@@ -6,7 +6,6 @@ are bombs, animations, empty files, directories or symlink loops are skipped wit
 import json
 import os
 import struct
-import threading
 import tracemalloc
 import zlib
 
@@ -14,30 +13,13 @@ import h5py
 import numpy as np
 import pytest
 from makers import make_imagefolder, make_manifest, picture
-from test_hostile_inputs import SECRET, generate_args, one_line_error, serve  # noqa: F401 (a fixture)
+from test_hostile_inputs import SECRET, generate_args, one_line_error
+from test_hostile_models import in_thread
 
 from cbmctl.concept_generation import Endpoint, generate
 from cbmctl.errors import CbmctlError
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
-
-
-def in_thread(function, *args, timeout=60):
-    """function(*args) in a thread that must finish within `timeout` s: a read that blocks fails the test."""
-    outcome = {}
-
-    def target():
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as error:  # the test looks at it
-            outcome["error"] = error
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "blocked"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 # 1. only regular files are read, and the cap applies to what is read
@@ -51,7 +33,7 @@ def test_a_named_pipe_is_refused_not_waited_on(cli, tmp_path, where):
             "classes": ("concepts", "generate", "--classes", fifo, "--out", tmp_path / "o.txt", "--base-url",
                         "http://127.0.0.1:9/v1"),
             "concept map": ("concepts", "show", fifo)}[where]
-    result = in_thread(cli, *args)
+    result = in_thread(cli, *args)["value"]
     one_line_error(result, "pipe" if where != "concept map" else "set.yaml", "is a named pipe, not a regular file")
 
 
@@ -215,7 +197,7 @@ def test_symlink_loops_and_newlines_in_a_folder_dataset_end_in_a_result_or_one_l
     root = make_imagefolder(tmp_path / "data", synsets=("n1", "n2"), per_class=3, mapping=False)
     (root / "train" / "n1" / "loop").symlink_to(root / "train" / "n1")  # a folder that contains itself
     (root / "train" / "n1" / "self.jpg").symlink_to(root / "train" / "n1" / "self.jpg")
-    dataset = in_thread(load_dataset, root)
+    dataset = in_thread(load_dataset, root)["value"]
     assert sum(len(records) for records in dataset.splits.values()) == 6 + 4  # train/ + val/, nothing twice
     (root / "train" / "bad\nname").mkdir()
     picture(0, 0).save(root / "train" / "bad\nname" / "x.png")
