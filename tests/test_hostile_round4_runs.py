@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from test_hostile_models import tamper
 from test_hostile_runs import CONCEPTS, finished_run, one_line_error  # noqa: F401 (a fixture)
 from test_hostile_training import _interrupt
 
@@ -29,17 +29,6 @@ def run(finished_run, tmp_path):  # noqa: F811
     shutil.copytree(finished_run, copy)
     (tmp_path / "runs" / "latest").symlink_to("run")
     return copy
-
-
-def tamper(run, tensors=None, meta=None):
-    if tensors:
-        state = load_file(str(run / "model.safetensors"))
-        tensors(state)
-        save_file(state, str(run / "model.safetensors"))
-    if meta:
-        data = json.loads((run / "model.json").read_text())
-        meta(data)
-        (run / "model.json").write_text(json.dumps(data))
 
 
 def everywhere(cli, run, *fragments):
