@@ -117,7 +117,10 @@ def open_h5(path):
     """An HDF5 file opened read-only, or a one-line CbmctlError saying why it cannot be (missing, locked by
     a writer, truncated, not HDF5)."""
     import h5py
+
+    from cbmctl.data_files import require_regular
     path = Path(path)
+    require_regular(path)
     if not path.is_file():
         raise CbmctlError(f"{path}: no such cache file (run `cbmctl embed` first)")
     try:

@@ -45,6 +45,17 @@ def open_regular(path) -> int:
     return descriptor
 
 
+def require_regular(path) -> None:
+    """A one-line CbmctlError when `path` exists but is not a regular file, for readers that open files
+    themselves (h5py, safetensors: a named pipe would block them); a missing file is left to the caller."""
+    try:
+        os.close(open_regular(path))
+    except NotRegularFile as error:
+        raise CbmctlError(f"{safe_text(path)} {error}") from None
+    except OSError:
+        pass
+
+
 def read_bytes_capped(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> bytes:
     """The bytes of a regular file, refused in one line when it is anything else or holds more than
     `max_bytes` (counted while reading: stat's size is only the first, cheap check)."""

@@ -45,7 +45,8 @@ class CachePlan:
 
 
 def names_cache(spec) -> bool:
-    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).is_file()
+    # any .h5 that exists but a folder (a pipe too: opening it then says what it is, rather than "not a dataset")
+    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).exists() and not Path(spec).is_dir()
 
 
 def _flags(model, pretrained, templates=None) -> str:

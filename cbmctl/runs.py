@@ -198,6 +198,9 @@ def save_model(directory: Path, model, metadata: dict, vectors: dict | None = No
 def read_tensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from cbmctl.data_files import require_regular
+    require_regular(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

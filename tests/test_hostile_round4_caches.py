@@ -75,6 +75,15 @@ def test_text_embeddings_that_are_not_unit_vectors_read_as_absent(synthetic):
     assert cache.text(key) is None  # then encoded again, never used as it is
 
 
+def test_a_cache_that_is_a_named_pipe_is_refused_not_waited_on(cli, synthetic, tmp_path):
+    import os
+
+    from test_hostile_models import in_thread
+    os.mkfifo(tmp_path / "pipe.h5")
+    result = in_thread(cli, *cms_args(tmp_path / "pipe.h5", synthetic["concepts"]))["value"]
+    assert "pipe.h5 is a named pipe, not a regular file" in one_line_error(result)
+
+
 # 2. class names read from a cache follow the rules of every other class list
 
 @pytest.mark.parametrize("names, fragment", [

@@ -120,6 +120,14 @@ def test_a_tampered_config_on_resume_is_one_line_and_the_checkpoint_survives(cli
     assert (interrupted / "checkpoint.safetensors").read_bytes() == before
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_checkpoint_that_is_a_named_pipe_is_refused_not_waited_on(cli, interrupted):
+    from test_hostile_models import in_thread
+    _fifo(interrupted / "checkpoint.safetensors")  # safetensors would wait for a writer
+    result = in_thread(cli, "train", "--resume", interrupted, "--quiet")["value"]
+    one_line_error(result, "checkpoint.safetensors is a named pipe, not a regular file")
+
+
 # 3. absurd knobs: one line, or a correct result that says what was decided
 
 def test_absurd_but_harmless_knobs_train_and_say_so(cli, finished_run, tmp_path):  # noqa: F811
