@@ -185,27 +185,35 @@ def test_two_trains_into_one_folder_never_share_a_run_directory(tmp_path, monkey
 
 # 5. a read-only destination, a full disk, a kill -9 in a comparison: nothing the user had is lost
 
-def _read_only(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder this process cannot write in: made read-only, or, for root (whom permissions do not stop),
+    a folder of sysfs, which nobody can create files in."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
     folder.chmod(0o555)
     if os.access(folder, os.W_OK):
-        folder.chmod(0o755)
-        pytest.skip("this user writes to read-only folders (root)")
-    return folder
+        folder = Path("/sys/kernel")
+        if not folder.is_dir() or not _refuses_files(folder):
+            pytest.skip("no folder here refuses this user's writes")
+    yield folder
+    (tmp_path / "ro").chmod(0o755)
 
 
-def test_a_read_only_runs_folder_is_one_line_before_training(cli, finished_run, tmp_path):  # noqa: F811
-    out = _read_only(tmp_path / "ro")
+def _refuses_files(folder: Path) -> bool:
+    import tempfile
     try:
-        one_line_error(cli("train", finished_run.parent.parent / "c.h5", "--out", out, "--quiet"), "cannot write runs")
-        assert not list(out.iterdir())
-    finally:
-        out.chmod(0o755)
+        with tempfile.TemporaryFile(dir=folder):
+            return False
+    except OSError:
+        return True
 
 
-def _cbmctl(*args, **env):
-    return subprocess.run([sys.executable, "-m", "cbmctl", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+def test_a_read_only_runs_folder_is_one_line_before_training(cli, finished_run, read_only):  # noqa: F811
+    before = sorted(read_only.iterdir())
+    line = one_line_error(cli("train", finished_run.parent.parent / "c.h5", "--out", read_only / "runs", "--quiet"),
+                          "cannot write runs in")
+    assert str(read_only) in line and sorted(read_only.iterdir()) == before
 
 
 @contextlib.contextmanager
@@ -232,6 +240,11 @@ def test_a_full_disk_is_one_line_and_the_previous_run_stays(cli, run, tmp_path):
     assert {p.relative_to(runs_root): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert os.readlink(runs_root / "latest") == "run", error  # still the last finished run
     assert not list(runs_root.rglob(".*.tmp"))  # no half-written file left beside its destination
+
+
+def _cbmctl(*args, **env):
+    return subprocess.run([sys.executable, "-m", "cbmctl", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
 @pytest.mark.slow
