@@ -11,7 +11,7 @@ from pathlib import Path
 from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
 from cbmctl.logs import sayer
-from cbmctl.names import normalise, validate_class_names, validate_concept_names
+from cbmctl.names import MAX_NAME_CHARS, normalise, validate_class_names, validate_concept_names
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
@@ -263,7 +263,10 @@ def _concept_issues(concepts: list[str], line_of: dict[str, int], classes, token
             if count > context_length:
                 issues.append(FileIssue(number, "error", f"{concept!r} is {count} tokens, over the text "
                                                          f"encoder's context of {context_length}"))
-        if len(concept) > MAX_CONCEPT_CHARS:
+        if len(concept) > MAX_NAME_CHARS:
+            issues.append(FileIssue(number, "error", f"{concept[:40]!r}... is {len(concept)} characters, over the "
+                                                     f"{MAX_NAME_CHARS} a name may hold"))
+        elif len(concept) > MAX_CONCEPT_CHARS:
             issues.append(FileIssue(number, "warning", f"{concept!r} is over {MAX_CONCEPT_CHARS} characters "
                                                        "(`concepts filter` drops it)"))
         if normalise(concept) in class_keys:

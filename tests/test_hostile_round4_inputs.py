@@ -217,3 +217,12 @@ def test_concepts_embed_says_where_the_embeddings_went(cli, tmp_path, tiny_model
     assert result.exit_code == 0, result.output
     assert f"added to the text store beside the cache, {cache}.text/" in result.output and " in " not in result.output
     assert cache.read_bytes() == before
+
+
+def test_a_concept_longer_than_a_name_may_be_is_an_error_in_check_and_load(cli, tmp_path):
+    concepts = tmp_path / "long.txt"
+    concepts.write_text("red wings\n" + "x" * 1001 + "\n")
+    checked = cli("concepts", "check", concepts, "--classes", "cub")
+    assert checked.exit_code == 1 and "long.txt:2: 'xxxx" in checked.output and "1001 characters, over the 1000" \
+        in checked.output
+    one_line_error(cli("concepts", "show", concepts), "long.txt: concept 1 has a name of 1001 characters (at most 1000)")
