@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl.concepts import normalise
 from cbmctl.errors import CbmctlError
+from cbmctl.names import normalise
 
 
 def demo_mapping(attribute_names: list[str]) -> dict[str, list[str]]:

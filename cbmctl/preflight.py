@@ -45,7 +45,8 @@ class CachePlan:
 
 
 def names_cache(spec) -> bool:
-    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).is_file()
+    # any .h5 that exists but a folder (a pipe too: opening it then says what it is, rather than "not a dataset")
+    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).exists() and not Path(spec).is_dir()
 
 
 def _flags(model, pretrained, templates=None) -> str:
@@ -145,13 +146,15 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
 
 
 def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=None, data_root=None,
-               format=None, val_fraction=None, val_seed=None, overwrite: bool | None = None) -> CachePlan:
+               format=None, val_fraction=None, val_seed=None, overwrite: bool | None = None,
+               allow_outside_root: bool = False) -> CachePlan:
     """Resolve DATA (a dataset folder, manifest or known name) or CACHE (an .h5 file) without importing torch
     or open_clip, and check everything that can be checked: see the module docstring.
 
     `templates`: class-prompt templates asked for on the command line (None: the dataset's cbmctl.yaml, else
     the default). `overwrite`: None for commands that cannot rebuild a cache (train, cms: messages then name
-    `cbmctl embed ... --overwrite`), else the embed command's --overwrite."""
+    `cbmctl embed ... --overwrite`), else the embed command's --overwrite. `allow_outside_root`: the
+    user's --allow-outside-root (listed image paths outside the dataset root are refused without it)."""
     from cbmctl.backbones import DEFAULT_MODEL, backbone_request, check_weights_reachable
     from cbmctl.datasets import load_config, load_dataset, resolve_dataset_path
     from cbmctl.datasets.config import backbone_choice
@@ -164,7 +167,8 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
     path = resolve_dataset_path(str(spec), data_root)
     config = load_config(path if path.is_dir() else path.parent)
     config.templates = checked_templates(config.templates, f"{path / 'cbmctl.yaml'}: templates")
-    dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config)
+    dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config,
+                           allow_outside_root=allow_outside_root)
     model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
     request = backbone_request(model, pretrained)
     plan = CachePlan(Path(cache_path or default_cache_path(dataset, model, pretrained)), "missing", config,

@@ -6,7 +6,8 @@
         metrics.json         results (per split, dense and sparse heads, the sparsity path, ...)
         evaluation.json      the latest `cbmctl train --evaluate` of the run's model (never metrics.json)
         model.safetensors    CBL, head, standardisation, and the concept/class text embeddings (tensors only)
-        model.json           concepts, classes, head kind, training configuration, provenance
+        model.json           concepts, classes, head kind, training configuration, provenance, and the
+                             model's identity: a hash over both files' meaningful parts, checked on load
         curves.png           training curves; sparsity.png: the accuracy-sparsity path of the sparse head
         activations.json     histograms of per-image activation sparsity (test split) per method; activations.png
         report.html          `cbmctl report`'s self-contained page (when written here)
@@ -78,14 +79,19 @@ def check_writable(directory: Path, what: str = "runs") -> None:
 
 
 def new_run_dir(root: Path, dataset: str, label: str) -> Path:
+    """A new, empty run directory: created (not merely found free) under its name, so that two trains
+    starting in the same second into one runs folder each get their own (`...-2`), never the same one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{stamp}-{_slug(dataset)}-{_slug(label)}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
 def _slug(text: str) -> str:
@@ -152,12 +158,13 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path, what: str = "file") -> dict | list:
+    """A run's JSON file, read as every input is (cbmctl.data_files: a regular file, size-capped)."""
+    from cbmctl.data_files import read_bytes_capped
     path = Path(path)
+    raw = read_bytes_capped(path, MAX_JSON_BYTES)
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CbmctlError(f"{path} is {path.stat().st_size >> 20} MB, too large for a run's {what}")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise CbmctlError(f"{path}: not a readable {what} ({str(error).splitlines()[0][:80]})") from None
     except RecursionError:
         raise CbmctlError(f"{path}: not a readable {what} (nested too deeply)") from None
@@ -192,16 +199,22 @@ def save_model(directory: Path, model, metadata: dict, vectors: dict | None = No
     from safetensors.torch import save_file
 
     from cbmctl.files import atomic_path, write_text_atomic
-    from cbmctl.model import model_tensors
+    from cbmctl.model import model_identity, model_tensors
     directory = Path(directory)
+    tensors = model_tensors(model, vectors)
+    metadata = {**metadata, "head": model.head_kind}
+    metadata["identity"] = model_identity(tensors, metadata)  # checked on every load (cbmctl.model)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(model_tensors(model, vectors), str(tmp))
-    write_text_atomic(directory / META_FILE, json.dumps({**metadata, "head": model.head_kind}, indent=1) + "\n")
+        save_file(tensors, str(tmp))
+    write_text_atomic(directory / META_FILE, json.dumps(metadata, indent=1) + "\n")
 
 
 def read_tensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from cbmctl.data_files import require_regular
+    require_regular(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

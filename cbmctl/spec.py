@@ -24,6 +24,9 @@ CBL_INITS = ("identity", "random")
 SEED_LIMIT = 2 ** 32
 # each seed trains one more model (and writes one more directory); more than this is a typo, not a study
 MAX_SEEDS = 1000
+# learning rates, the temperature and penalty strengths: useful values are below 10; far beyond this bound
+# (1e300) the optimizers' float32 arithmetic overflows
+MAX_RATE = 1e6
 
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
@@ -84,6 +87,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise CbmctlError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        for name in ("tau", "lr", "cbl_lr", "l1_lambda", "weight_decay"):
+            # the optimizers turn these into float32 factors: beyond MAX_RATE a step overflows
+            if getattr(self, name) > MAX_RATE:
+                raise CbmctlError(f"--{name.replace('_', '-')} must be at most {MAX_RATE:g}, got {getattr(self, name)}")
         for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
             if getattr(self, name) < 1:
                 raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -158,7 +165,8 @@ def _whole_number(value, label: str) -> int:
 
 # options of an experiment that are not TrainConfig's: what to train on, and where the run goes
 DATA_OPTIONS = {"data": "str", "cache_path": "str", "model": "str", "pretrained": "str", "data_root": "str",
-                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str"}
+                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str",
+                "allow_outside_root": "bool"}
 
 
 @dataclass
@@ -179,6 +187,7 @@ class ExperimentSpec:
     concept_map: str | None = None
     random_concepts: bool = False
     out: str = "runs"
+    allow_outside_root: bool = False
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> ExperimentSpec:

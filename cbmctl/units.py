@@ -167,10 +167,9 @@ def run_truth(run_dir: Path, cache, split_data, concepts) -> tuple[np.ndarray | 
 
 def run_faithfulness(explainer, cache, log=None) -> torch.Tensor:
     """faithfulness over the cache's train split; `log` hears of progress when it takes a while."""
-    from cbmctl.cms import split_embedding_chunks
     from cbmctl.logs import Progress
     progress = Progress(log, cache.counts().get("train", 0), "faithfulness over the train split")
-    return faithfulness(explainer, progress.iterate(split_embedding_chunks(cache, "train", CHUNK)))
+    return faithfulness(explainer, progress.iterate(cache.embedding_chunks("train", CHUNK)))
 
 
 def split_outputs(explainer, embeddings: np.ndarray, log=None):

@@ -1,5 +1,7 @@
 import os
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,36 @@ def unit_runs(tmp_path_factory):
         run_experiment(data, config, methods, seeds, run, {"methods": methods, "seeds": seeds}, log=None)
         made[name] = run
     return made
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        try:
+            self.server.respond(self)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+
+@pytest.fixture
+def serve():
+    """serve(respond) starts a real HTTP server whose POSTs `respond(handler)` answers; returns it, with
+    .url (an OpenAI-style base URL) and .seen ([(path, Authorization header)])."""
+    servers = []
+
+    def start(respond):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.respond, server.seen = respond, []
+        server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

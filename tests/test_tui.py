@@ -27,7 +27,7 @@ from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
-from cbmctl.model import concepts_sha256
+from cbmctl.model import concepts_sha256, model_identity
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
@@ -367,9 +367,9 @@ def _assert_shown_literally(texts):
 
 
 def test_hostile_names_in_a_run_are_refused_or_shown_literally(runs, tmp_path):
-    """A run directory as someone could send it (the concept list's recorded hash recomputed, as a sender
-    would): names holding control characters are refused by the loader in one escaped line; names that
-    are rich markup load and are shown literally, never as markup."""
+    """A run directory as someone could send it (the concept list's hash and the run's identity recomputed,
+    as a sender would): names holding control characters are refused by the loader in one escaped line;
+    names that are rich markup load and are shown literally, never as markup."""
     run = tmp_path / "run"
     shutil.copytree(runs["sparse"], run)
     meta = json.loads((run / "model.json").read_text())
@@ -384,15 +384,24 @@ def test_hostile_names_in_a_run_are_refused_or_shown_literally(runs, tmp_path):
     markup = dict(original, classes=[f"[bold]class {k}[/]" for k in range(len(original["classes"]))])
     markup["concepts"] = ["[red]x" + c for c in original["concepts"]]
     markup["concept_set"] = dict(original["concept_set"], sha256=concepts_sha256(markup["concepts"]))
+    from safetensors.torch import load_file  # the sender recomputes the run's identity too
+    markup["identity"] = model_identity(load_file(str(run / "model.safetensors")), markup)
     (run / "model.json").write_text(json.dumps(markup))
     texts = drive(load(run), _every_screen, size=(120, 40))
     assert any("[bold]class 0[/]" in text for text in texts) and any("[red]x" in text for text in texts)
 
 
-def test_hostile_class_names_in_a_cache_are_shown_escaped(tmp_path):
-    data = load(_cache_view(tmp_path, [HOSTILE + str(k) for k in range(4)]))
-    texts = drive(data, _every_screen, size=(120, 40))
-    _assert_shown_literally(texts)
+def test_hostile_class_names_in_a_cache_are_refused_or_shown_literally(tmp_path):
+    """Class names read from a cache follow the rules of every class list (cbmctl.names): control characters
+    are refused in one escaped line; rich markup loads and is shown as text."""
+    for name in ("hostile", "markup"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(CbmctlError, match="classes/names: class 0 holds the control character") as refused:
+        load(_cache_view(tmp_path / "hostile", [HOSTILE + str(k) for k in range(4)]))
+    assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
+    texts = drive(load(_cache_view(tmp_path / "markup", [f"[red]x class {k}" for k in range(4)])), _every_screen,
+                  size=(120, 40))
+    assert "[red]x class 1" in "\n".join(texts), "markup in a name is shown as text"
 
 
 def test_missing_or_empty_run_is_a_clear_message(cli, tmp_path):

@@ -36,6 +36,12 @@ def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.ya
     return wrapper
 
 
+allow_outside_root_option = click.option(
+    "--allow-outside-root", is_flag=True, default=None,
+    help="Read images that a manifest or index lists outside the dataset folder (absolute or ../ paths); the "
+         "cache records which they are.")
+
+
 def dataset_options(func):
     @click.option("--format", "dataset_format", default=None,
                   type=Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
@@ -45,6 +51,7 @@ def dataset_options(func):
     @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
                   help="Stratified share of train held out for validation (default 0.1).")
     @click.option("--val-seed", type=int, default=None, help="Seed of the validation split (default 0).")
+    @allow_outside_root_option
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

@@ -163,13 +163,15 @@ def _backbone(model, pretrained, device, cache_path, set_name):
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
 def embed_command(concept_set, cache_path, device):
     """Add a concept set's text embeddings to a cache's text store (no work if already there)."""
+    from cbmctl.cache import TextStore
     from cbmctl.concepts import encode_concepts, load_concept_set
     loaded = load_concept_set(concept_set)
     backbone, _ = _backbone(None, None, device, cache_path, loaded.name)
     _, key, created = encode_concepts(backbone, loaded, cache_path)
-    state = "added" if created else "already there"
-    _say(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} as "
-         f"text/{key} in {cache_path}")
+    state = "added to" if created else "already there, in"
+    # the cache file itself is never written: the embeddings go to the text store beside it
+    _say(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} the text store "
+         f"beside the cache, {TextStore.beside(cache_path).entry(key)}")
 
 
 @concepts.command()

@@ -69,6 +69,8 @@ def _option(*flags, name=None, show_default=None, **kwargs):
 @_option("--cache", name="cache_path", type=click.Path(dir_okay=False), help="Cache file to use or make.")
 @_option("--data-root", envvar="CBMCTL_DATA", help="Where dataset names (cifar10, cub, ...) live [default: ./data].")
 @_option("--out", type=click.Path(file_okay=False), show_default="runs", help="Where run directories go.")
+@_option("--allow-outside-root", type=bool, is_flag=True, flag_value=True,
+         help="Read images that a manifest or index lists outside the dataset folder (absolute or ../ paths).")
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A run's config.yaml (or your own): every option; the command line wins.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),

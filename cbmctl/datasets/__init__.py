@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cbmctl.concepts import validate_class_names
 from cbmctl.datasets import cifar, cub, imagefolder, manifest, places365
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, disambiguate
+from cbmctl.datasets.base import Dataset, FileImages, ImageRecord, clean_class_name, disambiguate, leaves_root
 from cbmctl.datasets.config import DatasetConfig, apply_class_names, load_config
 from cbmctl.datasets.splits import carve, stratified_split
 from cbmctl.errors import CbmctlError
+from cbmctl.names import validate_class_names
+from cbmctl.sanitize import safe_text
 from cbmctl.suggest import did_you_mean
 
 __all__ = ["Dataset", "ImageRecord", "DatasetConfig", "load_dataset", "resolve_dataset_path", "detect_format",
@@ -138,6 +139,25 @@ def _check_labels(dataset: Dataset, path: Path) -> None:
                               f"(0..{classes - 1}), first {record.path!r} labelled {record.label!r}; fix the labels")
 
 
+def _check_inside_root(dataset: Dataset, path: Path, allow: bool) -> None:
+    """Image paths from a manifest or an index file stay inside the dataset root (a row may otherwise name
+    `../../etc/passwd`, `/proc/self/environ` or someone's photos): refused unless `allow`, and then
+    remembered, so that the cache records which images came from outside."""
+    if not isinstance(dataset.open_image, FileImages):
+        return  # CIFAR's "batch#row" names no file
+    outside = frozenset(r.path for records in dataset.splits.values() for r in records if leaves_root(r.path))
+    if not outside:
+        return
+    if not allow:
+        first = sorted(outside)[0]
+        raise CbmctlError(f"{path}: {len(outside)} listed image path(s) lead outside the dataset root "
+                          f"{dataset.root} (first: {safe_text(first)[:80]!r}); move the images inside it, or pass "
+                          "--allow-outside-root to read them where they are")
+    dataset.outside_root = outside
+    dataset.notes.append(f"{len(outside)} image(s) lie outside the dataset root (--allow-outside-root); the cache "
+                         "records which")
+
+
 def load_dataset(
     spec: str | os.PathLike,
     format: str | None = None,
@@ -145,11 +165,13 @@ def load_dataset(
     val_fraction: float | None = None,
     val_seed: int | None = None,
     config: DatasetConfig | None = None,
+    allow_outside_root: bool = False,
 ) -> Dataset:
     """Read a dataset in any supported format and carve a stratified validation split from train.
 
     Splits are 'train', 'val' and 'test'; 'test' is always the dataset's official held-out split when it
-    has one (ImageNet's and Places365's official val sets play that part)."""
+    has one (ImageNet's and Places365's official val sets play that part). Listed image paths outside the
+    dataset's root are refused unless `allow_outside_root`."""
     path = resolve_dataset_path(str(spec), data_root)
     config_dir = path if path.is_dir() else path.parent
     config = config or load_config(config_dir)
@@ -162,6 +184,7 @@ def load_dataset(
         raise CbmctlError(f"{path} is not laid out as {format}")
     dataset = READERS[format].read(path)
     _check_labels(dataset, path)
+    _check_inside_root(dataset, path, allow_outside_root)
     dataset.classes = apply_class_names(dataset.classes, config.class_names, config_dir / "cbmctl.yaml")
     validate_class_names(dataset.classes, path)  # every reader checks its own; this keeps any new one honest
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction

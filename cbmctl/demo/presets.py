@@ -177,11 +177,10 @@ def read_world_spec(root) -> tuple[int | None, WorldSpec]:
     path = Path(root) / WORLD_FILE
     if not path.is_file():
         return None, resolve_spec("default")
-    if path.stat().st_size > MAX_WORLD_FILE:
-        raise CbmctlError(f"{path}: larger than {MAX_WORLD_FILE // 1000} kB, not a demo world's record")
+    from cbmctl.data_files import read_text_capped
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(read_text_capped(path, MAX_WORLD_FILE))
+    except (RecursionError, json.JSONDecodeError) as error:
         raise CbmctlError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict) or data.get("format") != WORLD_FORMAT or not isinstance(data.get("knobs"), dict):
         raise CbmctlError(f"{path}: not a cbmctl demo world record")
