@@ -47,9 +47,10 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, figures: bool = True) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
-    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both."""
+    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. Without `figures`
+    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them)."""
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
@@ -94,7 +95,8 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
     if len(methods) * len(seeds) == 1:
         metrics.update(results[methods[0]][0].metrics)
         metrics["history"] = results[methods[0]][0].history
-    _write_figures(run_dir, data, methods, seeds, results, base)
+    if figures:
+        _write_figures(run_dir, data, methods, seeds, results, base)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     if len(methods) * len(seeds) > 1:
         runs.write_compare_table(run_dir, rows, [k for k in SUMMARY_KEYS if any(k in r for r in rows)]

@@ -5,7 +5,7 @@ and runs every CMS variant and zero-shot CLIP (seed-independent: one value per w
 is cbmctl.demo.bench_report's; this module runs the worlds and keeps the folder:
 
     OUT/bench-options.json       what the folder was made with (a rerun with other options is refused)
-    OUT/world-K/data/            the demo world;  OUT/world-K/cache.h5  its embeddings
+    OUT/world-K/demo/            the demo world;  OUT/world-K/cache.h5  its embeddings
     OUT/world-K/runs/compare/    `train --compare all` (its own run directory, replayable with --config)
     OUT/world-K/runs/random-init/  the plain CBM with --cbl-init random
     OUT/world-K/result.json      the world's summary, written (atomically) when the world is finished
@@ -15,13 +15,15 @@ A rerun of the same command continues: finished worlds are read back, an interru
 what it has (the world, the embedding journal, the training checkpoint)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cbmctl import runs
-from cbmctl.demo.bench_report import RANDOM_INIT, finite
+from cbmctl.demo.bench_report import RANDOM_INIT
 from cbmctl.errors import CbmctlError
 from cbmctl.spec import MAX_SEEDS, METHODS, TrainConfig
 
@@ -142,7 +144,7 @@ class _World:
 
     @property
     def data(self) -> Path:
-        return self.folder / "data"
+        return self.folder / "demo"
 
     @property
     def cache(self) -> Path:
@@ -157,48 +159,26 @@ def run_world(world: _World, spec: BenchSpec, world_spec, config: TrainConfig, b
               progress: bool, warn) -> dict:
     """One world from start (or from where an interrupted bench left it) to its summary."""
     seconds, reused = {}, []
-    started = time.monotonic()
-    if (world.data / "world.json").is_file():
-        _check_world(world, world_spec)
-        reused.append("make")
-    else:
-        from cbmctl.demo.world import make_world
-        world.say("making the world")
-        make_world(world.data, seed=world.seed, preset=spec.preset,
-                   **{k: v for k, v in spec.knobs.items() if v is not None})
-    seconds["make"] = time.monotonic() - started
-    from cbmctl.datasets import load_config, load_dataset
-    from cbmctl.embed import embed_dataset
-    started = time.monotonic()
-    dataset = load_dataset(world.data)
-    if world.cache.is_file():
-        reused.append("embed")
-    else:
-        world.say(f"embedding {dataset.summary()} with the demo CLIP")
-        embed_dataset(dataset, backbone.get(), world.cache, workers=0, progress=progress)
-    seconds["embed"] = time.monotonic() - started
-    from cbmctl.cache import open_cache
-    from cbmctl.pipeline import resolve_concepts
-    from cbmctl.train import prepare_data
-    cache = open_cache(world.cache)
-    concept_set = resolve_concepts(None, load_config(world.data), cache)
-    data = prepare_data(cache, concept_set, device=config.device)
+    with _timed(seconds, "make"):
+        if not _make(world, spec, world_spec):
+            reused.append("make")
+    with _timed(seconds, "embed"):
+        if not _embed(world, backbone, progress):
+            reused.append("embed")
+    cache, concept_set, data = _training_data(world, backbone, config)
     seeds = list(range(spec.seeds))
-    started = time.monotonic()
-    world.say(f"training {len(METHODS)} methods × {len(seeds)} seeds on concept set '{concept_set.name}' "
-              f"({len(data.concepts)} concepts)")
-    values, labels = _train(world, data, config, list(METHODS), seeds, "compare", warn)
-    seconds["train"] = time.monotonic() - started
-    started = time.monotonic()
-    world.say(f"training the plain CBM with a random CBL init × {len(seeds)} seeds")
-    random_values, _ = _train(world, data, replace(config, cbl_init="random"), ["none"], seeds, "random-init", warn)
-    values[RANDOM_INIT], labels[RANDOM_INIT] = random_values["none"], "none (random CBL init)"
-    seconds["random_init"] = time.monotonic() - started
-    started = time.monotonic()
-    world.say("Concept Matrix Search and zero-shot CLIP")
-    from cbmctl.cms import cms_report
-    cms = cms_report(cache, concept_set, "test", random_control=False, device=config.device)
-    seconds["cms"] = time.monotonic() - started
+    with _timed(seconds, "train"):
+        world.say(f"training {len(METHODS)} methods × {len(seeds)} seeds on concept set '{concept_set.name}' "
+                  f"({len(data.concepts)} concepts)")
+        values, labels = _train(world, data, config, list(METHODS), seeds, "compare", warn)
+    with _timed(seconds, "random_init"):
+        world.say(f"training the plain CBM with a random CBL init × {len(seeds)} seeds")
+        random_init, _ = _train(world, data, replace(config, cbl_init="random"), ["none"], seeds, "random-init", warn)
+        values[RANDOM_INIT], labels[RANDOM_INIT] = random_init["none"], "none (random CBL init)"
+    with _timed(seconds, "cms"):
+        world.say("Concept Matrix Search and zero-shot CLIP")
+        from cbmctl.cms import cms_report
+        cms = cms_report(cache, concept_set, "test", random_control=False, device=config.device)
     result = {"format": f"{FORMAT}-world", "version": VERSION, "index": world.index, "seed": world.seed,
               "seeds": seeds, "values": values, "labels": labels,
               "cms": {row["method"]: row["top1"] for row in cms["rows"]},
@@ -207,6 +187,51 @@ def run_world(world: _World, spec: BenchSpec, world_spec, config: TrainConfig, b
     check_world_result(result, world, spec.seeds, str(world.result))
     runs.write_json(world.result, result)
     return result
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict, stage: str):
+    started = time.monotonic()
+    yield
+    seconds[stage] = time.monotonic() - started
+
+
+def _make(world: _World, spec: BenchSpec, world_spec) -> bool:
+    """Make the world unless an earlier run made it (then check it is this bench's); True when made now."""
+    if (world.data / "world.json").is_file():
+        _check_world(world, world_spec)
+        return False
+    from cbmctl.demo.world import make_world
+    world.say("making the world")
+    make_world(world.data, seed=world.seed, preset=spec.preset, **{k: v for k, v in spec.knobs.items() if v is not None})
+    return True
+
+
+def _embed(world: _World, backbone: _Backbone, progress: bool) -> bool:
+    """Embed the world (an interrupted embed resumes from its journal); True when embedded now."""
+    if world.cache.is_file():
+        return False
+    from cbmctl.datasets import load_dataset
+    from cbmctl.embed import embed_dataset
+    dataset = load_dataset(world.data)
+    world.say(f"embedding {dataset.summary()} with the demo CLIP")
+    embed_dataset(dataset, backbone.get(), world.cache, workers=0, progress=progress)
+    return True
+
+
+def _training_data(world: _World, backbone: _Backbone, config: TrainConfig):
+    """(cache, the world's default concept set, TrainingData)."""
+    from cbmctl.cache import open_cache, text_key
+    from cbmctl.concepts import encode_concepts
+    from cbmctl.datasets import load_config
+    from cbmctl.pipeline import resolve_concepts
+    from cbmctl.train import prepare_data
+    cache = open_cache(world.cache)
+    concept_set = resolve_concepts(None, load_config(world.data), cache)
+    if cache.text(text_key(cache.attrs, concept_set.concepts)) is None:
+        # with the CLIP already loaded for embedding, rather than a second copy of it loaded from the cache
+        encode_concepts(backbone.get(), concept_set, world.cache)
+    return cache, concept_set, prepare_data(cache, concept_set, device=config.device)
 
 
 def _check_world(world: _World, world_spec) -> None:
@@ -234,13 +259,19 @@ def _train(world: _World, data, config: TrainConfig, methods: list[str], seeds: 
         run_dir.mkdir(parents=True, exist_ok=True)
         # the stacked trainer seeds torch's global generator; the caller's stream is left as it was
         with torch.random.fork_rng(devices=[]):
-            rows = run_experiment(data, config, methods, seeds, run_dir, spec.as_mapping(), log=None, warn=warn).rows
+            rows = run_experiment(data, config, methods, seeds, run_dir, spec.as_mapping(), log=None, warn=warn,
+                                  figures=False).rows
     if not isinstance(rows, list):
         raise CbmctlError(f"{run_dir}: its metrics.json holds no comparison rows; remove the run to redo it")
-    values = {row.get("loss"): {key: cell["values"] for key, cell in row.items()
-                                if isinstance(cell, dict) and isinstance(cell.get("values"), list)}
+    # a metric that is not a finite number for every seed (nothing to measure) is left out, not pooled
+    values = {row.get("loss"): {key: cell["values"] for key, cell in row.items() if isinstance(cell, dict)
+                                and isinstance(cell.get("values"), list) and all(map(finite, cell["values"]))}
               for row in rows if isinstance(row, dict)}
     return values, {row.get("loss"): str(row.get("method")) for row in rows if isinstance(row, dict)}
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_world_result(result, world: _World, seeds: int, where: str) -> dict:

@@ -9,7 +9,6 @@ Input: one summary per world, as cbmctl.demo.bench writes it —
 Plain Python, no torch: the verdicts can be recomputed from the JSON files alone."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from cbmctl.stats import holm_adjusted, paired_difference, pool_effects
@@ -240,10 +239,6 @@ def summarise(worlds: list[dict]) -> dict:
     evaluated = evaluate_claims(worlds)
     return {"estimator": ESTIMATOR, "reference": REFERENCE, "methods": methods, "claims": evaluated,
             "conclusions": conclusions(methods, evaluated, len(worlds))}
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _scaled(metric: str, cell: dict | None) -> tuple | None:
