@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cbmctl, machine, report
 
-STAGES = ("make", "embed", "train", "random_init", "cms")
+from cbmctl.demo.bench_render import STAGES
 
 
 def default_preset() -> str:
@@ -30,17 +30,18 @@ def markdown(result: dict) -> str:
     bench = result["bench"]
     lines = [f"`{result['command']}`: {result['seconds']:.0f} s wall in all ({result['seconds'] / 60:.1f} min), "
              f"{bench['worlds']} worlds × {len(bench['seeds'])} seeds of preset `{bench['preset']}`.\n",
-             "| world | seed | test images | concepts | " + " | ".join(s.replace("_", " ") + " (s)" for s in STAGES)
-             + " | world (s) |", "|" + "---|" * (5 + len(STAGES))]
+             "| world | seed | test images | concepts | " + " | ".join(s.replace("_", " ") for s in STAGES)
+             + " | world |", "|" + "---|" * (5 + len(STAGES))]
     for world in bench["per_world"]:
-        seconds = world["seconds"]
+        seconds, cpu = world["seconds"], world["seconds"].get("cpu", {})
         concept_set = world.get("concept_set") or {}
         lines.append(f"| {world['index']} | {world['seed']} | {world.get('test_images')} | "
                      f"{concept_set.get('name')} ({concept_set.get('size')}) | "
-                     + " | ".join(f"{seconds.get(s, 0):.1f}" for s in STAGES)
-                     + f" | {sum(seconds.get(s, 0) for s in STAGES):.1f} |")
-    lines.append("\nThe rest of the wall time is starting Python and torch, loading the demo CLIP, and the report "
-                 "(tables, bench.json, forest plot).\n")
+                     + " | ".join(f"{seconds.get(s, 0):.1f} ({cpu.get(s, 0):.1f})" for s in STAGES)
+                     + f" | {sum(seconds.get(s, 0) for s in STAGES):.1f} ({sum(cpu.get(s, 0) for s in STAGES):.1f}) |")
+    lines.append("\nSeconds of wall time per stage, in brackets the process's CPU seconds (all its threads; on a "
+                 "busy machine the better guide to an idle one). The rest of the wall time is starting Python and "
+                 "torch, loading the demo CLIP, and the report (tables, bench.json, forest plot).\n")
     lines.append("| claim | verdict |\n|---|---|")
     lines += [f"| ({c['id']}) {c['statement']} | {c['verdict']} |" for c in bench["claims"]]
     return "\n".join(lines) + "\n"

@@ -51,11 +51,19 @@ def bench_footer(report: dict, out) -> list[str]:
     """The plain lines under the tables: the estimator, the conclusions, each world's timings, the files."""
     lines = ["Estimator: " + report["estimator"], *report["conclusions"]]
     for world in report["per_world"]:
-        seconds = world["seconds"]
-        stages = ", ".join(f"{name.replace('_', ' ')} {seconds[name]:.1f}" for name in
-                           ("make", "embed", "train", "random_init", "cms") if name in seconds)
         reused = f" (reused: {', '.join(world['reused'])})" if world.get("reused") else ""
         lines.append(f"world {world['index']} (seed {world['seed']}, concept set "
-                     f"{(world.get('concept_set') or {}).get('name')}): {stages} s{reused}")
+                     f"{(world.get('concept_set') or {}).get('name')}), seconds wall (CPU): "
+                     f"{stage_times(world['seconds'])}{reused}")
     lines.append(f"wrote {out}/bench.json and {out}/forest.png")
     return [safe_text(line) for line in lines]
+
+
+STAGES = ("make", "embed", "train", "random_init", "cms")
+
+
+def stage_times(seconds: dict) -> str:
+    """'make 0.6 (0.5), embed 9.0 (12.1), ...': each stage's wall seconds and, in brackets, CPU seconds."""
+    cpu = seconds.get("cpu", {})
+    return ", ".join(f"{stage.replace('_', ' ')} {seconds[stage]:.1f}"
+                     + (f" ({cpu[stage]:.1f})" if stage in cpu else "") for stage in STAGES if stage in seconds)
