@@ -312,7 +312,7 @@ def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = F
     world_spec, config = check_spec(spec)
     out = Path(out) if out is not None else default_out(spec)
     from cbmctl.backbones import resolve_device
-    resolve_device(config.device)  # an unusable --device is an error before any world is made
+    device = str(resolve_device(config.device))  # an unusable --device is an error before any world is made
     runs.check_writable(out, "the bench")
     wanted = identity(spec, world_spec, config)
     with file_lock(out, wait=False, doing="benchmarking in"):
@@ -323,7 +323,7 @@ def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = F
         backbone, results = _Backbone(config.device), []
         for index, seed in enumerate(wanted["world_seeds"], 1):
             results.append(_one_world(index, seed, out, spec, world_spec, config, backbone, say, warn, progress))
-        report = assemble(wanted, results, out)
+        report = assemble(wanted, results, out, device)
         runs.write_json(out / REPORT_FILE, report)
         from cbmctl.demo.bench_report import forest_panels
         from cbmctl.render import plot_forest
@@ -347,10 +347,11 @@ def _one_world(index, seed, out, spec, world_spec, config, backbone, say, warn, 
     return result
 
 
-def assemble(wanted: dict, results: list[dict], out: Path) -> dict:
+def assemble(wanted: dict, results: list[dict], out: Path, device: str) -> dict:
     """bench.json: the options and provenance, each world's seed, concept set and timings, and the analysis."""
     from cbmctl.demo.bench_report import summarise
     worlds = [{"index": r["index"], "seed": r["seed"], "folder": str(out / f"world-{r['index']}"),
                "concept_set": r.get("concept_set"), "test_images": r.get("test_images"), "seconds": r["seconds"],
                "reused": r.get("reused", []), "cms": r["cms"]} for r in results]
-    return {**wanted, "folder": str(out), "versions": runs.versions(), "per_world": worlds, **summarise(results)}
+    return {**wanted, "folder": str(out), "device": device, "versions": runs.versions(), "per_world": worlds,
+            **summarise(results)}
