@@ -202,3 +202,12 @@ def test_bench_refuses_a_folder_that_is_not_a_bench(cli, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     one_line_error(cli("demo", "bench", "--worlds", "1", "--out", tmp_path / "b"), "--worlds 1", "at least 2")
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_takes_every_preset_and_world_knob_demo_make_takes():
+    from cbmctl.cli.demo import bench, make
+    params = {p.name: p for p in bench.params}
+    knobs = {p.name for p in make.params} - {"directory", "seed", "images_per_class"}
+    assert knobs <= set(params)
+    make_preset = next(p for p in make.params if p.name == "preset")
+    assert list(params["preset"].type.choices) == list(make_preset.type.choices)
