@@ -47,10 +47,11 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None, started=None) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, started=None, figures: bool = True) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
     gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
-    is called once the run directory can be resumed (its config and record are written)."""
+    is called once the run directory can be resumed (its config and record are written). Without `figures`
+    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them)."""
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
@@ -97,7 +98,8 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
     if len(methods) * len(seeds) == 1:
         metrics.update(results[methods[0]][0].metrics)
         metrics["history"] = results[methods[0]][0].history
-    _write_figures(run_dir, data, methods, seeds, results, base)
+    if figures:
+        _write_figures(run_dir, data, methods, seeds, results, base)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     if len(methods) * len(seeds) > 1:
         from cbmctl.render import is_percent

@@ -419,3 +419,55 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
                      + "; ".join(same))
     return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
             "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")
+
+
+def plot_forest(path: Path, panels: list[dict], title: str) -> None:
+    """A forest plot, one panel per group of effects: per row each world's effect with its 95 % interval
+    (grey, spread vertically) and the pooled effect with its interval (black diamond); a dotted line at 0;
+    the row's note (a verdict, * for significant) at the right. The x range covers the pooled intervals and
+    every world's point; a wider per-world interval runs off the edge. A panel is {"title", "unit", "rows":
+    [{"label", "note", "per_world": [(mean, low, high)], "pooled": (mean, low, high) or None}]} (low/high
+    None where there is no interval)."""
+    plt = _pyplot()
+    heights = [max(len(panel["rows"]), 1) + 1.6 for panel in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 0.3 * sum(heights) + 0.8),
+                                gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        _forest_panel(axis, panel)
+    figure.suptitle(_plain(title) + "\n(grey: each world, 95 % interval over its seeds; black: pooled over worlds, "
+                    "95 % interval)", fontsize=9)
+    _save(figure, path, plt)
+
+
+def _forest_panel(axis, panel: dict) -> None:
+    import textwrap
+    rows = panel["rows"]
+    shown = [0.0]
+    for y, row in enumerate(rows):
+        worlds = row["per_world"]
+        for k, (mean, low, high) in enumerate(worlds):
+            offset = 0.3 * (k / max(len(worlds) - 1, 1) - 0.5) if len(worlds) > 1 else 0.0
+            if low is not None:
+                axis.plot([low, high], [y + offset] * 2, color="0.65", linewidth=0.8)
+            axis.plot([mean], [y + offset], "o", color="0.45", markersize=3)
+            shown.append(mean)
+        if row["pooled"]:
+            mean, low, high = row["pooled"]
+            if low is not None:
+                axis.plot([low, high], [y, y], color="black", linewidth=2)
+                shown += [low, high]
+            axis.plot([mean], [y], "D", color="black", markersize=6)
+            shown.append(mean)
+        if row["note"]:
+            axis.annotate(_plain(row["note"]), (1.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                          va="center", annotation_clip=False)
+    low, high = min(shown), max(shown)
+    pad = 0.08 * (high - low) or 0.05
+    axis.set_xlim(low - pad, high + pad)
+    axis.axvline(0, color="gray", linewidth=0.8, linestyle=":")
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([_plain(row["label"]) for row in rows], fontsize=7)
+    axis.set_ylim(len(rows) - 0.5, -0.5)
+    axis.set_title(_plain(textwrap.fill(panel["title"], 110)), fontsize=8, loc="left")
+    axis.set_xlabel(f"effect ({panel['unit']})" if panel["unit"] else "effect", fontsize=7)
+    axis.tick_params(axis="x", labelsize=7)

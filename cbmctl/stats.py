@@ -91,12 +91,77 @@ def paired_difference(values: list[float], reference: list[float], level: float 
     return result
 
 
+def holm_adjusted(p_values: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's adjusted p-values: the i-th smallest p times (m − i + 1), made non-decreasing, at most 1 (None:
+    not tested). A hypothesis is rejected at family-wise level alpha exactly when its adjusted p ≤ alpha."""
+    tested = sorted((p, name) for name, p in p_values.items() if p is not None)
+    adjusted: dict[str, float | None] = {name: None for name in p_values}
+    running = 0.0
+    for rank, (p, name) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[name] = running
+    return adjusted
+
+
 def holm(p_values: dict[str, float | None], alpha: float = 0.05) -> dict[str, bool]:
     """Which hypotheses Holm's step-down procedure rejects at family-wise level alpha (None: not tested)."""
-    tested = sorted((p, name) for name, p in p_values.items() if p is not None)
-    rejected = {name: False for name in p_values}
-    for rank, (p, name) in enumerate(tested):
-        if p > alpha / (len(tested) - rank):
-            break
-        rejected[name] = True
-    return rejected
+    return {name: p is not None and p <= alpha for name, p in holm_adjusted(p_values).items()}
+
+
+# Pooling effects measured on several worlds (or studies), each world a random draw (METHOD "Benchmark worlds").
+# Inverse-variance weights only change the estimate when the worlds' own (within-world) variances differ;
+# below this ratio of the largest to the smallest, every world weighs the same.
+VARIANCE_RATIO = 4.0
+
+
+def mean_of_effects(effects: list[float], level: float = 0.95) -> dict:
+    """The mean of per-world effects with a Student-t interval on W − 1 degrees of freedom and its
+    two-sided p-value: every world weighs the same and the interval needs no between-world variance
+    estimate (which a handful of worlds cannot give reliably)."""
+    result = paired_difference(list(effects), [0.0] * len(effects), level)
+    n = len(effects)
+    return {**result, "se": result["std"] / math.sqrt(n), "df": n - 1, "estimator": "mean of worlds, Student-t"}
+
+
+def dersimonian_laird(effects: list[float], variances: list[float], level: float = 0.95) -> dict:
+    """Random-effects pooling: DerSimonian–Laird's moment estimate τ² of the between-world variance, weights
+    1/(v_w + τ²), and the Hartung–Knapp interval (Student-t on W − 1 df with the weighted spread of the
+    effects), which keeps its coverage with few worlds where the normal-based DL interval does not.
+    With equal v_w it is exactly mean_of_effects."""
+    k = len(effects)
+    if k < 2 or len(variances) != k or not all(math.isfinite(v) and v > 0 for v in variances):
+        raise ValueError("DerSimonian–Laird needs two or more effects, each with a positive variance")
+    weights = [1 / v for v in variances]
+    total = sum(weights)
+    fixed = sum(w * d for w, d in zip(weights, effects)) / total
+    q = sum(w * (d - fixed) ** 2 for w, d in zip(weights, effects))
+    scale = total - sum(w * w for w in weights) / total
+    tau2 = max(0.0, (q - (k - 1)) / scale) if scale > 0 else 0.0
+    weights = [1 / (v + tau2) for v in variances]
+    total = sum(weights)
+    mean = sum(w * d for w, d in zip(weights, effects)) / total
+    se = math.sqrt(sum(w * (d - mean) ** 2 for w, d in zip(weights, effects)) / (k - 1) / total)
+    half = student_t_quantile(0.5 + level / 2, k - 1) * se
+    p = (1.0 if mean == 0 else 0.0) if se == 0 else 2 * (1 - student_t_cdf(abs(mean) / se, k - 1))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p, "se": se, "df": k - 1,
+            "tau2": tau2, "q": q, "weights": [w / total for w in weights], "n": k,
+            "estimator": "DerSimonian–Laird, Hartung–Knapp t"}
+
+
+def pool_effects(effects: list[float], variances: list[float] | None = None, level: float = 0.95) -> dict:
+    """Pooled effect over worlds treated as random, by one rule: the mean of the worlds with a Student-t
+    interval (mean_of_effects), unless every world has a positive within-world variance and the largest
+    is more than VARIANCE_RATIO times the smallest; then DerSimonian–Laird (dersimonian_laird), which
+    weighs the precisely measured worlds more. `why` says which case applied."""
+    if len(effects) < 2:
+        raise ValueError("pooling over worlds needs at least two worlds")
+    usable = variances is not None and all(v is not None and math.isfinite(v) and v > 0 for v in variances)
+    ratio = max(variances) / min(variances) if usable else None
+    if usable and ratio > VARIANCE_RATIO:
+        result = dersimonian_laird(effects, variances, level)
+        why = f"within-world variances differ {ratio:.1f}× (> {VARIANCE_RATIO:g}×): inverse-variance weights"
+    else:
+        result = mean_of_effects(effects, level)
+        why = (f"within-world variances within {VARIANCE_RATIO:g}× ({ratio:.1f}×): worlds weigh the same"
+               if usable else "no within-world variance for every world: worlds weigh the same")
+    return {**result, "variance_ratio": ratio, "why": why}

@@ -14,7 +14,7 @@ COMMANDS = {
     "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
     "cms": ("cbmctl.cli.cms", "cms", "Concept Matrix Search (training-free) next to zero-shot and baselines."),
     "concepts": ("cbmctl.cli.concepts", "concepts", "Concept sets: list, show, check, filter, embed, generate."),
-    "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
+    "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP; benchmark over worlds."),
     "quickstart": ("cbmctl.cli.quickstart", "quickstart", "The whole pipeline on the demo world, offline, in minutes."),
     "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
     "explain": ("cbmctl.cli.explain", "explain", "Explain images: predicted class, contributing concepts, interventions."),

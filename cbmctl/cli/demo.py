@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from cbmctl.cli.common import print_json
+from cbmctl.demo.bench import DEFAULT_WORLD_SEED
 
 
 @click.group()
@@ -129,3 +130,63 @@ def evaluate(directory, split, cache_path, device, as_json):
     console().print(f"preset {report['preset']}, seed {report['seed']}: {knobs['train_per_class']} train + "
                     f"{knobs['test_per_class']} test images per species, fidelity {_fidelity_text(knobs['fidelity'])}, "
                     f"{knobs['confusable']} extra confusable pairs", highlight=False)
+
+
+def _make_option(name: str) -> click.Option:
+    return next(param for param in make.params if param.name == name)
+
+
+def _bench_default_preset() -> str:
+    # the benchmark's world is cub-like where this cbmctl has that preset
+    choices = _make_option("preset").type.choices
+    return "cub-like" if "cub-like" in choices else "default"
+
+
+@demo.command()
+@click.option("--preset", default=_bench_default_preset(), show_default=True, type=_make_option("preset").type,
+              help="The worlds' preset (any that `demo make` takes); the world knobs below override it.")
+@click.option("--worlds", default=3, show_default=True, type=int,
+              help="Worlds to make (2 to 50): the random factor the pooled interval is over.")
+@click.option("--seeds", default=5, show_default=True, type=int,
+              help="Training seeds per world (at least 2): seeds 0..N-1, paired between methods.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="The bench folder (default bench/PRESET-Wworlds-Sseeds); rerunning the same command there "
+                   "resumes it.")
+@click.option("--world-seed", default=DEFAULT_WORLD_SEED, show_default=True, type=int,
+              help="Base of the worlds' seeds (used for nothing else): world k's seed is derived from it and k, "
+                   "and recorded.")
+@click.option("--epochs", default=None, type=int, help="At most this many epochs per model (default: train's).")
+@click.option("--min-epochs", default=None, type=int, help="Never stop before this many epochs (default: train's).")
+@click.option("--patience", default=None, type=int, help="Early-stopping patience (default: train's).")
+@click.option("--batch-size", default=None, type=int, help="Images per step (default: train's).")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json instead of the tables.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def bench(preset, worlds, seeds, out, world_seed, epochs, min_epochs, patience, batch_size, device, as_json, quiet,
+          **knobs):
+    """Benchmark every method over several demo worlds: per world the paired difference of each method to
+    the plain CBM over seeds, pooled over worlds as a random factor (Holm over methods), and the paper's
+    claims each with a verdict. Writes bench.json and forest.png in the bench folder."""
+    from cbmctl.demo.bench import BenchSpec, run_bench
+    train = {"epochs": epochs, "min_epochs": min_epochs, "patience": patience, "batch_size": batch_size}
+    spec = BenchSpec(preset=preset, worlds=worlds, seeds=seeds, world_seed=world_seed, knobs=knobs, train=train,
+                     device=device)
+    quiet = quiet or as_json
+    report = run_bench(spec, out, say=None if quiet else _echo_err, note=_echo_err, progress=not quiet)
+    if as_json:
+        return print_json(report)
+    from cbmctl.cli.common import console
+    from cbmctl.demo.bench_render import bench_footer, bench_tables
+    for table in bench_tables(report):
+        console().print(table)
+    for line in bench_footer(report, report["folder"]):
+        console().print(line, markup=False, highlight=False)
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+# the world knobs are `demo make`'s own options, whichever it has: a bench world is any world make makes
+bench.params.extend(param for param in make.params if param.name not in ("directory", "seed", "preset",
+                                                                          "images_per_class"))
