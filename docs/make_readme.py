@@ -6,14 +6,14 @@ Each generated block of the README sits between `<!-- BEGIN GENERATED: NAME -->`
 `<!-- END GENERATED: NAME -->` and starts with the commands that made it; everything runs offline on the
 cub-like demo world of seed 4242 (one the shipped CLIP and the tests never used; the quickstart's is seed
 0), in a temporary folder (or --work DIR, kept, so that an interrupted run resumes its benchmark), with
-this interpreter's cbmctl. About 40 minutes on 2 idle CPU cores, most of it the 5-world benchmark. The
-text outside the markers is written by hand
-and carries no measured numbers."""
+this interpreter's cbmctl. About 40 minutes on 2 idle CPU cores, most of it the 5-world benchmark (block
+'claims'). The text outside the markers is written by hand and carries no measured numbers."""
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,9 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from common import cbmctl, cbmctl_json  # noqa: E402
 
+from cbmctl.demo.bench_report import effect_text  # noqa: E402
 from cbmctl.render import compare_cells, markdown_table, significance_sentence  # noqa: E402
 
 WORLD_SEED = 4242
+BENCH_WORLDS = 5
+FOREST = ROOT / "docs" / "bench-forest.png"
 WORLD = ["demo", "make", "W", "--preset", "cub-like", "--seed", str(WORLD_SEED)]
 MAKE_WORLD = "cbmctl " + " ".join(WORLD)
 
@@ -221,6 +224,29 @@ class Blocks:
         return (commands_line([MAKE_WORLD] + [f"cbmctl cms W --concepts {key}" for _, key in sets])
                 + markdown_table(["method"] + [f"top-1, {label}" for label, _ in sets], body))
 
+    def claims(self) -> str:
+        """The paper's claims pooled over worlds (`cbmctl demo bench`), the forest plot copied beside this
+        script. The bench folder lives in the work folder, so an interrupted regeneration resumes it."""
+        command = ["demo", "bench", "--preset", "cub-like", "--worlds", str(BENCH_WORLDS), "--seeds", str(self.seeds),
+                   "--out", "bench"]
+        report = cbmctl_json([*command, "--json"], self.work)
+        shutil.copyfile(self.work / "bench" / "forest.png", FOREST)
+        body = []
+        for claim in report["claims"]:
+            effects = "; ".join(f"{c['label']}: {effect_text(c['metric'], c['pooled'])}"
+                                + (f" ({c['verdict']})" if claim["mode"] == "each" else "")
+                                for c in claim["contrasts"] if c["pooled"])
+            body.append([f"({claim['id']}) {claim['statement']}", f"**{claim['verdict']}**", effects])
+        methods = "\n\n".join(report["conclusions"][:len(report["methods"])])
+        worlds = ", ".join(map(str, report["world_seeds"]))
+        return (commands_line(["cbmctl " + " ".join(command)])
+                + f"{BENCH_WORLDS} cub-like worlds (seeds {worlds}, from the bench's own base seed) × "
+                  f"{self.seeds} training seeds; every effect in points of test accuracy unless it is an entropy "
+                  "or Hoyer value, with its pooled 95 % interval.\n\n"
+                + markdown_table(["claim", "verdict", "pooled effect [95 %]"], body) + "\n"
+                + methods + "\n\n" + f"Estimator: {report['estimator']}\n\n"
+                + f"![forest plot: every method's and every claim's effect per world and pooled]({FOREST.name})\n")
+
     def explain(self) -> str:
         # quickstart (run by its own block, or here) leaves a trained run and names a test image it explains
         image = json.loads(self._quickstart("--json")[0])["image"]
@@ -252,7 +278,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=None, help="Keep the worlds and runs in this folder (default: a temporary one).")
     args = parser.parse_args(argv)
     names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "faithfulness", "l1", "cms",
-             "explain", "explain-unit"]
+             "explain", "explain-unit", "claims"]
     wanted = args.only.split(",") if args.only else names
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")
