@@ -1,4 +1,4 @@
-"""Concept Bottleneck Layer objectives (shared/METHOD.md). Z is the batch of CBL activations, B×C, or S×B×C
+"""Concept Bottleneck Layer objectives (docs/method.md, "CBL objectives"). Z is the batch of CBL activations, B×C, or S×B×C
 for S models trained together (one loss value per model). Every loss works in log-space (log-softmax,
 never the log of a softmax), so tiny τ and hard samples stay finite."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Accuracy, calibration, sparsity and faithfulness metrics (shared/METHOD.md), on whole splits: micro
+"""Accuracy, calibration, sparsity and faithfulness metrics (docs/method.md, "Metrics"), on whole splits: micro
 accuracy over all samples, never a mean of per-batch accuracies."""
 from __future__ import annotations
 

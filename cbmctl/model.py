@@ -1,7 +1,7 @@
 """The Concept Bottleneck Model: concept scores ψ (C) -> CBL W (C×C, no bias) -> activations a -> head ->
 class logits. Unit j of the CBL is read as concept j.
 
-Two heads (shared/METHOD.md): the paper's dense head (F, K×C, no bias, on the activations themselves) and
+Two heads (docs/method.md, "The final layer"): the paper's dense head (F, K×C, no bias, on the activations themselves) and
 the sparse head of LF-CBM / VLG-CBM (F with a few non-zero weights per class and a bias b, on standardised
 activations x = (a − μ)/σ, μ and σ from the train split). Both are z = F x + b with x = (a − μ)/σ: the dense
 head has μ = 0, σ = 1, b = 0. The contribution of concept j to class c for one image is x_j · F[c, j], so a
