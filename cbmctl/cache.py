@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl.errors import CbmctlError
-from cbmctl.names import validate_class_names
+from cbmctl.names import names_sha256, validate_class_names
+from cbmctl.sanitize import safe_text
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -67,13 +68,6 @@ class SplitData:
     paths: list[str]
     attributes: np.ndarray | None
     skipped: list[tuple[str, str]]
-
-
-def printable(text) -> str:
-    """A string read from a cache or a dataset (a path, a class name, an attribute), safe to show: control
-    and formatting characters (ESC, BEL, RTL overrides...) appear escaped, never raw."""
-    import unicodedata
-    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else repr(c)[1:-1] for c in str(text))
 
 
 def _strings(dataset) -> list[str]:
@@ -200,12 +194,12 @@ def check_unit_rows(matrix: np.ndarray, what: str, name_of_row) -> None:
     bad = np.flatnonzero(~np.isfinite(norms))
     if len(bad):
         raise CbmctlError(f"{what} has {len(bad)} embedding(s) with NaN or infinite values (first: "
-                          f"{printable(name_of_row(bad[0]))}); the cache is damaged: re-embed it with "
+                          f"{safe_text(name_of_row(bad[0]))}); the cache is damaged: re-embed it with "
                           "`cbmctl embed DATA --overwrite`")
     bad = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
     if len(bad):
         raise CbmctlError(f"{what} has {len(bad)} embedding(s) that are not unit vectors (first: "
-                          f"{printable(name_of_row(bad[0]))}, norm {norms[bad[0]]:.4g}; cbmctl stores them "
+                          f"{safe_text(name_of_row(bad[0]))}, norm {norms[bad[0]]:.4g}; cbmctl stores them "
                           "L2-normalised); the cache is damaged: re-embed it with `cbmctl embed DATA --overwrite`")
 
 
@@ -217,7 +211,7 @@ def uncovered_classes(labels: np.ndarray, classes: list[str]) -> list[str]:
 
 def name_some(names: list[str], limit: int = 3) -> str:
     """'a', 'b', 'c' and 4 more: a list shortened for a one-line message, each name shown escaped."""
-    shown = ", ".join(repr(printable(n)) for n in names[:limit])
+    shown = ", ".join(repr(safe_text(n)) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -302,7 +296,7 @@ class Cache:
         if len(outside):
             first = outside[0]
             raise CbmctlError(f"{self.path}: the {split} split has {len(outside)} label(s) outside 0..."
-                              f"{self.num_classes - 1} (first: {printable(name_of_row(first))} labelled "
+                              f"{self.num_classes - 1} (first: {safe_text(name_of_row(first))} labelled "
                               f"{labels[first]}); fix the dataset's labels and re-embed with --overwrite")
 
     def embedding_chunks(self, split: str, chunk: int = 4096):
@@ -360,16 +354,12 @@ def text_key(identity: dict, texts: list[str], templates: list[str] | None = Non
     return digest.hexdigest()[:20]
 
 
-def content_sha256(texts: list[str]) -> str:
-    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
-
-
 def write_text_group(handle, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:
     """A text entry inside an HDF5 file being written whole (a new cache); never into an existing cache."""
     group = handle.require_group("text").create_group(key)
     group.create_dataset("texts", data=string_array(texts))
     group.create_dataset("embeddings", data=np.asarray(embeddings, dtype=np.float32))
-    for name, value in {**attrs, "content_sha256": content_sha256(texts)}.items():
+    for name, value in {**attrs, "content_sha256": names_sha256(texts)}.items():
         group.attrs[name] = value
 
 
@@ -377,7 +367,7 @@ def _usable(texts: list[str], embeddings: np.ndarray, attrs: dict):
     """The entry if it is whole and self-consistent, else None (it is then encoded and written again)."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts) or embeddings.dtype.kind != "f":
         return None
-    if attrs.get("content_sha256", content_sha256(texts)) != content_sha256(texts):
+    if attrs.get("content_sha256", names_sha256(texts)) != names_sha256(texts):
         return None
     if not _unit_rows(embeddings).all():  # NaN, Inf, or not a normalised text embedding
         return None
@@ -439,7 +429,7 @@ class TextStore:
 
     def put(self, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:
         from cbmctl.files import atomic_write
-        record = {**attrs, "content_sha256": content_sha256(texts)}
+        record = {**attrs, "content_sha256": names_sha256(texts)}
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.entry(key), "wb") as handle:
             np.savez(handle, texts=np.array(list(texts), dtype=str).reshape(len(texts)),

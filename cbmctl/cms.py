@@ -48,7 +48,7 @@ class Variant:
         return self.normalization == "col" and not self.max_score
 
 
-# the paper's seven, then cbmctl's centred variant (METHOD, "Concept Matrix Search")
+# the paper's seven, then cbmctl's centred variant (docs/method.md, "Concept Matrix Search")
 PAPER_VARIANTS = tuple(Variant(s, n) for s in SIMILARITIES for n in ("none", "row", "col")) + \
     (Variant(max_score=True),)
 CENTRED = Variant("cos", "centred")

@@ -2,7 +2,6 @@
 generation through an OpenAI-compatible chat endpoint."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
 from cbmctl.logs import sayer
-from cbmctl.names import MAX_NAME_CHARS, normalise, validate_class_names, validate_concept_names
+from cbmctl.names import MAX_NAME_CHARS, names_sha256, normalise, validate_class_names, validate_concept_names
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
@@ -29,7 +28,7 @@ class ConceptSet:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256("\n".join(self.concepts).encode()).hexdigest()
+        return names_sha256(self.concepts)
 
     def record(self) -> dict:
         """What caches and runs store to say which concepts they used."""

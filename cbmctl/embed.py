@@ -24,15 +24,15 @@ from cbmctl.cache import (
     Cache,
     describe_mismatch,
     identity_mismatch,
-    printable,
     read_attrs,
     string_array,
     text_key,
     write_text_group,
 )
 from cbmctl.errors import CbmctlError
-from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, write_text_atomic
+from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, slug, write_text_atomic
 from cbmctl.images import BadImage, load_rgb
+from cbmctl.sanitize import safe_text
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 MANIFEST = "manifest.json"
@@ -53,16 +53,12 @@ class EmbedReport:
         return self.embedded_now / self.seconds if self.seconds > 0 else 0.0
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-") or "x"
-
-
 def default_cache_path(dataset, model: str, pretrained: str | None, cache_dir=None) -> Path:
     import hashlib
     base = Path(cache_dir or os.environ.get("CBMCTL_CACHE_DIR") or "cache")
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:6]
-    model_slug = _slug(Path(model).stem if model.endswith(".json") else model)
-    return base / f"{_slug(dataset.name)}-{where}-{model_slug}-{_slug(str(pretrained or 'default'))}.h5"
+    model_slug = slug(Path(model).stem if model.endswith(".json") else model)
+    return base / f"{slug(dataset.name)}-{where}-{model_slug}-{slug(str(pretrained or 'default'))}.h5"
 
 
 def cache_header(dataset, backbone, templates) -> dict:
@@ -330,7 +326,7 @@ def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
                  f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"]
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} image(s) that could not be used (recorded in the cache):")
-        lines += [f"  {split}: {printable(path)}: {printable(reason)}" for split, path, reason in report.skipped[:limit]]
+        lines += [f"  {split}: {safe_text(path)}: {safe_text(reason)}" for split, path, reason in report.skipped[:limit]]
         if len(report.skipped) > limit:
             lines.append(f"  ... and {len(report.skipped) - limit} more (`cbmctl embed` with the same arguments "
                          f"and --json lists them all)")

@@ -4,7 +4,7 @@ run directory (cbmctl.runs) with a comparison that says which differences are la
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cbmctl import runs
@@ -36,10 +36,6 @@ def _unit_dir(run_dir: Path, method: str, seed: int, methods: list[str], seeds: 
     return path
 
 
-def _method_config(base: TrainConfig, method: str, seed: int) -> TrainConfig:
-    return replace(base, loss=method, seed=seed, hard=base.hard and method == "gumbel")
-
-
 def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult) -> dict:
     metrics = {k: result.metrics[k] for k in ("val", "test", "dense", "sparse", "anec") if k in result.metrics}
     return {"concepts": data.concepts, "classes": data.classes, "train_config": asdict(config),
@@ -51,13 +47,21 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
     gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
     is called once the run directory can be resumed (its config and record are written). Without `figures`
-    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them)."""
+    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them). torch uses
+    `base.threads` threads meanwhile, as the record says (cbmctl.threads); the caller's count is restored."""
+    from cbmctl.threads import torch_threads
+    with torch_threads(base.threads) as threads:
+        return _run_experiment(data, base, methods, seeds, Path(run_dir), spec, log, warn, started, threads, figures)
+
+
+def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
+                    spec: dict, log, warn, started, threads, figures) -> ExperimentResult:
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
-    run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
-    runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
+    runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "threads": threads.as_record(),
+                                                 "versions": runs.versions()})
     if started is not None:
         started(run_dir)
     with open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") as log_file:
@@ -71,11 +75,12 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
             log_file.flush()
             warn(line)
 
+        say(f"torch: {threads.count} CPU thread{'s' * (threads.count != 1)} ({threads.reason})")
         members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
         results: dict[str, list[TrainResult]] = {method: [] for method in methods}
         if members:
             say(f"== training {len(members)} model{'s' * (len(members) > 1)}: "
-                + ", ".join(sorted({describe(_method_config(base, m, 0)) for m, _ in members}))
+                + ", ".join(sorted({describe(base.for_method(m, 0)) for m, _ in members}))
                 + f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
             for (method, _), result in zip(members, train_many(data, base, members, run_dir, say,
                                                                       warn=say_warning)):
@@ -88,7 +93,7 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
                 results[method] = [run_baseline(data, method)] * len(seeds)
         for method in methods:
             for seed, result in zip(seeds, results[method]):
-                config = _method_config(base, method, seed)
+                config = base.for_method(method, seed)
                 _write_unit(_unit_dir(run_dir, method, seed, methods, seeds), data, config, result)
             say(_result_line(method, seeds, results[method], base))
     rows = compare_rows(methods, seeds, results, base)
@@ -119,7 +124,7 @@ def _result_line(method: str, seeds: list[int], results: list[TrainResult], base
         why = "validation loss stopped falling" if metrics.get("stopped_early") else "epoch limit"
         parts.append(f"seed {seed}: test top-1 {metrics['test']['top1']:.4f}, kept epoch {metrics['best_epoch']} "
                      f"of {metrics['epochs_run']} ({why})")
-    return f"{describe(_method_config(base, method, seeds[0]))}: " + "; ".join(parts)
+    return f"{describe(base.for_method(method, seeds[0]))}: " + "; ".join(parts)
 
 
 def _precision_keys(rows: list[dict]) -> list[str]:
@@ -137,7 +142,7 @@ def compare_rows(methods: list[str], seeds: list[int], results: dict[str, list[T
         tests = [{**r.metrics["test"], **r.metrics.get("model", {})} for r in results[method]]
         keys = [k for k, v in tests[0].items() if isinstance(v, (int, float)) and k != "images"]
         varies = method not in BASELINES
-        row = {"method": describe(_method_config(base, method, seeds[0])), "loss": method, "seeds": seeds}
+        row = {"method": describe(base.for_method(method, seeds[0])), "loss": method, "seeds": seeds}
         for key in keys:
             values = [t[key] for t in tests] if varies else [tests[0][key]]
             row[key] = mean_interval(values)
@@ -177,17 +182,17 @@ def _write_figures(run_dir: Path, data: TrainingData, methods, seeds, results, b
     dataset = data.record.get("dataset", {}).get("dataset_name", "")
     if len(trained) * len(seeds) == 1:
         plot_curves(run_dir / runs.CURVES_FILE, results[trained[0]][0].history,
-                    f"{describe(_method_config(base, trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+                    f"{describe(base.for_method(trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
     else:
         plot_curves(run_dir / runs.CURVES_FILE,
-                    {describe(_method_config(base, m, seeds[0])): [r.history for r in results[m]] for m in trained},
+                    {describe(base.for_method(m, seeds[0])): [r.history for r in results[m]] for m in trained},
                     f"training curves on {dataset}, seeds {', '.join(map(str, seeds))}")
     histograms = activation_histograms(data, methods, seeds, results, base)
     runs.write_activation_histograms(run_dir, histograms)
     plot_activation_histograms(run_dir / runs.ACTIVATIONS_PLOT, histograms,
                                f"how sparse the CBL activations are, per test image, on {dataset}")
     plot_sparsity(run_dir / runs.SPARSITY_FILE,
-                  {describe(_method_config(base, m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
+                  {describe(base.for_method(m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
                   f"accuracy-sparsity path of the sparse head on {dataset}")
 
 
@@ -209,7 +214,7 @@ def activation_histograms(data: TrainingData, methods, seeds, results, base: Tra
                     activations, _ = model(data.scores(features[start:start + chunk].to(device)))
                 for name, counts in M.sparsity_histograms(activations).items():
                     totals[name] = [a + b for a, b in zip(totals[name], counts)]
-        entries[describe(_method_config(base, method, seeds[0]))] = {"images": int(len(features)),
+        entries[describe(base.for_method(method, seeds[0]))] = {"images": int(len(features)),
                                                                      "seeds": len(results[method]), **totals}
     return {"split": "test", "bins": M.SPARSITY_BINS,
             "measures": {name: text for name, (_, text) in M.SPARSITY_MEASURES.items()}, "methods": entries}

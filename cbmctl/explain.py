@@ -284,28 +284,31 @@ def explain_with_run(run_dir: Path, images: list[str], device="auto", top_k: int
 def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str | None = None,
                      pretrained: str | None = None, concepts: str | None = None, classes: str | None = None,
                      device="auto", top_k: int = 10, class_name: str | None = None, log=None) -> ImageExplanations:
-    """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given,
-    else the named (default: demo) backbone, concept set and class list."""
+    """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given
+    (with the text embeddings the run was trained with, so its classes are prompted with its cache's
+    templates), else the named (default: demo) backbone, concept set and class list."""
     from cbmctl.backbones import load_backbone
     from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
     if run_dir is not None:
-        from cbmctl.runs import load_model
-        _, meta = load_model(run_dir)
-        backbone = run_backbone(meta, run_dir, device)
-        concept_list, class_list = meta["concepts"], meta["classes"]
+        explainer = Explainer.from_run(run_dir)
+        backbone = run_backbone(explainer.metadata, run_dir, device)
+        concept_list, class_list = explainer.concepts, explainer.classes
+        concept_vectors, class_vectors = explainer.concept_vectors, explainer.class_vectors
     else:
         concept_set = load_concept_set(concepts or "demo")
         concept_list = concept_set.concepts
         class_list = load_class_list(classes, log) if classes else builtin_classes(concept_set.name)
         if not class_list:
             raise CbmctlError(f"--classes is needed: no built-in class list goes with {concept_set.name!r}")
+        from cbmctl.embed import DEFAULT_TEMPLATES
         backbone = load_backbone(model or "demo", pretrained, device)
+        concept_vectors = backbone.encode_texts(concept_list)
+        class_vectors = backbone.encode_prompts(class_list, DEFAULT_TEMPLATES)
     features, names, errors = embed_images(backbone, list(images))
     if not names:
         return ImageExplanations([], errors, class_list)
-    results = cms_explain(features, names, concept_list, class_list, backbone.encode_texts(concept_list),
-                          backbone.encode_prompts(class_list, ["a photo of a {}."]), backbone.logit_scale, top_k,
-                          class_name)
+    results = cms_explain(features, names, concept_list, class_list, concept_vectors, class_vectors,
+                          backbone.logit_scale, top_k, class_name)
     return ImageExplanations(results, errors, class_list)
 
 

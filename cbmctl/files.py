@@ -24,6 +24,12 @@ FAULT_ENV = "CBMCTL_FAULT"
 LOCK_SUFFIX = ".lock"
 
 
+def slug(text: str, empty: str = "x") -> str:
+    """`text` as part of a file name cbmctl makes (a cache, a run directory): letters, digits, '.', '_' and
+    '-' kept, every other character '-', no '-' at either end; `empty` when nothing is left."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text)).strip("-") or empty
+
+
 def cbmctl_home() -> Path:
     """Where cbmctl keeps what it learns about this machine ($CBMCTL_HOME, default ~/.cache/cbmctl): weight
     hashes, the open_clip tag index of other open_clip versions, the text store of cache-less commands."""

@@ -1,4 +1,4 @@
-"""Accuracy, calibration, sparsity and faithfulness metrics (shared/METHOD.md), on whole splits: micro
+"""Accuracy, calibration, sparsity and faithfulness metrics (docs/method.md, "Metrics"), on whole splits: micro
 accuracy over all samples, never a mean of per-batch accuracies."""
 from __future__ import annotations
 
@@ -171,8 +171,3 @@ def explanation_precision_at_k(contributions: torch.Tensor, head_inputs: torch.T
     has_any = counts > 0
     return float((hits[has_any] / counts[has_any]).mean()) if bool(has_any.any()) else float("nan")
 
-
-def summarise(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-            "values": [float(v) for v in array]}

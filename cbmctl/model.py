@@ -1,7 +1,7 @@
 """The Concept Bottleneck Model: concept scores ψ (C) -> CBL W (C×C, no bias) -> activations a -> head ->
 class logits. Unit j of the CBL is read as concept j.
 
-Two heads (shared/METHOD.md): the paper's dense head (F, K×C, no bias, on the activations themselves) and
+Two heads (docs/method.md, "The final layer"): the paper's dense head (F, K×C, no bias, on the activations themselves) and
 the sparse head of LF-CBM / VLG-CBM (F with a few non-zero weights per class and a bias b, on standardised
 activations x = (a − μ)/σ, μ and σ from the train split). Both are z = F x + b with x = (a − μ)/σ: the dense
 head has μ = 0, σ = 1, b = 0. The contribution of concept j to class c for one image is x_j · F[c, j], so a
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cbmctl.errors import CbmctlError
+from cbmctl.names import names_sha256
 from cbmctl.sanitize import safe_text
 from cbmctl.spec import HEADS
 
@@ -90,10 +91,6 @@ class ConceptBottleneckModel(nn.Module):
             self.activation_mean.copy_(mean if mean is not None else torch.zeros(self.num_concepts))
             self.activation_std.copy_(std if std is not None else torch.ones(self.num_concepts))
         return self
-
-
-def concepts_sha256(concepts: list[str]) -> str:
-    return hashlib.sha256("\n".join(concepts).encode()).hexdigest()
 
 
 def model_tensors(model: ConceptBottleneckModel, vectors: dict | None = None) -> dict[str, torch.Tensor]:
@@ -195,7 +192,7 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
     if not isinstance(recorded, str):
         raise CbmctlError(f"{where}: the model description lacks its concept_set hash (edited or damaged); retrain "
                           "or restore the run")
-    if recorded != concepts_sha256(concepts):
+    if recorded != names_sha256(concepts):
         raise CbmctlError(f"{where}: the model's concept list does not match its recorded hash (edited or "
                           "damaged); retrain or restore the run")
     if "logit_scale" in metadata:

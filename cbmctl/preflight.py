@@ -78,13 +78,13 @@ def checked_templates(templates, where: str = "--template") -> list[str] | None:
 
 
 def _refuse_conflicts(cache_file, attrs: dict, request, hint: str) -> None:
-    from cbmctl.cache import printable
+    from cbmctl.sanitize import safe_text
     conflicts = request.conflicts(attrs)
     if conflicts:
         what, has, asked = conflicts[0]
         key = {"model": "backbone_model", "model config": "backbone_model", "pretrained": "backbone_pretrained",
                "weights sha256": "weights_sha256"}[what]
-        raise CbmctlError(f"{cache_file} was made with {key}={printable(has)} but this run has {asked}; {hint}")
+        raise CbmctlError(f"{cache_file} was made with {key}={safe_text(has)} but this run has {asked}; {hint}")
 
 
 def _backbone_warning(attrs_or_model, pretrained, classes, dataset_name) -> list[str]:

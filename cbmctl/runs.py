@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cbmctl.errors import CbmctlError
+from cbmctl.files import slug
 
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "record.json"
@@ -82,7 +83,7 @@ def new_run_dir(root: Path, dataset: str, label: str) -> Path:
     """A new, empty run directory: created (not merely found free) under its name, so that two trains
     starting in the same second into one runs folder each get their own (`...-2`), never the same one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{_slug(dataset)}-{_slug(label)}"
+    base = Path(root) / f"{stamp}-{slug(dataset, 'run')}-{slug(label, 'run')}"
     base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
     while True:
@@ -92,10 +93,6 @@ def new_run_dir(root: Path, dataset: str, label: str) -> Path:
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text)).strip("-") or "run"
 
 
 def point_latest(root: Path, run: Path) -> None:

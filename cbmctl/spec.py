@@ -27,6 +27,10 @@ MAX_SEEDS = 1000
 # learning rates, the temperature and penalty strengths: useful values are below 10; far beyond this bound
 # (1e300) the optimizers' float32 arithmetic overflows
 MAX_RATE = 1e6
+# the l1 objective's λ in (λ/C)·Σ|W| (cbmctl.losses.l1_loss takes it from here)
+L1_LAMBDA = 0.1
+# training never stops early before this epoch unless --min-epochs says otherwise (or --epochs is smaller)
+DEFAULT_MIN_EPOCHS = 20
 
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
@@ -47,7 +51,7 @@ class TrainConfig:
     gumbel_form: str = "paper"
     tau: float = 1.0
     hard: bool = False
-    l1_lambda: float = 0.1
+    l1_lambda: float = L1_LAMBDA
     head: str = "sparse"
     nec: int = 5
     lr: float = 1e-3
@@ -56,7 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"
     epochs: int = 1000
-    min_epochs: int = 20
+    min_epochs: int | None = None  # None: DEFAULT_MIN_EPOCHS, or --epochs when that is fewer
     patience: int = 30
     batch_size: int = 128
     seed: int = 0
@@ -65,6 +69,17 @@ class TrainConfig:
     precision_k: int = 5
     sparse_alpha: float = 0.99
     faithfulness_cutoff: float = 0.5
+    threads: int = 0  # torch's CPU threads while training; 0: chosen by cbmctl.threads
+
+    def first_stop_epoch(self) -> int:
+        """The first epoch at which early stopping may end training."""
+        return min(DEFAULT_MIN_EPOCHS, self.epochs) if self.min_epochs is None else self.min_epochs
+
+    def for_method(self, method: str, seed: int | None = None) -> TrainConfig:
+        """This configuration for one method (and seed) of a comparison: --hard belongs to the Gumbel
+        objective only, so every other method of the same comparison trains without it."""
+        return replace(self, loss=method, seed=self.seed if seed is None else seed,
+                       hard=self.hard and method == "gumbel")
 
     def validate(self) -> None:
         if self.loss not in METHODS:
@@ -96,8 +111,14 @@ class TrainConfig:
                 raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise CbmctlError(f"--seed must be in [0, 2^32) (the random generators take 32-bit seeds), got {self.seed}")
-        if self.min_epochs < 0:
+        if self.min_epochs is not None and self.min_epochs < 0:
             raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
+        if self.min_epochs is not None and self.min_epochs > self.epochs:
+            raise CbmctlError(f"--min-epochs {self.min_epochs} is more than --epochs {self.epochs}: training could "
+                              "never stop early; lower --min-epochs or raise --epochs")
+        if self.threads < 0:
+            raise CbmctlError(f"--threads must be at least 0 (0: chosen from the CPUs this process may use), "
+                              f"got {self.threads}")
         if not 0 < self.sparse_alpha <= 1:
             raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
         if not -1 <= self.faithfulness_cutoff <= 1:
@@ -113,9 +134,16 @@ class TrainConfig:
             name = str(key).replace("-", "_")
             if name not in known:
                 raise CbmctlError(f"{where + ': ' if where else ''}unknown option {key!r}")
-            converted[name] = _convert(value, known[name].type, option_label(where, name))
+            kind = known[name].type
+            if value is None and kind.endswith(" | None"):
+                converted[name] = None
+                continue
+            converted[name] = _convert(value, kind.removesuffix(" | None"), option_label(where, name))
         config = cls(**converted)
-        config.validate()
+        try:
+            config.validate()
+        except CbmctlError as error:
+            raise CbmctlError(f"{where}: {error}" if where else str(error)) from None
         return config
 
 
@@ -210,7 +238,7 @@ class ExperimentSpec:
                               "choose a plain directory name")
         train = TrainConfig.from_mapping({**values, "loss": methods[0], "seed": seeds[0]}, where)
         for method in methods:
-            replace(train, loss=method, hard=train.hard and method == "gumbel").validate()
+            train.for_method(method).validate()
         return cls(train=train, methods=methods, seeds=seeds, **data)
 
     def as_mapping(self) -> dict:

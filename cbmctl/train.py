@@ -14,9 +14,10 @@ standardised activations along a regularisation path; every run reports the dens
 at NEC = 5 (and the whole accuracy-sparsity path), whichever head it keeps as its model."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,14 @@ def _stack_activations(source: _Scores, cbl: torch.Tensor, chunk: int = 8192) ->
             cbl.new_zeros(cbl.shape[0], 0, cbl.shape[1])
 
 
+def _initial_cbl(concepts: int, classes: int, config: TrainConfig) -> torch.Tensor:
+    """A model's CBL before training, drawn (for --cbl-init random) from torch's generator seeded with the
+    model's seed inside a fork: the caller's random state is the same afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(config.seed)
+        return ConceptBottleneckModel(concepts, classes, config.cbl_init).cbl.weight.detach()
+
+
 def _optimizer(name, params, lr, weight_decay):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -117,7 +126,7 @@ def _optimizer(name, params, lr, weight_decay):
 
 
 def member_configs(base: TrainConfig, members: list[tuple[str, int]]) -> list[TrainConfig]:
-    configs = [replace(base, loss=loss, seed=seed, hard=base.hard and loss == "gumbel") for loss, seed in members]
+    configs = [base.for_method(loss, seed) for loss, seed in members]
     for config in configs:
         config.validate()
         if config.loss in BASELINES:
@@ -132,11 +141,7 @@ class _Stack:
         base = configs[0]
         c, k, s = len(data.concepts), len(data.classes), len(configs)
         self.configs, self.device = configs, device
-        init = []
-        for config in configs:
-            torch.manual_seed(config.seed)
-            init.append(ConceptBottleneckModel(c, k, config.cbl_init).cbl.weight.detach())
-        self.initial_cbl = torch.stack(init).to(device)
+        self.initial_cbl = torch.stack([_initial_cbl(c, k, config) for config in configs]).to(device)
         self.cbl = torch.nn.Parameter(self.initial_cbl.clone())
         self.head = torch.nn.Parameter(torch.zeros(s, k, c, device=device))
         self.cbl_optimizer = _optimizer(base.optimizer, [self.cbl], base.cbl_lr, base.weight_decay)
@@ -299,9 +304,9 @@ def _short(value) -> str:
 
 def checkpoint_identity(data: TrainingData, configs: list[TrainConfig]) -> str:
     """What a checkpoint belongs to: the data (dataset fingerprint and split), backbone, concepts, classes and
-    every training option of every member but the device (which --resume may change) and the epoch limit
-    (the library may continue a run for longer). A checkpoint copied in from another run or dataset does not
-    match."""
+    every training option of every member but the device and thread count (which --resume may change, and
+    which do not change the result) and the epoch limit (the library may continue a run for longer). A
+    checkpoint copied in from another run or dataset does not match."""
     import hashlib
     import json
     record = data.record
@@ -311,7 +316,7 @@ def checkpoint_identity(data: TrainingData, configs: list[TrainConfig]) -> str:
         "backbone": [backbone.get(k) for k in ("backbone_model", "weights_sha256")],
         "concepts": data.concepts, "classes": data.classes, "logit_scale": data.logit_scale,
         "sizes": {split: int(labels.shape[0]) for split, labels in data.labels.items()},
-        "configs": [{k: v for k, v in asdict(config).items() if k not in ("device", "epochs")} for config in configs],
+        "configs": [{k: v for k, v in asdict(config).items() if k not in ("device", "epochs", "threads")} for config in configs],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -335,16 +340,20 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
                checkpoint_dir: Path | None = None, log=None, warn=None) -> list[TrainResult]:
     """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring),
     then fit the sparse heads and evaluate; with `checkpoint_dir`, a checkpoint there is written while
-    training and resumed from when present. `warn` gets the warning lines (`log` when not given)."""
+    training and resumed from when present. `warn` gets the warning lines (`log` when not given). torch
+    uses `base.threads` threads meanwhile (cbmctl.threads); the caller's thread count and random state are
+    as they were afterwards."""
     from cbmctl.backbones import resolve_device
     from cbmctl.resources import check_training
+    from cbmctl.threads import torch_threads
     configs = member_configs(base, members)
     device = resolve_device(base.device)
     check_training(len(configs), len(data.concepts), len(data.classes),
                    {split: int(labels.shape[0]) for split, labels in data.labels.items()}, base.batch_size,
                    int(data.concept_vectors.shape[1]), device)
-    stack = train_stack(data, configs, device, checkpoint_dir, log)
-    return _finish(data, configs, stack, device, log, warn)
+    with torch_threads(base.threads):
+        stack = train_stack(data, configs, device, checkpoint_dir, log)
+        return _finish(data, configs, stack, device, log, warn)
 
 
 def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoint_dir: Path | None = None,
@@ -363,7 +372,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
         log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
     saved_at, saved_epoch = -1.0, stack.epoch
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for epoch in range(stack.epoch + 1, base.epochs + 1):
         if all(stack.stopped):
             break
@@ -422,7 +431,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
                 with torch.no_grad():
                     stack.best_cbl[m].copy_(stack.cbl[m])
                     stack.best_head[m].copy_(stack.head[m])
-            if epoch >= configs[m].min_epochs and epoch - stack.best_epoch[m] >= configs[m].patience:
+            if epoch >= configs[m].first_stop_epoch() and epoch - stack.best_epoch[m] >= configs[m].patience:
                 stack.stopped[m] = True
         stack.epoch = epoch
         log(_epoch_line(epoch, configs, stack))
@@ -434,14 +443,6 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
         # the trained CBLs survive a crash in the sparse fit that follows
         runs.save_checkpoint(checkpoint_dir, *stack.state())
     return stack
-
-
-class _no_autocast:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _epoch_line(epoch: int, configs, stack: _Stack) -> str:
@@ -640,12 +641,6 @@ def run_baseline(data: TrainingData, name: str) -> TrainResult:
     return TrainResult(None, metrics, [], 0)
 
 
-def seeds_summary(results: list[TrainResult]) -> dict:
-    """mean ± std over seeds of every numeric test metric."""
-    keys = [k for k, v in results[0].metrics["test"].items() if isinstance(v, (int, float)) and k != "images"]
-    return {k: M.summarise([r.metrics["test"][k] for r in results]) for k in keys}
-
-
 def describe(config: TrainConfig) -> str:
     if config.loss == "gumbel":
         return f"gumbel ({config.gumbel_form}, τ={config.tau:g}{', hard' if config.hard else ''})"
@@ -702,7 +697,3 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
                                                         "val_fraction", "val_seed")},
                 "concept_set": concept_set.record(), "logit_scale": float(cache.attrs["logit_scale"])},
     )
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -66,11 +66,11 @@ def test_editing_any_part_of_a_run_is_refused(cli, run, tensors, meta, fragment)
 
 
 def test_a_concept_renamed_with_its_hash_recomputed_is_still_refused(cli, run):
-    from cbmctl.model import concepts_sha256
+    from cbmctl.names import names_sha256
 
     def rename(meta):
         meta["concepts"][0] = "blue"
-        meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
+        meta["concept_set"]["sha256"] = names_sha256(meta["concepts"])
     tamper(run, meta=rename)
     everywhere(cli, run, IDENTITY)
 

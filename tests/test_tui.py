@@ -27,7 +27,8 @@ from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
-from cbmctl.model import concepts_sha256, model_identity
+from cbmctl.model import model_identity
+from cbmctl.names import names_sha256
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
@@ -376,14 +377,14 @@ def test_hostile_names_in_a_run_are_refused_or_shown_literally(runs, tmp_path):
     original = dict(meta)
     meta["classes"] = [HOSTILE + str(k) for k in range(len(meta["classes"]))]
     meta["concepts"] = ["[red]x" + c for c in meta["concepts"][:-1]] + [HOSTILE]
-    meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
+    meta["concept_set"]["sha256"] = names_sha256(meta["concepts"])
     (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CbmctlError, match="control character") as refused:
         load(run)
     assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
     markup = dict(original, classes=[f"[bold]class {k}[/]" for k in range(len(original["classes"]))])
     markup["concepts"] = ["[red]x" + c for c in original["concepts"]]
-    markup["concept_set"] = dict(original["concept_set"], sha256=concepts_sha256(markup["concepts"]))
+    markup["concept_set"] = dict(original["concept_set"], sha256=names_sha256(markup["concepts"]))
     from safetensors.torch import load_file  # the sender recomputes the run's identity too
     markup["identity"] = model_identity(load_file(str(run / "model.safetensors")), markup)
     (run / "model.json").write_text(json.dumps(markup))

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cbmctl.cli.common import Choice, print_json
-from cbmctl.spec import CBL_INITS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
+from cbmctl.spec import CBL_INITS, DEFAULT_MIN_EPOCHS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = {name: str(value) for name, value in asdict(TrainConfig()).items()}
 
@@ -42,13 +42,16 @@ def _option(*flags, name=None, show_default=None, **kwargs):
 @_option("--weight-decay", type=float, help="Weight decay of both optimizers.")
 @_option("--schedule", type=Choice(SCHEDULES), help="Learning-rate schedule over --epochs.")
 @_option("--epochs", type=click.IntRange(1), help="At most this many epochs.")
-@_option("--min-epochs", type=click.IntRange(0), help="Never stop before this many epochs.")
+@_option("--min-epochs", type=click.IntRange(0), show_default=f"{DEFAULT_MIN_EPOCHS}, or --epochs when fewer",
+         help="Never stop before this many epochs.")
 @_option("--patience", type=click.IntRange(1), help="Stop after this many epochs without a lower validation loss.")
 @_option("--batch-size", type=click.IntRange(1), help="Images per step.")
 @_option("--seed", type=int, help="Seed of initialisation, batch order and Gumbel noise.")
 @_option("--seeds", help="Several seeds: '0,1,2', or a count ('10' = seeds 0..9); reports mean, 95 % interval "
          "and paired differences.")
 @_option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
+@_option("--threads", type=click.IntRange(0), show_default="0: the CPUs this process may use, or $OMP_NUM_THREADS",
+         help="torch's CPU threads while training (restored afterwards).")
 @_option("--cbl-init", type=Choice(CBL_INITS),
          help="identity: unit j starts as concept j (ours); random: as the reference code.")
 @_option("--precision-k", type=click.IntRange(1), help="k of concept precision@k (where ground truth exists).")
@@ -88,14 +91,11 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     given = {k: v for k, v in options.items() if v is not None}
     if data is not None:
         given["data"] = data
-    if "min_epochs" in given and "epochs" in given and given["min_epochs"] > given["epochs"]:
-        raise click.UsageError(f"--min-epochs {given['min_epochs']} is more than --epochs {given['epochs']}: "
-                               "training could never stop early; lower --min-epochs or raise --epochs")
     if evaluate_run_dir:
         return _evaluate(_run_dir(evaluate_run_dir), given, as_json)
     if resume:
         resume = _run_dir(resume, interrupted=True)
-        allowed = {"device"}
+        allowed = {"device", "threads"}
         changed = sorted(set(given) - allowed)
         if changed:
             raise click.UsageError(f"--resume continues a run with its own options; drop "

@@ -1,8 +1,8 @@
 """The `cub-like` species set and the image nuisances that make the demo CLIP see attributes the way real
 CLIP sees CUB's: imperfectly.
 
-What it changes against the classic 30 species (the calibration targets are in shared METHOD "Benchmark
-worlds" and issue 18; `cbmctl demo eval` measures them):
+What it changes against the classic 30 species (the calibration targets are in docs/method.md, "Benchmark
+worlds", and issue 18; `cbmctl demo eval` measures them):
   - 50 species with profiles drawn over the same five families (the CLIP knows every value word), so that
     an LLM-like concept set of well over a batch of concepts can be built from their features;
   - bird-like names that carry part of a species' profile, as "red-winged blackbird" does: the species'
