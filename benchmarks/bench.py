@@ -6,8 +6,8 @@ the plain CBM with a random CBL init, CMS), and what it concludes. The target of
                                [--extra "--train-per-class 24"] [--threads N] [--json out.json]
 
 --threads sets OMP_NUM_THREADS for the bench (default: inherited). On a machine shared with other jobs, torch's
-two threads per process spin against them: `--preset default --worlds 2 --seeds 3` took 22 min with two threads
-and 84 s with one on a 2-core machine at load 7 (issue 18's notes).
+two threads per process spin against them: on a 2-core machine at load average 7, `cbmctl demo bench --preset
+default --worlds 2 --seeds 3` took 22 min with torch's default two threads and 84 s with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
