@@ -114,9 +114,12 @@ class _Journal:
         return self.dir / f"{split}-{index:06d}.npz"
 
     def manifest(self) -> dict | None:
+        from cbmctl.data_files import MAX_STRUCTURED_BYTES, read_text_capped
+        if not (self.dir / MANIFEST).exists():
+            return None
         try:
-            return json.loads((self.dir / MANIFEST).read_text())
-        except (OSError, ValueError):
+            return json.loads(read_text_capped(self.dir / MANIFEST, MAX_STRUCTURED_BYTES))
+        except (CbmctlError, ValueError, RecursionError):
             return None
 
     def start(self, header: dict, shard_size: int, sizes: dict) -> dict:
@@ -249,6 +252,8 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
                              {"kind": "classes", "name": dataset.name, "templates": json.dumps(templates)})
             if dataset.attribute_names:
                 handle.create_dataset("attribute_names", data=string_array(dataset.attribute_names))
+            if dataset.outside_root:
+                handle.attrs["outside_root_images"] = len(dataset.outside_root)
             dim = int(header["embed_dim"])
             for split in SPLITS:
                 records = dataset.splits[split]
@@ -267,6 +272,9 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
                 group.create_dataset("paths", data=string_array(records[r].path for r in rows))
                 if dataset.attributes is not None:
                     group.create_dataset("attributes", data=dataset.attributes[split][rows].astype(np.uint8))
+                if dataset.outside_root:  # which images were read from outside the dataset root
+                    group.create_dataset("outside_root", data=np.array(
+                        [records[r].path in dataset.outside_root for r in rows], np.uint8))
                 group.create_dataset("skipped_paths", data=string_array(records[r].path for r in bad))
                 group.create_dataset("skipped_reasons", data=string_array(why))
                 counts[split] = len(rows)

@@ -47,9 +47,10 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None, figures: bool = True) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, started=None, figures: bool = True) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
-    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. Without `figures`
+    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
+    is called once the run directory can be resumed (its config and record are written). Without `figures`
     no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them)."""
     from cbmctl.logs import sayer
     log = sayer(log)
@@ -57,6 +58,8 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
     run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
     runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
+    if started is not None:
+        started(run_dir)
     with open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") as log_file:
         def say(line: str) -> None:
             log_file.write(line + "\n")
@@ -99,8 +102,9 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
         _write_figures(run_dir, data, methods, seeds, results, base)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     if len(methods) * len(seeds) > 1:
-        runs.write_compare_table(run_dir, rows, [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
-                                 + _precision_keys(rows))
+        from cbmctl.render import is_percent
+        keys = [k for k in SUMMARY_KEYS if any(k in r for r in rows)] + _precision_keys(rows)
+        runs.write_compare_table(run_dir, rows, keys, percent=[k for k in keys if is_percent(k)])
     runs.remove_checkpoint(run_dir)
     return ExperimentResult(run_dir, rows, results)
 
@@ -166,17 +170,49 @@ def _write_unit(unit: Path, data: TrainingData, config: TrainConfig, result: Tra
 
 
 def _write_figures(run_dir: Path, data: TrainingData, methods, seeds, results, base: TrainConfig) -> None:
-    from cbmctl.render import plot_curves, plot_sparsity
+    from cbmctl.render import plot_activation_histograms, plot_curves, plot_sparsity
     trained = [m for m in methods if m not in BASELINES]
     if not trained:
         return
     dataset = data.record.get("dataset", {}).get("dataset_name", "")
-    first = results[trained[0]][0]
-    plot_curves(run_dir / runs.CURVES_FILE, first.history,
-                f"{describe(_method_config(base, trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+    if len(trained) * len(seeds) == 1:
+        plot_curves(run_dir / runs.CURVES_FILE, results[trained[0]][0].history,
+                    f"{describe(_method_config(base, trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+    else:
+        plot_curves(run_dir / runs.CURVES_FILE,
+                    {describe(_method_config(base, m, seeds[0])): [r.history for r in results[m]] for m in trained},
+                    f"training curves on {dataset}, seeds {', '.join(map(str, seeds))}")
+    histograms = activation_histograms(data, methods, seeds, results, base)
+    runs.write_activation_histograms(run_dir, histograms)
+    plot_activation_histograms(run_dir / runs.ACTIVATIONS_PLOT, histograms,
+                               f"how sparse the CBL activations are, per test image, on {dataset}")
     plot_sparsity(run_dir / runs.SPARSITY_FILE,
                   {describe(_method_config(base, m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
                   f"accuracy-sparsity path of the sparse head on {dataset}")
+
+
+def activation_histograms(data: TrainingData, methods, seeds, results, base: TrainConfig, chunk: int = 8192) -> dict:
+    """Per trained method, the per-image activation-sparsity measures on the test split as histograms summed
+    over its seeds (cbmctl.metrics.sparsity_histograms)."""
+    import torch
+
+    from cbmctl import metrics as M
+    features = data.features["test"]
+    entries = {}
+    for method in (m for m in methods if m not in BASELINES):
+        totals = {name: [0] * M.SPARSITY_BINS for name in M.SPARSITY_MEASURES}
+        for result in results[method]:
+            model = result.model
+            device = next(model.parameters()).device
+            for start in range(0, len(features), chunk):
+                with torch.no_grad():
+                    activations, _ = model(data.scores(features[start:start + chunk].to(device)))
+                for name, counts in M.sparsity_histograms(activations).items():
+                    totals[name] = [a + b for a, b in zip(totals[name], counts)]
+        entries[describe(_method_config(base, method, seeds[0]))] = {"images": int(len(features)),
+                                                                     "seeds": len(results[method]), **totals}
+    return {"split": "test", "bins": M.SPARSITY_BINS,
+            "measures": {name: text for name, (_, text) in M.SPARSITY_MEASURES.items()}, "methods": entries}
 
 
 def _promote_best(run_dir: Path, methods, seeds, results) -> None:

@@ -126,6 +126,27 @@ def lock_path(path) -> Path:
     return path.with_name(f".{path.name}{LOCK_SUFFIX}")
 
 
+def in_use(path) -> bool:
+    """Whether a process (another one, or this one) holds file_lock on `path` right now: a run being trained
+    is alive, not interrupted. Read by taking the lock for an instant; a lock file that cannot be opened
+    counts as free (the work that needs it will say why)."""
+    if str(Path(path).resolve()) in _HELD:
+        return True
+    target = lock_path(path)
+    if not target.exists():
+        return False
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(target))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
 @contextlib.contextmanager
 def file_lock(path, *, wait: bool = True, note=None, doing: str = "working on"):
     """Hold an exclusive lock on `path` between processes (the file `.NAME.lock` beside it) for the block.

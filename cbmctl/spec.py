@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import first_control, has_control
+from cbmctl.suggest import did_you_mean
 
 LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
 BASELINES = ("linear-probe", "zero-shot")
@@ -23,11 +24,14 @@ CBL_INITS = ("identity", "random")
 SEED_LIMIT = 2 ** 32
 # each seed trains one more model (and writes one more directory); more than this is a typo, not a study
 MAX_SEEDS = 1000
+# learning rates, the temperature and penalty strengths: useful values are below 10; far beyond this bound
+# (1e300) the optimizers' float32 arithmetic overflows
+MAX_RATE = 1e6
 
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
     if name not in LOSSES:
-        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})")
+        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})" + did_you_mean(name, LOSSES))
     if gumbel_form not in GUMBEL_FORMS:
         raise CbmctlError(f"unknown --gumbel-form {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
     if hard and not (name == "gumbel" and gumbel_form == "paper"):
@@ -64,7 +68,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.loss not in METHODS:
-            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})")
+            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})"
+                              + did_you_mean(self.loss, METHODS))
         if self.loss in LOSSES:
             check_loss_options(self.loss, self.gumbel_form, self.hard)
         elif self.gumbel_form not in GUMBEL_FORMS:
@@ -73,7 +78,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CbmctlError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r} "
-                                  f"({', '.join(allowed)})")
+                                  f"({', '.join(allowed)})" + did_you_mean(str(getattr(self, name)), allowed))
         positive = {"tau": self.tau, "lr": self.lr, "cbl-lr": self.cbl_lr}
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
@@ -82,6 +87,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise CbmctlError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        for name in ("tau", "lr", "cbl_lr", "l1_lambda", "weight_decay"):
+            # the optimizers turn these into float32 factors: beyond MAX_RATE a step overflows
+            if getattr(self, name) > MAX_RATE:
+                raise CbmctlError(f"--{name.replace('_', '-')} must be at most {MAX_RATE:g}, got {getattr(self, name)}")
         for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
             if getattr(self, name) < 1:
                 raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -156,7 +165,8 @@ def _whole_number(value, label: str) -> int:
 
 # options of an experiment that are not TrainConfig's: what to train on, and where the run goes
 DATA_OPTIONS = {"data": "str", "cache_path": "str", "model": "str", "pretrained": "str", "data_root": "str",
-                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str"}
+                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str",
+                "allow_outside_root": "bool"}
 
 
 @dataclass
@@ -177,6 +187,7 @@ class ExperimentSpec:
     concept_map: str | None = None
     random_concepts: bool = False
     out: str = "runs"
+    allow_outside_root: bool = False
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> ExperimentSpec:
@@ -215,7 +226,8 @@ def parse_methods(value, where: str = "--compare") -> list[str]:
         raise CbmctlError(f"{where}: methods must be a list of {', '.join(METHODS)} (or 'all')")
     unknown = [m for m in value if m not in METHODS]
     if unknown:
-        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')")
+        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')"
+                          + did_you_mean(unknown[0], METHODS))
     if len(set(value)) != len(value):
         raise CbmctlError(f"{where}: a method is listed twice")
     return value

@@ -337,8 +337,12 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
     then fit the sparse heads and evaluate; with `checkpoint_dir`, a checkpoint there is written while
     training and resumed from when present. `warn` gets the warning lines (`log` when not given)."""
     from cbmctl.backbones import resolve_device
+    from cbmctl.resources import check_training
     configs = member_configs(base, members)
     device = resolve_device(base.device)
+    check_training(len(configs), len(data.concepts), len(data.classes),
+                   {split: int(labels.shape[0]) for split, labels in data.labels.items()}, base.batch_size,
+                   int(data.concept_vectors.shape[1]), device)
     stack = train_stack(data, configs, device, checkpoint_dir, log)
     return _finish(data, configs, stack, device, log, warn)
 
@@ -650,19 +654,38 @@ def describe(config: TrainConfig) -> str:
     return config.loss
 
 
-def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto"
+def check_train_labels(labels: np.ndarray, classes: list[str], where, warn=None) -> None:
+    """A train split that cannot support a classifier is an error (images of fewer than two classes: it
+    would train to chance and report it as a result); classes without a training image are a warning naming
+    them (the model cannot predict them, and their test images count as errors)."""
+    from cbmctl.cache import name_some, uncovered_classes
+    from cbmctl.logs import sayer
+    missing = uncovered_classes(labels, classes)
+    covered = len(classes) - len(missing)
+    if covered < 2:
+        raise CbmctlError(f"{where}: the train split holds images of {covered} of the {len(classes)} classes; a "
+                          "classifier needs training images of at least two (check the dataset's labels and splits)")
+    if missing:
+        sayer(warn)(f"warning: {len(missing)} of the {len(classes)} classes have no training image "
+                    f"({name_some(missing)}): the model cannot learn them, and their test images count as errors")
+
+
+def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto", warn=None
                  ) -> TrainingData:
     """Read a cache and a concept set into TrainingData. Concept text embeddings come from the cache's text
-    store; only when they are not there yet is the cache's backbone loaded to encode (and store) them."""
+    store; only when they are not there yet is the cache's backbone loaded to encode (and store) them.
+    `warn` gets one line per thing the user should know (classes without training images)."""
     from cbmctl.concept_truth import read_mapping, truth_matrix
     from cbmctl.concepts import concept_vectors, random_concept_set
     if random_concepts:
         concept_set = random_concept_set(concept_set)
-    vectors = concept_vectors(cache, concept_set, device)
     splits = {s: cache.split(s) for s in ("train", "val", "test")}
     for name, split in splits.items():
         if len(split.labels) == 0:
             raise CbmctlError(f"{cache.path}: the {name} split is empty")
+    classes = cache.classes
+    check_train_labels(splits["train"].labels, classes, cache.path, warn)
+    vectors = concept_vectors(cache, concept_set, device)
     mapping = read_mapping(concept_map) if concept_map else None
     names = cache.attribute_names
     return TrainingData(
@@ -671,7 +694,7 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
         concept_vectors=torch.from_numpy(np.asarray(vectors, np.float32)),
         class_vectors=torch.from_numpy(cache.class_embeddings().astype(np.float32)),
         logit_scale=float(cache.attrs["logit_scale"]),
-        concepts=list(concept_set.concepts), classes=cache.classes,
+        concepts=list(concept_set.concepts), classes=classes,
         truth={s: truth_matrix(names, d.attributes, concept_set.concepts, mapping) for s, d in splits.items()},
         record={"cache": str(Path(cache.path).resolve()),
                 "backbone": {k: cache.attrs[k] for k in ("backbone_model", "backbone_pretrained", "weights_sha256")},
