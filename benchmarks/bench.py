@@ -3,7 +3,11 @@ the plain CBM with a random CBL init, CMS), and what it concludes. The target of
 --worlds 3 --seeds 5` within 20 minutes on an idle 2-core machine.
 
     python benchmarks/bench.py [--preset cub-like] [--worlds 3] [--seeds 5] [--world-seed 1800]
-                               [--extra "--train-per-class 24"] [--json out.json]
+                               [--extra "--train-per-class 24"] [--threads N] [--json out.json]
+
+--threads sets OMP_NUM_THREADS for the bench (default: inherited). On a machine shared with other jobs, torch's
+two threads per process spin against them: on a 2-core machine at load average 7, `cbmctl demo bench --preset
+default --worlds 2 --seeds 3` took 22 min with torch's default two threads and 84 s with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
@@ -53,14 +57,17 @@ def main(argv=None) -> dict:
     for option, default in (("--worlds", 3), ("--seeds", 5), ("--world-seed", 1800)):
         parser.add_argument(option, type=int, default=default)
     parser.add_argument("--extra", default="", help="More `demo bench` options (world knobs, --epochs ...).")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the bench process.")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     options = ["--preset", args.preset, "--worlds", args.worlds, "--seeds", args.seeds, "--world-seed",
                args.world_seed, *shlex.split(args.extra)]
     with tempfile.TemporaryDirectory() as folder:
-        _, _, seconds = cbmctl(["demo", "bench", *options, "--out", "bench", "-q"], Path(folder))
+        env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+        _, _, seconds = cbmctl(["demo", "bench", *options, "--out", "bench", "-q"], Path(folder), env)
         bench = json.loads((Path(folder) / "bench" / "bench.json").read_text())
-    result = {"benchmark": "bench", "command": "cbmctl demo bench " + " ".join(map(str, options)),
+    prefix = f"OMP_NUM_THREADS={args.threads} " if args.threads else ""
+    result = {"benchmark": "bench", "command": prefix + "cbmctl demo bench " + " ".join(map(str, options)),
               "seconds": seconds, "bench": bench, "machine": machine()}
     return report(result, markdown(result), args.json)
 

@@ -45,16 +45,33 @@ def _regularised_beta(x: float, a: float, b: float) -> float:
 
 def student_t_quantile(p: float, df: float) -> float:
     """x with P(T ≤ x) = p, by bisection on the CDF."""
+    return _quantile(lambda x: student_t_cdf(x, df), p, -1.0)
+
+
+def f_cdf(x: float, df1: float, df2: float) -> float:
+    """P(F ≤ x) for the F distribution with (df1, df2) degrees of freedom: I_{df1·x/(df1·x + df2)}(df1/2, df2/2)."""
+    if df1 <= 0 or df2 <= 0:
+        raise ValueError("degrees of freedom must be positive")
+    return 0.0 if x <= 0 else _regularised_beta(df1 * x / (df1 * x + df2), df1 / 2, df2 / 2)
+
+
+def f_quantile(p: float, df1: float, df2: float) -> float:
+    """x with P(F ≤ x) = p, by bisection on the CDF."""
+    return _quantile(lambda x: f_cdf(x, df1, df2), p, 0.0)
+
+
+def _quantile(cdf, p: float, low: float) -> float:
+    """Bisection for cdf(x) = p; `low` is a lower bracket (0 for a positive variable, else doubled downwards)."""
     if not 0 < p < 1:
         raise ValueError("p must be in (0, 1)")
-    low, high = -1.0, 1.0
-    while student_t_cdf(low, df) > p:
+    high = 1.0
+    while low < 0 and cdf(low) > p:
         low *= 2
-    while student_t_cdf(high, df) < p:
+    while cdf(high) < p:
         high *= 2
     for _ in range(200):
         middle = (low + high) / 2
-        if student_t_cdf(middle, df) < p:
+        if cdf(middle) < p:
             low = middle
         else:
             high = middle
@@ -114,6 +131,17 @@ def holm(p_values: dict[str, float | None], alpha: float = 0.05) -> dict[str, bo
 VARIANCE_RATIO = 4.0
 
 
+def variance_ratio_limit(worlds: int, df: int | None, alpha: float = 0.05) -> float:
+    """The largest/smallest within-world variance ratio above which the variances "differ a lot": more than
+    VARIANCE_RATIO, and more than seed noise alone reaches with probability alpha when the variances are
+    equal and estimated with `df` degrees of freedom each (Hartley's F_max, bounded by Bonferroni over the
+    ordered world pairs: the F(df, df) quantile at 1 − alpha / (W(W − 1))). With few seeds the estimates
+    scatter widely, and a fixed ratio alone would switch estimators on noise."""
+    if df is None or df < 1:
+        return VARIANCE_RATIO
+    return max(VARIANCE_RATIO, f_quantile(1 - alpha / (worlds * (worlds - 1)), df, df))
+
+
 def mean_of_effects(effects: list[float], level: float = 0.95) -> dict:
     """The mean of per-world effects with a Student-t interval on W − 1 degrees of freedom and its
     two-sided p-value: every world weighs the same and the interval needs no between-world variance
@@ -148,20 +176,23 @@ def dersimonian_laird(effects: list[float], variances: list[float], level: float
             "estimator": "DerSimonian–Laird, Hartung–Knapp t"}
 
 
-def pool_effects(effects: list[float], variances: list[float] | None = None, level: float = 0.95) -> dict:
+def pool_effects(effects: list[float], variances: list[float] | None = None, level: float = 0.95,
+                 df: int | None = None) -> dict:
     """Pooled effect over worlds treated as random, by one rule: the mean of the worlds with a Student-t
     interval (mean_of_effects), unless every world has a positive within-world variance and the largest
-    is more than VARIANCE_RATIO times the smallest; then DerSimonian–Laird (dersimonian_laird), which
-    weighs the precisely measured worlds more. `why` says which case applied."""
+    is more than variance_ratio_limit (from `df`, the degrees of freedom of each variance) times the
+    smallest; then DerSimonian–Laird (dersimonian_laird), which weighs the precisely measured worlds more.
+    `why` says which case applied."""
     if len(effects) < 2:
         raise ValueError("pooling over worlds needs at least two worlds")
     usable = variances is not None and all(v is not None and math.isfinite(v) and v > 0 for v in variances)
     ratio = max(variances) / min(variances) if usable else None
-    if usable and ratio > VARIANCE_RATIO:
+    limit = variance_ratio_limit(len(effects), df)
+    if usable and ratio > limit:
         result = dersimonian_laird(effects, variances, level)
-        why = f"within-world variances differ {ratio:.1f}× (> {VARIANCE_RATIO:g}×): inverse-variance weights"
+        why = f"within-world variances differ {ratio:.1f}× (> {limit:.1f}×): inverse-variance weights"
     else:
         result = mean_of_effects(effects, level)
-        why = (f"within-world variances within {VARIANCE_RATIO:g}× ({ratio:.1f}×): worlds weigh the same"
+        why = (f"within-world variances within {limit:.1f}× ({ratio:.1f}×): worlds weigh the same"
                if usable else "no within-world variance for every world: worlds weigh the same")
-    return {**result, "variance_ratio": ratio, "why": why}
+    return {**result, "variance_ratio": ratio, "variance_ratio_limit": limit, "why": why}

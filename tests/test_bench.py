@@ -9,7 +9,7 @@ from test_hostile_runs import one_line_error
 from cbmctl.demo import bench_report as report
 from cbmctl.demo.bench import BenchSpec, check_spec, world_seeds
 from cbmctl.errors import CbmctlError
-from cbmctl.stats import dersimonian_laird, holm, holm_adjusted, mean_of_effects, pool_effects
+from cbmctl.stats import dersimonian_laird, f_quantile, holm, holm_adjusted, mean_of_effects, pool_effects, variance_ratio_limit
 
 T_2DF = 4.302652729911275  # the 97.5 % quantile of Student's t with 2 degrees of freedom (tables: 4.3027)
 
@@ -59,6 +59,17 @@ def test_the_pooling_rule_switches_to_random_effects_only_when_variances_differ_
         assert pool_effects(effects, variances)["mean"] == pytest.approx(8 / 3)
     with pytest.raises(ValueError):
         pool_effects([1.0])
+
+
+def test_the_variance_ratio_must_also_exceed_what_seed_noise_gives():
+    # F(2, 2) has CDF x/(1 + x), so its p-quantile is p/(1 − p): for 2 worlds (2 ordered pairs) at 5 %,
+    # 0.975/0.025 = 39; for 3 worlds (6 ordered pairs), (1 − 0.05/6)/(0.05/6) = 119
+    assert f_quantile(0.975, 2, 2) == pytest.approx(39.0)
+    assert variance_ratio_limit(2, 2) == pytest.approx(39.0) and variance_ratio_limit(3, 2) == pytest.approx(119.0)
+    assert variance_ratio_limit(3, None) == 4.0 and variance_ratio_limit(3, 1000) == 4.0  # never below 4×
+    effects = [0.0, 2.0]
+    assert pool_effects(effects, [1.0, 30.0], df=2)["estimator"] == "mean of worlds, Student-t"  # 30× < 39×
+    assert pool_effects(effects, [1.0, 40.0], df=2)["estimator"] == "DerSimonian–Laird, Hartung–Knapp t"
 
 
 def test_holm_adjusted_p_values_and_the_step_down_agree():

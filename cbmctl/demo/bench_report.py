@@ -111,7 +111,7 @@ def pooled_contrast(worlds: list[dict], contrast: Contrast) -> dict:
     if any(d is None for d in per_world):
         return {"per_world": [], "pooled": None}
     variances = None if contrast.source == "cms" else [d["variance"] for d in per_world]
-    pooled = pool_effects([d["mean"] for d in per_world], variances)
+    pooled = pool_effects([d["mean"] for d in per_world], variances, df=min(d["n"] for d in per_world) - 1)
     pooled.pop("values", None)
     return {"per_world": per_world, "pooled": pooled}
 
@@ -154,8 +154,9 @@ def claim_verdict(mode: str, verdicts: list[str]) -> str:
 ESTIMATOR = ("Each world's effect is the paired mean difference over its seeds (CMS: one value per world). Pooled: "
              "the mean of the worlds' effects with a Student-t 95 % interval on W − 1 degrees of freedom (worlds "
              "are the sampling unit and weigh the same; no between-world variance has to be estimated from a "
-             "handful of worlds); where every world has a within-world variance and the largest is more than 4× "
-             "the smallest, DerSimonian–Laird random effects with the Hartung–Knapp t interval on W − 1 df "
+             "handful of worlds); where every world has a within-world variance and the largest exceeds the smallest "
+             "by more than 4× and by more than seed noise explains (Hartley's F_max at 5 %, Bonferroni over the "
+             "world pairs), DerSimonian–Laird random effects with the Hartung–Knapp t interval on W − 1 df "
              "instead (it weighs precisely measured worlds more, and equals the former when the variances are "
              "equal). p-values are Holm-corrected over the methods compared (over each claim's contrasts for "
              "the claims).")
