@@ -260,9 +260,14 @@ def truncate(weight: torch.Tensor, budget: int) -> torch.Tensor:
 
 
 def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseConfig,
-             val: Design | None = None, test: Design | None = None, log=None) -> SparsePath:
+             val: Design | None = None, test: Design | None = None, log=None,
+             progress_every: float | None = None) -> SparsePath:
     """The elastic-net path of every model, then for every NEC level the budgeted head (exactly
-    level·K non-zero weights, or all C·K when level ≥ C)."""
+    level·K non-zero weights, or all C·K when level ≥ C). `log` gets a progress line at most every
+    `progress_every` seconds (cbmctl.logs.Progress; None: its default) with the share of the path and of the
+    refits done and an estimate of the time left; the path's total is its most points (it usually stops
+    earlier, once every model holds the largest budget)."""
+    from cbmctl.logs import Progress
     config.validate()
     first = next(train.chunks())[0]
     s, c = first.shape[0], first.shape[-1]
@@ -277,7 +282,8 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
     stop_at = max(max(levels), min(config.max_nec, c)) * k
     snapshots: dict[int, list[tuple[torch.Tensor, torch.Tensor] | None]] = {lv: [None] * s for lv in levels}
     points: list[list[dict]] = [[] for _ in range(s)]
-    for index, ratio in enumerate(ratios):
+    walked = Progress(log, len(ratios), f"sparse path of {s} model{'s' * (s > 1)}", "λ points", progress_every)
+    for ratio in ratios:
         lam = lam_max * ratio
         l1, l2 = lam * config.alpha, lam * (1 - config.alpha)
         weight, bias, iterations, curvature = proximal_gradient(cross_entropy(train), weight, bias, curvature,
@@ -292,11 +298,11 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
             for level in levels:
                 if snapshots[level][m] is None and int(nonzeros[m]) >= level * k:
                     snapshots[level][m] = (weight[m].clone(), bias[m].clone())
-        if log:
-            log(f"sparse path {index + 1}/{len(ratios)}: NEC {', '.join(f'{float(n) / k:.1f}' for n in nonzeros)}")
+        walked.advance(1)
         if bool((nonzeros >= stop_at).all()):
             break
     path = SparsePath(points)
+    refits = Progress(log, len(levels), "sparse heads refitted to their NEC budgets", "budgets", progress_every)
     for level in levels:
         # a model whose path never reached the budget (level ≥ its non-zeros at λ_min) keeps its last point
         chosen = [snap if snap is not None else (weight[m].clone(), bias[m].clone())
@@ -304,6 +310,7 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
         truncated = torch.stack([truncate(w, level * k) for w, _ in chosen])
         start_bias = torch.stack([b for _, b in chosen])
         path.heads[level], path.refit[level] = refit(train, truncated, start_bias, lipschitz, config, val)
+        refits.advance(1)
     return path
 
 

@@ -495,7 +495,7 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
         f"then NEC {', '.join(map(str, levels))} each truncated and refitted")
     started = time.monotonic()
     path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
-                    designs["val"], designs["test"])
+                    designs["val"], designs["test"], log=log)
     log(f"sparse head{'s' * (len(configs) > 1)} fitted in {time.monotonic() - started:.1f} s")
     # test top-1 at every NEC level, for every model at once, from the standardised activations
     level_top1 = {level: top1(designs["test"], weight, bias) for level, (weight, bias) in path.heads.items()}

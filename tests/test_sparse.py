@@ -143,3 +143,17 @@ def test_stacked_models_get_their_solo_paths_and_streaming_equals_materialised()
     streamed = fit_path(design_of(x1, y, chunk=50, materialise=False), 3, [2], config)
     materialised = fit_path(design_of(x1, y), 3, [2], config)
     assert torch.allclose(streamed.heads[2][0], materialised.heads[2][0], atol=1e-5)
+
+
+def test_the_path_reports_its_progress_point_by_point_and_refit_by_refit():
+    x, y = one_feature_per_class()
+    design = design_of(x, y)
+    lines = []
+    path = fit_path(design, 4, [1, 2], SparseConfig(max_nec=2), design, log=lines.append, progress_every=0)
+    walked = [line for line in lines if line.startswith("sparse path of 1 model:")]
+    refitted = [line for line in lines if line.startswith("sparse heads refitted")]
+    # one line per path point walked (the last may be the 100 % line), then one per NEC budget
+    assert len(walked) == len(path.points[0]) and f"{len(path.points[0])} of 100 λ points" in walked[-1]
+    assert [line.split(": ")[1].split(" (")[0] for line in refitted] == ["1 of 2 budgets", "2 of 2 budgets"]
+    silent = fit_path(design, 4, [1, 2], SparseConfig(max_nec=2), design)
+    assert torch.equal(silent.heads[2][0], path.heads[2][0])  # reporting changes nothing
