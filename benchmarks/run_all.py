@@ -13,6 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench as bench_benchmark  # noqa: E402
 import cms as cms_benchmark  # noqa: E402
 import compare as compare_benchmark  # noqa: E402
 import embed as embed_benchmark  # noqa: E402
@@ -58,6 +59,9 @@ def main(argv=None) -> None:
     presets = presets_benchmark.main(["--seeds", "3" if args.quick else "10"])
     sections.append("## Does the CBL objective matter, and when? (`python benchmarks/presets.py`)\n\n"
                     + presets_benchmark.markdown(presets))
+    bench = bench_benchmark.main(["--worlds", "2", "--seeds", "2"] if args.quick else [])
+    sections.append("## Worlds as a random factor: `cbmctl demo bench` (`python benchmarks/bench.py`)\n\n"
+                    + bench_benchmark.markdown(bench))
     Path(args.out).write_text("\n".join(sections))
     print(f"wrote {args.out}")
 

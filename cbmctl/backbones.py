@@ -313,9 +313,11 @@ def _hf_hub_local_dir(repo_id: str) -> str:
 
 def _register_config(path: Path) -> str:
     import open_clip
+
+    from cbmctl.data_files import MAX_STRUCTURED_BYTES, read_text_capped
     try:
-        json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        json.loads(read_text_capped(path, MAX_STRUCTURED_BYTES))
+    except (ValueError, RecursionError) as error:
         raise CbmctlError(f"{path}: not a readable open_clip model config ({error})") from None
     open_clip.add_model_config(str(path))
     return path.stem
@@ -625,8 +627,8 @@ def backbone_request(model: str | None, pretrained: str | None) -> BackboneReque
 
 def is_demo_world(classes) -> bool:
     """Whether a dataset's classes are the generated demo world's species (any subset of them)."""
-    from cbmctl.demo.world import species
-    names = {s.name for s in species()}
+    from cbmctl.demo.world import SPECIES_SETS, base_species
+    names = {s.name for kind in SPECIES_SETS for s in base_species(kind)}
     return bool(classes) and all(str(name).lower() in names for name in classes)
 
 

@@ -15,6 +15,8 @@ Layout (schema 1; open it with plain h5py):
       paths              (N,) str, relative to the dataset root ("batch#row" for CIFAR)
       attributes         (N, A) uint8, when the dataset has attribute annotations
       skipped_paths      (S,) str and skipped_reasons (S,) str: images that could not be used
+      outside_root       (N,) uint8, only when embedded with --allow-outside-root: 1 for an image whose
+                         listed path leads outside the dataset root (root attr outside_root_images counts them)
   /attribute_names       (A,) str, when present
   /text/<key>/           text embeddings written with the cache (the class prompts; older caches may hold
       texts (M,) str, embeddings (M, D) float32; attrs: kind, name, content_sha256, templates   more)
@@ -36,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl.errors import CbmctlError
+from cbmctl.names import names_sha256, validate_class_names
+from cbmctl.sanitize import safe_text
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -49,6 +53,9 @@ TEXT_STORE_SUFFIX = ".text"
 # hostile, and reading it would exhaust memory.
 MAX_INFLATION = 64
 MAX_TEXT_ENTRY_BYTES = 1 << 30
+# Embeddings are stored L2-normalised; float16 rounding moves a norm by < 1e-3. A row further from 1 was
+# not written by cbmctl (or was damaged), and would silently shift every score it enters.
+UNIT_NORM_TOLERANCE = 1e-2
 _KEY = re.compile(r"[0-9a-f]{1,64}")
 # what h5py raises on a damaged file, beyond OSError (bad object headers, impossible shapes, ...)
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
@@ -61,13 +68,6 @@ class SplitData:
     paths: list[str]
     attributes: np.ndarray | None
     skipped: list[tuple[str, str]]
-
-
-def printable(text) -> str:
-    """A string read from a cache or a dataset (a path, a class name, an attribute), safe to show: control
-    and formatting characters (ESC, BEL, RTL overrides...) appear escaped, never raw."""
-    import unicodedata
-    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else repr(c)[1:-1] for c in str(text))
 
 
 def _strings(dataset) -> list[str]:
@@ -111,7 +111,10 @@ def open_h5(path):
     """An HDF5 file opened read-only, or a one-line CbmctlError saying why it cannot be (missing, locked by
     a writer, truncated, not HDF5)."""
     import h5py
+
+    from cbmctl.data_files import require_regular
     path = Path(path)
+    require_regular(path)
     if not path.is_file():
         raise CbmctlError(f"{path}: no such cache file (run `cbmctl embed` first)")
     try:
@@ -161,17 +164,55 @@ def _check_layout(handle, path: Path, attrs: dict) -> tuple[int, int]:
                 raise _damaged(path, f"split {split}", f"{name} of shape {group[name].shape} for {rows[0]} rows")
         if "attributes" in group and (group["attributes"].shape[0] != rows[0] or group["attributes"].nbytes > budget):
             raise _damaged(path, f"split {split}", f"attributes of shape {group['attributes'].shape}")
+        if "outside_root" in group and group["outside_root"].shape != (rows[0],):
+            raise _damaged(path, f"split {split}", f"outside_root of shape {group['outside_root'].shape}")
         if group["skipped_paths"].shape != group["skipped_reasons"].shape:
             raise _damaged(path, f"split {split}", "skipped paths and reasons differ in length")
     return classes, dim
 
 
-def _finite_rows(matrix: np.ndarray) -> np.ndarray:
-    """Per row, whether every value is finite; one float32 sum per row instead of a full boolean copy
-    (NaN and ±Inf survive a sum; normalised rows cannot overflow it)."""
-    if matrix.size == 0:
-        return np.ones(len(matrix), bool)
-    return np.isfinite(matrix.sum(axis=1, dtype=np.float32))
+def row_norms(matrix: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """The Euclidean norm of every row, in float64 a block of rows at a time (no full-size copy; a row
+    holding NaN or ±Inf gets a non-finite norm, a row of huge finite values a huge one)."""
+    norms = np.empty(len(matrix), np.float64)
+    for start in range(0, len(matrix), chunk):
+        block = np.asarray(matrix[start:start + chunk], np.float64)
+        norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return norms
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Per row, whether it is a finite unit vector (within UNIT_NORM_TOLERANCE)."""
+    return np.abs(row_norms(matrix) - 1) <= UNIT_NORM_TOLERANCE
+
+
+def check_unit_rows(matrix: np.ndarray, what: str, name_of_row) -> None:
+    """Raise a one-line error when a row of `matrix` (embeddings, which cbmctl stores L2-normalised) holds
+    NaN/Inf or is not a unit vector: such a row would silently move every mean, score or prediction it
+    enters. `what` says where ("the train split"), `name_of_row(i)` names row i (an image path)."""
+    norms = row_norms(matrix)
+    bad = np.flatnonzero(~np.isfinite(norms))
+    if len(bad):
+        raise CbmctlError(f"{what} has {len(bad)} embedding(s) with NaN or infinite values (first: "
+                          f"{safe_text(name_of_row(bad[0]))}); the cache is damaged: re-embed it with "
+                          "`cbmctl embed DATA --overwrite`")
+    bad = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
+    if len(bad):
+        raise CbmctlError(f"{what} has {len(bad)} embedding(s) that are not unit vectors (first: "
+                          f"{safe_text(name_of_row(bad[0]))}, norm {norms[bad[0]]:.4g}; cbmctl stores them "
+                          "L2-normalised); the cache is damaged: re-embed it with `cbmctl embed DATA --overwrite`")
+
+
+def uncovered_classes(labels: np.ndarray, classes: list[str]) -> list[str]:
+    """The classes of which `labels` holds no example."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    return [classes[k] for k in np.flatnonzero(counts[:len(classes)] == 0)]
+
+
+def name_some(names: list[str], limit: int = 3) -> str:
+    """'a', 'b', 'c' and 4 more: a list shortened for a one-line message, each name shown escaped."""
+    shown = ", ".join(repr(safe_text(n)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class Cache:
@@ -188,6 +229,8 @@ class Cache:
                 raise CbmctlError(f"{self.path} has cache schema {self.attrs['schema_version']}, this cbmctl "
                                   f"reads {SCHEMA_VERSION}: re-embed with --overwrite")
             self.num_classes, self.embed_dim = _check_layout(handle, self.path, self.attrs)
+            # class names from a cache are names from a file like any other (cbmctl.names)
+            validate_class_names(_strings(handle["classes/names"]), f"{self.path}: classes/names")
 
     def _open(self):
         return open_h5(self.path)
@@ -221,9 +264,13 @@ class Cache:
     def class_embeddings(self) -> np.ndarray:
         with self._reading("class embeddings") as handle:
             vectors = handle["classes/embeddings"][()]
-        bad = np.flatnonzero(~_finite_rows(vectors))
-        if len(bad):
-            raise _damaged(self.path, "class embeddings", f"{len(bad)} class(es) with NaN or infinite values")
+        norms = row_norms(vectors)
+        if not np.isfinite(norms).all():
+            raise _damaged(self.path, "class embeddings",
+                           f"{int((~np.isfinite(norms)).sum())} class(es) with NaN or infinite values")
+        if not _unit_rows(vectors).all():
+            raise _damaged(self.path, "class embeddings", f"{int((~_unit_rows(vectors)).sum())} class(es) whose "
+                                                          "embedding is not a unit vector")
         return vectors
 
     def split(self, name: str) -> SplitData:
@@ -238,21 +285,39 @@ class Cache:
                 attributes=group["attributes"][()] if "attributes" in group else None,
                 skipped=list(zip(_strings(group["skipped_paths"]), _strings(group["skipped_reasons"]))),
             )
-        bad = np.flatnonzero(~_finite_rows(data.embeddings))
-        if len(bad):
-            raise CbmctlError(f"{self.path}: the {name} split has {len(bad)} embedding(s) with NaN or infinite "
-                              f"values (first: {printable(data.paths[bad[0]])}); the cache is damaged: re-embed it with "
-                              f"`cbmctl embed DATA --overwrite`")
-        labels = np.asarray(data.labels)
+        check_unit_rows(data.embeddings, f"{self.path}: the {name} split", data.paths.__getitem__)
+        self._check_labels(np.asarray(data.labels), name, data.paths.__getitem__)
+        return data
+
+    def _check_labels(self, labels: np.ndarray, split: str, name_of_row) -> None:
         if labels.dtype.kind not in "iu":
-            raise _damaged(self.path, f"the {name} split", f"labels of type {labels.dtype}")
+            raise _damaged(self.path, f"the {split} split", f"labels of type {labels.dtype}")
         outside = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
         if len(outside):
             first = outside[0]
-            raise CbmctlError(f"{self.path}: the {name} split has {len(outside)} label(s) outside 0..."
-                              f"{self.num_classes - 1} (first: {printable(data.paths[first])} labelled {labels[first]}); "
-                              f"fix the dataset's labels and re-embed with --overwrite")
-        return data
+            raise CbmctlError(f"{self.path}: the {split} split has {len(outside)} label(s) outside 0..."
+                              f"{self.num_classes - 1} (first: {safe_text(name_of_row(first))} labelled "
+                              f"{labels[first]}); fix the dataset's labels and re-embed with --overwrite")
+
+    def embedding_chunks(self, split: str, chunk: int = 4096):
+        """A split's image embeddings as float32, `chunk` rows at a time (a train split may not fit in memory),
+        each chunk checked as `split()` checks the whole."""
+        with self._reading(f"the {split} split") as handle:
+            if f"splits/{split}" not in handle:
+                raise CbmctlError(f"{self.path} has no split {split!r}")
+            embeddings, paths = handle[f"splits/{split}/embeddings"], handle[f"splits/{split}/paths"]
+            for start in range(0, embeddings.shape[0], chunk):
+                rows = embeddings[start:start + chunk].astype(np.float32)
+                check_unit_rows(rows, f"{self.path}: the {split} split",
+                                lambda i, start=start: paths.asstr()[start + i])
+                yield rows
+
+    def labels(self, split: str) -> np.ndarray:
+        """A split's labels alone (no embedding is read), checked as `split()` checks them."""
+        with self._reading(f"the {split} split") as handle:
+            labels = np.asarray(handle[f"splits/{split}/labels"][()])
+            self._check_labels(labels, split, lambda i: handle[f"splits/{split}/paths"].asstr()[i])
+        return labels
 
     def counts(self) -> dict[str, int]:
         """Images per split, from the metadata alone."""
@@ -289,16 +354,12 @@ def text_key(identity: dict, texts: list[str], templates: list[str] | None = Non
     return digest.hexdigest()[:20]
 
 
-def content_sha256(texts: list[str]) -> str:
-    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
-
-
 def write_text_group(handle, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:
     """A text entry inside an HDF5 file being written whole (a new cache); never into an existing cache."""
     group = handle.require_group("text").create_group(key)
     group.create_dataset("texts", data=string_array(texts))
     group.create_dataset("embeddings", data=np.asarray(embeddings, dtype=np.float32))
-    for name, value in {**attrs, "content_sha256": content_sha256(texts)}.items():
+    for name, value in {**attrs, "content_sha256": names_sha256(texts)}.items():
         group.attrs[name] = value
 
 
@@ -306,9 +367,9 @@ def _usable(texts: list[str], embeddings: np.ndarray, attrs: dict):
     """The entry if it is whole and self-consistent, else None (it is then encoded and written again)."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts) or embeddings.dtype.kind != "f":
         return None
-    if attrs.get("content_sha256", content_sha256(texts)) != content_sha256(texts):
+    if attrs.get("content_sha256", names_sha256(texts)) != names_sha256(texts):
         return None
-    if not _finite_rows(embeddings).all():
+    if not _unit_rows(embeddings).all():  # NaN, Inf, or not a normalised text embedding
         return None
     return texts, embeddings.astype(np.float32, copy=False), attrs
 
@@ -368,7 +429,7 @@ class TextStore:
 
     def put(self, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:
         from cbmctl.files import atomic_write
-        record = {**attrs, "content_sha256": content_sha256(texts)}
+        record = {**attrs, "content_sha256": names_sha256(texts)}
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.entry(key), "wb") as handle:
             np.savez(handle, texts=np.array(list(texts), dtype=str).reshape(len(texts)),

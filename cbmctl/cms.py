@@ -48,7 +48,7 @@ class Variant:
         return self.normalization == "col" and not self.max_score
 
 
-# the paper's seven, then cbmctl's centred variant (METHOD, "Concept Matrix Search")
+# the paper's seven, then cbmctl's centred variant (docs/method.md, "Concept Matrix Search")
 PAPER_VARIANTS = tuple(Variant(s, n) for s in SIMILARITIES for n in ("none", "row", "col")) + \
     (Variant(max_score=True),)
 CENTRED = Variant("cos", "centred")
@@ -158,9 +158,10 @@ def _chunks(features, chunk: int):
 
 
 def predict(features, concept_vectors, class_vectors, variants=PAPER_VARIANTS, chunk: int = 4096,
-            device="cpu", v_train_mean=None) -> dict[Variant, torch.Tensor]:
+            device="cpu", v_train_mean=None, progress=None) -> dict[Variant, torch.Tensor]:
     """Predicted class per image for every variant, computed over chunks of `chunk` images. The centred
-    variant needs v_train_mean (see ConceptMatrixSearch.mean_v over the train split)."""
+    variant needs v_train_mean (see ConceptMatrixSearch.mean_v over the train split). `progress`: a
+    cbmctl.logs.Progress advanced by each chunk scored."""
     search = ConceptMatrixSearch(concept_vectors, class_vectors, device)
     features = torch.as_tensor(features)
     statistics = {}
@@ -174,6 +175,8 @@ def predict(features, concept_vectors, class_vectors, variants=PAPER_VARIANTS, c
         v = search.v(piece)
         for variant in variants:
             predictions[variant].append(score_matrices(v, search.t, variant, **statistics).predicted.cpu())
+        if progress is not None:
+            progress.advance(len(piece))
     return {v: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for v, p in predictions.items()}
 
 
@@ -211,23 +214,23 @@ def accuracy_report(predicted: torch.Tensor, labels, num_classes: int, per_class
     return report
 
 
-def split_embedding_chunks(cache, split: str, chunk: int = 4096):
-    """A cache split's image embeddings, `chunk` rows at a time (a train split may not fit in memory)."""
-    with cache._open() as handle:  # Cache.split reads a whole split; here only row slices are needed
-        embeddings = handle[f"splits/{split}/embeddings"]
-        for start in range(0, embeddings.shape[0], chunk):
-            yield embeddings[start:start + chunk].astype(np.float32)
-
-
 def cms_report(cache, concept_set, split: str = "test", per_class: bool = False, random_control: bool = True,
-               device="cpu", chunk: int = 4096) -> dict:
+               device="cpu", chunk: int = 4096, log=None) -> dict:
     """Every CMS variant side by side with zero-shot CLIP, the description baseline and the random-concept
-    control, on one split of a cache. The centred variant centres V with the train split's mean."""
+    control, on one split of a cache. The centred variant centres V with the train split's mean. `log`
+    gets a progress line every few seconds of a long pass over the images (None: silent)."""
     from cbmctl.backbones import resolve_device
+    from cbmctl.cache import name_some, uncovered_classes
     from cbmctl.concepts import concept_vectors, random_concept_set
+    from cbmctl.logs import Progress
+    from cbmctl.resources import cms_bytes, cms_chunk, require
     device = resolve_device(str(device))
-    data = cache.split(split)
     classes = cache.classes
+    chunk = cms_chunk(len(concept_set.concepts), len(classes), chunk)
+    require(cms_bytes(len(concept_set.concepts), len(classes), chunk, cache.embed_dim),
+            f"CMS with {len(concept_set.concepts):,} concepts × {len(classes):,} classes", device,
+            "use fewer concepts (`cbmctl concepts filter`)")
+    data = cache.split(split)
     concept_embeddings = concept_vectors(cache, concept_set, device)
     class_embeddings = cache.class_embeddings()
     features = torch.from_numpy(data.embeddings.astype(np.float32))
@@ -237,19 +240,28 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
         rows.append({"method": method, "transductive": transductive,
                      **accuracy_report(predicted, data.labels, len(classes), per_class)})
 
-    variants, v_train_mean = PAPER_VARIANTS, None
+    variants, v_train_mean, warnings = PAPER_VARIANTS, None, []
     if "train" in cache.splits:
         search = ConceptMatrixSearch(concept_embeddings, class_embeddings, device)
-        train_sums, train_count = search.column_sums(split_embedding_chunks(cache, "train", chunk))
+        counts = cache.counts()
+        centring = Progress(log, counts.get("train", 0), "CMS: the train split's mean concept scores")
+        # the centring reads the train split: its embeddings and labels are checked as the scored split's are
+        train_sums, train_count = search.column_sums(centring.iterate(cache.embedding_chunks("train", chunk)))
         if train_count:
             variants, v_train_mean = ALL_VARIANTS, train_sums / train_count
             notes.append(f"{CENTRED.name} is cbmctl's addition, not the paper's: T's columns centred over "
                          f"classes, V's with the mean over the {train_count} train images (not transductive)")
             if split == "train":
                 notes.append("evaluating the train split: the centring mean is taken over the evaluated images")
+            missing = uncovered_classes(cache.labels("train"), classes)
+            if missing:
+                warnings.append(f"{len(missing)} of the {len(classes)} classes have no train image "
+                                f"({name_some(missing)}): {CENTRED.name}'s centring mean leans towards the others")
     if v_train_mean is None:
         notes.append(f"{CENTRED.name} skipped: the cache has no train images to centre V with")
-    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean)
+    scoring = Progress(log, len(features), f"CMS: {len(variants)} variants on the {split} split")
+    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean,
+                          scoring)
     for variant, predicted in predictions.items():
         add_row(variant.name, predicted, variant.transductive)
     add_row("zero-shot CLIP", zero_shot_predict(features, class_embeddings, chunk, device))
@@ -271,7 +283,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
         notes.append("col-normalised variants divide by column sums over the evaluated images: transductive")
     return {"split": split, "images": int(len(features)), "classes": len(classes),
             "concept_set": concept_set.record(), "backbone": backbone_record(cache), "cache": str(cache.path),
-            "device": str(device), "rows": rows, "notes": notes}
+            "device": str(device), "rows": rows, "notes": notes, "warnings": warnings}
 
 
 def backbone_record(cache) -> dict:

@@ -8,6 +8,8 @@ The endpoint and its answers are untrusted. Requests go through httpx with these
 * each attempt must finish (connect, wait, read the whole answer) within `timeout` seconds: an asyncio
   deadline over the attempt, which a server trickling one byte at a time cannot stretch;
 * an answer over `max_answer_bytes` is refused from its Content-Length, or as soon as that much arrived;
+* a compressed answer (Content-Encoding gzip, br, ...) is refused unread: only identity is asked for, and
+  the raw bytes are read, so memory stays bounded by the cap whatever the server sends;
 * at most `retries` attempts with exponential backoff, on timeouts, connection errors, 429/5xx and
   malformed answers; a request that still fails is reported and skipped.
 Answers are cleaned before they become concepts: control characters are stripped, lines over
@@ -21,8 +23,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from cbmctl.concepts import normalise
 from cbmctl.errors import CbmctlError
+from cbmctl.names import normalise
 from cbmctl.sanitize import has_control, safe_text, strip_control
 
 PROMPTS = {
@@ -107,13 +109,29 @@ def _origin(url) -> tuple:
 
 
 def _content(payload: bytes) -> str:
+    """The text of an OpenAI-style answer (`choices[0].message.content`); anything else is malformed."""
     try:
-        content = json.loads(payload.decode("utf-8"))["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as error:
-        raise _Retry(f"malformed answer ({type(error).__name__}: {safe_text(str(error)[:60])})") from None
+        answer = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise _Retry(f"malformed answer (not JSON: {safe_text(str(error)[:60])})") from None
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise _Retry("malformed answer (no choices)")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise _Retry("malformed answer (content is not text)")
+        raise _Retry("malformed answer (choices[0].message.content is not text)")
     return content
+
+
+def _refuse_compressed(response) -> None:
+    """Only what was asked for is read: `Accept-Encoding: identity`. A compressed answer is refused before a
+    byte of it is decoded, since a gzip or brotli body of a few KB can unpack to gigabytes; the raw bytes
+    are read instead of httpx's decoded stream, so no decoder ever runs."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise AnswerError(f"answer compressed with {safe_text(encoding)[:40]!r}, which was not asked for "
+                          "(Accept-Encoding: identity): refused unread")
 
 
 async def _attempt(client, endpoint: Endpoint, body: bytes, headers: dict) -> str:
@@ -140,8 +158,9 @@ async def _attempt(client, endpoint: Endpoint, body: bytes, headers: dict) -> st
             declared = response.headers.get("content-length", "")
             if declared.isascii() and declared.isdigit() and int(declared) > endpoint.max_answer_bytes:
                 raise AnswerError(f"answer of {int(declared)} bytes refused (limit {endpoint.max_answer_bytes})")
+            _refuse_compressed(response)
             payload = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 payload += chunk
                 if len(payload) > endpoint.max_answer_bytes:
                     raise AnswerError(f"answer over {endpoint.max_answer_bytes} bytes refused")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl.concepts import normalise
 from cbmctl.errors import CbmctlError
+from cbmctl.names import normalise
 
 
 def demo_mapping(attribute_names: list[str]) -> dict[str, list[str]]:
@@ -30,17 +30,29 @@ def read_mapping(path) -> dict[str, list[str]]:
     return {normalise(str(k)): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in data.items()}
 
 
+def _requirements(concept: str, mapping, column: dict[str, int]) -> list[list[int]]:
+    """Ways a concept can be true, each a list of attribute columns that must all hold: from the given
+    mapping, any one of its attributes; from a demo world, every value its phrase names ("red star")."""
+    if mapping is not None:
+        return [[column[n]] for n in mapping.get(normalise(concept), []) if n in column]
+    from cbmctl.demo.world_concepts import phrase_meaning
+    meaning = phrase_meaning(concept)
+    names = [f"has_{family}::{value}" for family, value in (meaning or {}).items()]
+    return [[column[n] for n in names]] if names and all(n in column for n in names) else []
+
+
 def truth_matrix(attribute_names, attributes, concepts, mapping=None):
-    """(N, C) booleans: image i shows concept j; None when there is no ground truth to map."""
+    """(N, C) booleans: image i shows concept j; None when there is no ground truth to map. Without a
+    mapping, the attribute names are read as a demo world's (has_family::value)."""
     if attribute_names is None or attributes is None:
         return None
-    mapping = mapping if mapping is not None else demo_mapping(attribute_names)
     column = {name: j for j, name in enumerate(attribute_names)}
-    truth = np.zeros((attributes.shape[0], len(concepts)), dtype=bool)
+    present = np.asarray(attributes).astype(bool)
+    truth = np.zeros((present.shape[0], len(concepts)), dtype=bool)
     mapped = 0
     for j, concept in enumerate(concepts):
-        names = [n for n in mapping.get(normalise(concept), []) if n in column]
-        if names:
+        ways = _requirements(concept, mapping, column)
+        if ways:
             mapped += 1
-            truth[:, j] = attributes[:, [column[n] for n in names]].any(axis=1)
+            truth[:, j] = np.any([present[:, way].all(axis=1) for way in ways], axis=0)
     return truth if mapped else None

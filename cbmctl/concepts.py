@@ -2,7 +2,7 @@
 generation through an OpenAI-compatible chat endpoint."""
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +10,11 @@ from pathlib import Path
 from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
 from cbmctl.logs import sayer
+from cbmctl.names import MAX_NAME_CHARS, names_sha256, normalise, validate_class_names, validate_concept_names
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
 MAX_CONCEPT_CHARS = 30
-ARTICLES = ("a ", "an ", "the ")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ConceptSet:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256("\n".join(self.concepts).encode()).hexdigest()
+        return names_sha256(self.concepts)
 
     def record(self) -> dict:
         """What caches and runs store to say which concepts they used."""
@@ -48,16 +48,7 @@ def builtin_sets() -> dict[str, Path]:
 
 def builtin_classes(name: str) -> list[str] | None:
     path = BUILTIN_DIR / f"{name}_classes.txt"
-    return read_lines(path, dedupe=False)[0] if path.is_file() else None
-
-
-def normalise(text: str) -> str:
-    """The comparison key: case, surrounding space and a leading article do not make a new concept."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    for article in ARTICLES:
-        if text.startswith(article):
-            return text[len(article):]
-    return text
+    return read_lines(path, dedupe=False)[0] if re.fullmatch(r"[\w-]+", name) and path.is_file() else None
 
 
 def _split_lines(text: str) -> list[str]:
@@ -128,11 +119,15 @@ def locate_concept_set(spec: str) -> tuple[Path, str, str]:
     """(file, name, source) of a built-in set NAME or a file PATH."""
     sets = builtin_sets()
     path = Path(spec).expanduser()
-    if path.is_file():
+    # anything else that exists (a pipe, a device, a directory, a looping link) is a path the user meant: the
+    # reader then says what is wrong with it, rather than "no such file"
+    if path.is_file() or (spec not in sets and os.path.lexists(path)):
         return path, path.stem, str(path)
     if spec in sets:
         return sets[spec], spec, f"builtin:{spec}"
-    raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set ({', '.join(sets) or 'none'})")
+    from cbmctl.suggest import did_you_mean
+    raise CbmctlError(f"concept set {spec!r}: no such file, and not a built-in set ({', '.join(sets) or 'none'})"
+                      + did_you_mean(spec, sets))
 
 
 def load_concept_set(spec: str) -> ConceptSet:
@@ -144,7 +139,7 @@ def load_concept_set(spec: str) -> ConceptSet:
     _raise_first_error(path, issues)
     if not concepts:
         raise CbmctlError(f"{safe_text(path)}: the concept set is empty")
-    return ConceptSet(name, concepts, source, [_issue_text(path, i) for i in issues])
+    return ConceptSet(name, validate_concept_names(concepts, path), source, [_issue_text(path, i) for i in issues])
 
 
 def check_concept_set(spec: str, classes: list[str] | None = None, tokenizer=None, context_length: int = 77
@@ -191,27 +186,7 @@ def _load_associated(path: Path, name: str, source: str) -> ConceptSet:
                 concepts.append(concept)
     if not concepts:
         raise CbmctlError(f"{shown}: the concept set is empty")
-    return ConceptSet(name, concepts, source, [], associations)
-
-
-def validate_class_names(names: list[str], source) -> list[str]:
-    """Refuse, in one line naming `source`, a class list that would make labels ambiguous or unsafe to
-    show: an empty name, a control character (newline, ESC, bidi override ...), or two names that differ
-    only by case or spacing. Returns the names unchanged."""
-    seen: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            raise CbmctlError(f"{safe_text(source)}: class {index} has an empty name")
-        if has_control(name):
-            raise CbmctlError(f"{safe_text(source)}: class {index} {name!r} holds the control character "
-                              f"{first_control(name)}")
-        key = " ".join(name.split()).casefold()
-        if key in seen:
-            first = seen[key]
-            raise CbmctlError(f"{safe_text(source)}: classes {first} {names[first]!r} and {index} {name!r} differ "
-                              "only by case or spacing; rename one")
-        seen[key] = index
-    return names
+    return ConceptSet(name, validate_concept_names(concepts, shown), source, [], associations)
 
 
 NUMBERED_LINE = re.compile(r"(\d+)\s+(\S+)")
@@ -231,7 +206,7 @@ def load_class_list(spec: str, log=None) -> list[str]:
     """Class names from a file (one per line, label order; a CUB-style numbered classes.txt is read as the
     CUB reader reads it) or a built-in list by dataset name."""
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.is_file() or (builtin_classes(spec) is None and os.path.lexists(path)):
         classes, issues = read_lines(path, dedupe=False)
         _raise_first_error(path, issues)
         numbered = numbered_class_names(classes)
@@ -289,7 +264,10 @@ def _concept_issues(concepts: list[str], line_of: dict[str, int], classes, token
             if count > context_length:
                 issues.append(FileIssue(number, "error", f"{concept!r} is {count} tokens, over the text "
                                                          f"encoder's context of {context_length}"))
-        if len(concept) > MAX_CONCEPT_CHARS:
+        if len(concept) > MAX_NAME_CHARS:
+            issues.append(FileIssue(number, "error", f"{concept[:40]!r}... is {len(concept)} characters, over the "
+                                                     f"{MAX_NAME_CHARS} a name may hold"))
+        elif len(concept) > MAX_CONCEPT_CHARS:
             issues.append(FileIssue(number, "warning", f"{concept!r} is over {MAX_CONCEPT_CHARS} characters "
                                                        "(`concepts filter` drops it)"))
         if normalise(concept) in class_keys:

@@ -1,12 +1,17 @@
-"""Reading small text, YAML and JSON files that may come from anyone (concept sets, class lists, concept
-maps, a dataset's cbmctl.yaml), with bounds: a size cap checked before reading, YAML through SafeLoader
-without aliases (a 398-byte "billion laughs" file of nested anchors otherwise expands to gigabytes) and
-without duplicate keys (YAML and JSON both keep the last one silently), and nesting too deep for the
-parsers' recursion reported instead of raised. Every problem is a one-line CbmctlError naming the file."""
+"""Reading the files a command is given or finds (concept sets, class lists, concept maps, configs, a dataset's
+cbmctl.yaml and index files, a run's JSON, a world's world.json), any of which may come from anyone, with
+bounds: only regular files are read (a FIFO would block forever, a device never end, a directory is not a
+file), opened without blocking and checked through their descriptor; a size cap is applied to the bytes
+actually read, not to what `stat` says (a /proc file says 0); YAML goes through SafeLoader without aliases
+(a 398-byte "billion laughs" file of nested anchors otherwise expands to gigabytes) and without duplicate
+keys (YAML and JSON both keep the last one silently), and nesting too deep for the parsers' recursion is
+reported instead of raised. Every problem is a one-line CbmctlError naming the file."""
 from __future__ import annotations
 
 import functools
 import json
+import os
+import stat
 from pathlib import Path
 
 from cbmctl.errors import CbmctlError
@@ -14,24 +19,73 @@ from cbmctl.sanitize import safe_text
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # the largest built-in concept set is 40 KB
 MAX_STRUCTURED_BYTES = 4 * 1024 * 1024  # measured here: 0.7 s per MB of YAML with libyaml, 3.4 s without
+_READ_BLOCK = 1 << 20
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotRegularFile(OSError):
+    """The path names a directory, a pipe, a socket or a device; the message says which."""
+
+
+def open_regular(path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file: opened non-blocking (opening a named
+    pipe would otherwise wait for a writer) and checked through the descriptor itself, so that no window
+    remains in which the file could be swapped for a pipe. Raises OSError (NotRegularFile for the others)."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+            raise NotRegularFile(f"is {kind}, not a regular file")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def require_regular(path) -> None:
+    """A one-line CbmctlError when `path` exists but is not a regular file, for readers that open files
+    themselves (h5py, safetensors: a named pipe would block them); a missing file is left to the caller."""
+    try:
+        os.close(open_regular(path))
+    except NotRegularFile as error:
+        raise CbmctlError(f"{safe_text(path)} {error}") from None
+    except OSError:
+        pass
 
 
 def read_bytes_capped(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`, refused by its size before reading."""
+    """The bytes of a regular file, refused in one line when it is anything else or holds more than
+    `max_bytes` (counted while reading: stat's size is only the first, cheap check)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise CbmctlError(f"{safe_text(path)}: {size:,} bytes, over the {max_bytes:,}-byte limit for this "
-                              "kind of file")
-        with open(path, "rb") as handle:
-            # read(n) allocates n bytes up front, so ask for the size the file has, not for the limit
-            raw, more = handle.read(size), handle.read(1)
+        descriptor = open_regular(path)
+    except NotRegularFile as error:
+        raise CbmctlError(f"{safe_text(path)} {error}") from None
     except OSError as error:
         raise CbmctlError(f"{safe_text(path)}: cannot read ({error.strerror or error})") from None
-    if more or len(raw) != size:
-        raise CbmctlError(f"{safe_text(path)}: changed while being read (or is not a regular file)")
-    return raw
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            size = os.fstat(descriptor).st_size
+            if size > max_bytes:
+                raise CbmctlError(f"{safe_text(path)}: {size:,} bytes, over the {max_bytes:,}-byte limit for "
+                                  "this kind of file")
+            # read(n) allocates n bytes up front: ask for the size the file claims, then in blocks
+            chunks = [handle.read(size)] if size else []
+            total = sum(map(len, chunks))
+            while total <= max_bytes:
+                block = handle.read(min(_READ_BLOCK, max_bytes + 1 - total))
+                if not block:
+                    break
+                chunks.append(block)
+                total += len(block)
+        except OSError as error:
+            raise CbmctlError(f"{safe_text(path)}: cannot read ({error.strerror or error})") from None
+    if total > max_bytes:
+        raise CbmctlError(f"{safe_text(path)}: more than {max_bytes:,} bytes, over the limit for this kind of file")
+    return b"".join(chunks)
 
 
 def read_text_capped(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> str:

@@ -24,15 +24,15 @@ from cbmctl.cache import (
     Cache,
     describe_mismatch,
     identity_mismatch,
-    printable,
     read_attrs,
     string_array,
     text_key,
     write_text_group,
 )
 from cbmctl.errors import CbmctlError
-from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, write_text_atomic
+from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, slug, write_text_atomic
 from cbmctl.images import BadImage, load_rgb
+from cbmctl.sanitize import safe_text
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 MANIFEST = "manifest.json"
@@ -53,16 +53,12 @@ class EmbedReport:
         return self.embedded_now / self.seconds if self.seconds > 0 else 0.0
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-") or "x"
-
-
 def default_cache_path(dataset, model: str, pretrained: str | None, cache_dir=None) -> Path:
     import hashlib
     base = Path(cache_dir or os.environ.get("CBMCTL_CACHE_DIR") or "cache")
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:6]
-    model_slug = _slug(Path(model).stem if model.endswith(".json") else model)
-    return base / f"{_slug(dataset.name)}-{where}-{model_slug}-{_slug(str(pretrained or 'default'))}.h5"
+    model_slug = slug(Path(model).stem if model.endswith(".json") else model)
+    return base / f"{slug(dataset.name)}-{where}-{model_slug}-{slug(str(pretrained or 'default'))}.h5"
 
 
 def cache_header(dataset, backbone, templates) -> dict:
@@ -114,9 +110,12 @@ class _Journal:
         return self.dir / f"{split}-{index:06d}.npz"
 
     def manifest(self) -> dict | None:
+        from cbmctl.data_files import MAX_STRUCTURED_BYTES, read_text_capped
+        if not (self.dir / MANIFEST).exists():
+            return None
         try:
-            return json.loads((self.dir / MANIFEST).read_text())
-        except (OSError, ValueError):
+            return json.loads(read_text_capped(self.dir / MANIFEST, MAX_STRUCTURED_BYTES))
+        except (CbmctlError, ValueError, RecursionError):
             return None
 
     def start(self, header: dict, shard_size: int, sizes: dict) -> dict:
@@ -249,6 +248,8 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
                              {"kind": "classes", "name": dataset.name, "templates": json.dumps(templates)})
             if dataset.attribute_names:
                 handle.create_dataset("attribute_names", data=string_array(dataset.attribute_names))
+            if dataset.outside_root:
+                handle.attrs["outside_root_images"] = len(dataset.outside_root)
             dim = int(header["embed_dim"])
             for split in SPLITS:
                 records = dataset.splits[split]
@@ -267,6 +268,9 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
                 group.create_dataset("paths", data=string_array(records[r].path for r in rows))
                 if dataset.attributes is not None:
                     group.create_dataset("attributes", data=dataset.attributes[split][rows].astype(np.uint8))
+                if dataset.outside_root:  # which images were read from outside the dataset root
+                    group.create_dataset("outside_root", data=np.array(
+                        [records[r].path in dataset.outside_root for r in rows], np.uint8))
                 group.create_dataset("skipped_paths", data=string_array(records[r].path for r in bad))
                 group.create_dataset("skipped_reasons", data=string_array(why))
                 counts[split] = len(rows)
@@ -322,7 +326,7 @@ def report_lines(report: EmbedReport, limit: int = 10) -> list[str]:
                  f"{report.embedded_now} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"]
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} image(s) that could not be used (recorded in the cache):")
-        lines += [f"  {split}: {printable(path)}: {printable(reason)}" for split, path, reason in report.skipped[:limit]]
+        lines += [f"  {split}: {safe_text(path)}: {safe_text(reason)}" for split, path, reason in report.skipped[:limit]]
         if len(report.skipped) > limit:
             lines.append(f"  ... and {len(report.skipped) - limit} more (`cbmctl embed` with the same arguments "
                          f"and --json lists them all)")

@@ -4,7 +4,7 @@ run directory (cbmctl.runs) with a comparison that says which differences are la
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cbmctl import runs
@@ -36,10 +36,6 @@ def _unit_dir(run_dir: Path, method: str, seed: int, methods: list[str], seeds: 
     return path
 
 
-def _method_config(base: TrainConfig, method: str, seed: int) -> TrainConfig:
-    return replace(base, loss=method, seed=seed, hard=base.hard and method == "gumbel")
-
-
 def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult) -> dict:
     metrics = {k: result.metrics[k] for k in ("val", "test", "dense", "sparse", "anec") if k in result.metrics}
     return {"concepts": data.concepts, "classes": data.classes, "train_config": asdict(config),
@@ -47,15 +43,27 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, started=None, figures: bool = True) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
-    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both."""
+    gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
+    is called once the run directory can be resumed (its config and record are written). Without `figures`
+    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them). torch uses
+    `base.threads` threads meanwhile, as the record says (cbmctl.threads); the caller's count is restored."""
+    from cbmctl.threads import torch_threads
+    with torch_threads(base.threads) as threads:
+        return _run_experiment(data, base, methods, seeds, Path(run_dir), spec, log, warn, started, threads, figures)
+
+
+def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
+                    spec: dict, log, warn, started, threads, figures) -> ExperimentResult:
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
-    run_dir = Path(run_dir)
     runs.write_yaml(run_dir / runs.CONFIG_FILE, spec)
-    runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "versions": runs.versions()})
+    runs.write_json(run_dir / runs.RECORD_FILE, {**data.record, "threads": threads.as_record(),
+                                                 "versions": runs.versions()})
+    if started is not None:
+        started(run_dir)
     with open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") as log_file:
         def say(line: str) -> None:
             log_file.write(line + "\n")
@@ -67,11 +75,12 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
             log_file.flush()
             warn(line)
 
+        say(f"torch: {threads.count} CPU thread{'s' * (threads.count != 1)} ({threads.reason})")
         members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
         results: dict[str, list[TrainResult]] = {method: [] for method in methods}
         if members:
             say(f"== training {len(members)} model{'s' * (len(members) > 1)}: "
-                + ", ".join(sorted({describe(_method_config(base, m, 0)) for m, _ in members}))
+                + ", ".join(sorted({describe(base.for_method(m, 0)) for m, _ in members}))
                 + f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
             for (method, _), result in zip(members, train_many(data, base, members, run_dir, say,
                                                                       warn=say_warning)):
@@ -84,7 +93,7 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
                 results[method] = [run_baseline(data, method, say)] * len(seeds)
         for method in methods:
             for seed, result in zip(seeds, results[method]):
-                config = _method_config(base, method, seed)
+                config = base.for_method(method, seed)
                 _write_unit(_unit_dir(run_dir, method, seed, methods, seeds), data, config, result)
             say(_result_line(method, seeds, results[method], base))
     rows = compare_rows(methods, seeds, results, base)
@@ -94,11 +103,13 @@ def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], se
     if len(methods) * len(seeds) == 1:
         metrics.update(results[methods[0]][0].metrics)
         metrics["history"] = results[methods[0]][0].history
-    _write_figures(run_dir, data, methods, seeds, results, base)
+    if figures:
+        _write_figures(run_dir, data, methods, seeds, results, base)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     if len(methods) * len(seeds) > 1:
-        runs.write_compare_table(run_dir, rows, [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
-                                 + _precision_keys(rows))
+        from cbmctl.render import is_percent
+        keys = [k for k in SUMMARY_KEYS if any(k in r for r in rows)] + _precision_keys(rows)
+        runs.write_compare_table(run_dir, rows, keys, percent=[k for k in keys if is_percent(k)])
     runs.remove_checkpoint(run_dir)
     return ExperimentResult(run_dir, rows, results)
 
@@ -113,7 +124,7 @@ def _result_line(method: str, seeds: list[int], results: list[TrainResult], base
         why = "validation loss stopped falling" if metrics.get("stopped_early") else "epoch limit"
         parts.append(f"seed {seed}: test top-1 {metrics['test']['top1']:.4f}, kept epoch {metrics['best_epoch']} "
                      f"of {metrics['epochs_run']} ({why})")
-    return f"{describe(_method_config(base, method, seeds[0]))}: " + "; ".join(parts)
+    return f"{describe(base.for_method(method, seeds[0]))}: " + "; ".join(parts)
 
 
 def _precision_keys(rows: list[dict]) -> list[str]:
@@ -131,7 +142,7 @@ def compare_rows(methods: list[str], seeds: list[int], results: dict[str, list[T
         tests = [{**r.metrics["test"], **r.metrics.get("model", {})} for r in results[method]]
         keys = [k for k, v in tests[0].items() if isinstance(v, (int, float)) and k != "images"]
         varies = method not in BASELINES
-        row = {"method": describe(_method_config(base, method, seeds[0])), "loss": method, "seeds": seeds}
+        row = {"method": describe(base.for_method(method, seeds[0])), "loss": method, "seeds": seeds}
         for key in keys:
             values = [t[key] for t in tests] if varies else [tests[0][key]]
             row[key] = mean_interval(values)
@@ -164,17 +175,49 @@ def _write_unit(unit: Path, data: TrainingData, config: TrainConfig, result: Tra
 
 
 def _write_figures(run_dir: Path, data: TrainingData, methods, seeds, results, base: TrainConfig) -> None:
-    from cbmctl.render import plot_curves, plot_sparsity
+    from cbmctl.render import plot_activation_histograms, plot_curves, plot_sparsity
     trained = [m for m in methods if m not in BASELINES]
     if not trained:
         return
     dataset = data.record.get("dataset", {}).get("dataset_name", "")
-    first = results[trained[0]][0]
-    plot_curves(run_dir / runs.CURVES_FILE, first.history,
-                f"{describe(_method_config(base, trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+    if len(trained) * len(seeds) == 1:
+        plot_curves(run_dir / runs.CURVES_FILE, results[trained[0]][0].history,
+                    f"{describe(base.for_method(trained[0], seeds[0]))}, seed {seeds[0]}, on {dataset}")
+    else:
+        plot_curves(run_dir / runs.CURVES_FILE,
+                    {describe(base.for_method(m, seeds[0])): [r.history for r in results[m]] for m in trained},
+                    f"training curves on {dataset}, seeds {', '.join(map(str, seeds))}")
+    histograms = activation_histograms(data, methods, seeds, results, base)
+    runs.write_activation_histograms(run_dir, histograms)
+    plot_activation_histograms(run_dir / runs.ACTIVATIONS_PLOT, histograms,
+                               f"how sparse the CBL activations are, per test image, on {dataset}")
     plot_sparsity(run_dir / runs.SPARSITY_FILE,
-                  {describe(_method_config(base, m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
+                  {describe(base.for_method(m, seeds[0])): [r.metrics for r in results[m]] for m in trained},
                   f"accuracy-sparsity path of the sparse head on {dataset}")
+
+
+def activation_histograms(data: TrainingData, methods, seeds, results, base: TrainConfig, chunk: int = 8192) -> dict:
+    """Per trained method, the per-image activation-sparsity measures on the test split as histograms summed
+    over its seeds (cbmctl.metrics.sparsity_histograms)."""
+    import torch
+
+    from cbmctl import metrics as M
+    features = data.features["test"]
+    entries = {}
+    for method in (m for m in methods if m not in BASELINES):
+        totals = {name: [0] * M.SPARSITY_BINS for name in M.SPARSITY_MEASURES}
+        for result in results[method]:
+            model = result.model
+            device = next(model.parameters()).device
+            for start in range(0, len(features), chunk):
+                with torch.no_grad():
+                    activations, _ = model(data.scores(features[start:start + chunk].to(device)))
+                for name, counts in M.sparsity_histograms(activations).items():
+                    totals[name] = [a + b for a, b in zip(totals[name], counts)]
+        entries[describe(base.for_method(method, seeds[0]))] = {"images": int(len(features)),
+                                                                     "seeds": len(results[method]), **totals}
+    return {"split": "test", "bins": M.SPARSITY_BINS,
+            "measures": {name: text for name, (_, text) in M.SPARSITY_MEASURES.items()}, "methods": entries}
 
 
 def _promote_best(run_dir: Path, methods, seeds, results) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
+from cbmctl.suggest import did_you_mean
 
 # |value| an intervention may set an activation to: far beyond any real activation, far below overflow
 MAX_INTERVENTION = 1e6
@@ -89,13 +90,14 @@ class Explainer:
     def class_index(self, name: str) -> int:
         lowered = [c.lower() for c in self.classes]
         if name.lower() not in lowered:
-            raise CbmctlError(f"--class {name!r} is not one of the run's {len(self.classes)} classes")
+            raise CbmctlError(f"--class {name!r} is not one of the run's {len(self.classes)} classes"
+                              + did_you_mean(name, self.classes))
         return lowered.index(name.lower())
 
     def concept_index(self, name: str) -> int:
         lowered = [c.lower() for c in self.concepts]
         if name.strip().lower() not in lowered:
-            raise CbmctlError(f"concept {name!r} is not in the run's concept set")
+            raise CbmctlError(f"concept {name!r} is not in the run's concept set" + did_you_mean(name, self.concepts))
         return lowered.index(name.strip().lower())
 
     def explain(self, features: torch.Tensor, names: list[str], top_k: int = 10, class_name: str | None = None,
@@ -169,6 +171,22 @@ class Explainer:
         return model
 
 
+def open_run_cache(metadata: dict, run_dir):
+    """The cache a run was trained on, as its model.json records it: a one-line error when it is gone or now
+    holds other data (another dataset fingerprint or class count) than the run saw."""
+    from cbmctl.cache import open_cache
+    path = metadata.get("cache")
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise CbmctlError(f"the run's cache {safe_text(path)} is missing: no images (re-embed the dataset to that path)")
+    cache = open_cache(path)
+    dataset = metadata.get("dataset") if isinstance(metadata.get("dataset"), dict) else {}
+    classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else []
+    if cache.attrs.get("dataset_fingerprint") != dataset.get("dataset_fingerprint") or len(cache.classes) != len(classes):
+        raise CbmctlError(f"the run's cache {safe_text(path)} now holds other data than {safe_text(run_dir)} was "
+                          "trained on: no images")
+    return cache
+
+
 def _require_finite(**tensors: torch.Tensor) -> None:
     """The last guard against a model whose numbers overflow: a one-line error instead of NaN printed as a
     probability (model_from_tensors bounds every weight, so this fires only on what slipped past it)."""
@@ -190,7 +208,8 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
     probabilities = (similarity * logit_scale).softmax(dim=1)
     lowered = [c.lower() for c in classes]
     if class_name and class_name.lower() not in lowered:
-        raise CbmctlError(f"--class {class_name!r} is not one of the {len(classes)} classes")
+        raise CbmctlError(f"--class {class_name!r} is not one of the {len(classes)} classes"
+                          + did_you_mean(class_name, classes))
     results = []
     for i, name in enumerate(names):
         predicted = int(similarity[i].argmax())
@@ -265,28 +284,31 @@ def explain_with_run(run_dir: Path, images: list[str], device="auto", top_k: int
 def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str | None = None,
                      pretrained: str | None = None, concepts: str | None = None, classes: str | None = None,
                      device="auto", top_k: int = 10, class_name: str | None = None, log=None) -> ImageExplanations:
-    """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given,
-    else the named (default: demo) backbone, concept set and class list."""
+    """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given
+    (with the text embeddings the run was trained with, so its classes are prompted with its cache's
+    templates), else the named (default: demo) backbone, concept set and class list."""
     from cbmctl.backbones import load_backbone
     from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
     if run_dir is not None:
-        from cbmctl.runs import load_model
-        _, meta = load_model(run_dir)
-        backbone = run_backbone(meta, run_dir, device)
-        concept_list, class_list = meta["concepts"], meta["classes"]
+        explainer = Explainer.from_run(run_dir)
+        backbone = run_backbone(explainer.metadata, run_dir, device)
+        concept_list, class_list = explainer.concepts, explainer.classes
+        concept_vectors, class_vectors = explainer.concept_vectors, explainer.class_vectors
     else:
         concept_set = load_concept_set(concepts or "demo")
         concept_list = concept_set.concepts
         class_list = load_class_list(classes, log) if classes else builtin_classes(concept_set.name)
         if not class_list:
             raise CbmctlError(f"--classes is needed: no built-in class list goes with {concept_set.name!r}")
+        from cbmctl.embed import DEFAULT_TEMPLATES
         backbone = load_backbone(model or "demo", pretrained, device)
+        concept_vectors = backbone.encode_texts(concept_list)
+        class_vectors = backbone.encode_prompts(class_list, DEFAULT_TEMPLATES)
     features, names, errors = embed_images(backbone, list(images))
     if not names:
         return ImageExplanations([], errors, class_list)
-    results = cms_explain(features, names, concept_list, class_list, backbone.encode_texts(concept_list),
-                          backbone.encode_prompts(class_list, ["a photo of a {}."]), backbone.logit_scale, top_k,
-                          class_name)
+    results = cms_explain(features, names, concept_list, class_list, concept_vectors, class_vectors,
+                          backbone.logit_scale, top_k, class_name)
     return ImageExplanations(results, errors, class_list)
 
 

@@ -24,6 +24,12 @@ FAULT_ENV = "CBMCTL_FAULT"
 LOCK_SUFFIX = ".lock"
 
 
+def slug(text: str, empty: str = "x") -> str:
+    """`text` as part of a file name cbmctl makes (a cache, a run directory): letters, digits, '.', '_' and
+    '-' kept, every other character '-', no '-' at either end; `empty` when nothing is left."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text)).strip("-") or empty
+
+
 def cbmctl_home() -> Path:
     """Where cbmctl keeps what it learns about this machine ($CBMCTL_HOME, default ~/.cache/cbmctl): weight
     hashes, the open_clip tag index of other open_clip versions, the text store of cache-less commands."""
@@ -124,6 +130,27 @@ def lock_path(path) -> Path:
     """The (hidden) lock file of `path`: `.NAME.lock` beside it; it stays after use, which is harmless."""
     path = Path(path)
     return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+def in_use(path) -> bool:
+    """Whether a process (another one, or this one) holds file_lock on `path` right now: a run being trained
+    is alive, not interrupted. Read by taking the lock for an instant; a lock file that cannot be opened
+    counts as free (the work that needs it will say why)."""
+    if str(Path(path).resolve()) in _HELD:
+        return True
+    target = lock_path(path)
+    if not target.exists():
+        return False
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(target))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
 
 
 @contextlib.contextmanager

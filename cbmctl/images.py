@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import stat
 
 import numpy as np
 
@@ -34,26 +33,17 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def open_image_file(path):
-    """The decoded image in file `path`, opened only when it is a regular file: a named pipe would block the
-    reader forever and a device would never end. The file is opened non-blocking and checked through its
-    descriptor (no window in which it could be swapped for a pipe), and closed before returning."""
+    """The decoded image in file `path`, opened only when it is a regular file (cbmctl.data_files.open_regular:
+    a named pipe would block the reader forever and a device would never end), and closed before returning."""
     from PIL import Image
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+
+    from cbmctl.data_files import NotRegularFile, open_regular
     try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
-            raise BadImage(f"is {kind}, not an image file")
-        file = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with file:
+        descriptor = open_regular(path)
+    except NotRegularFile as error:
+        raise BadImage(f"{error}".replace("a regular file", "an image file")) from None
+    with os.fdopen(descriptor, "rb") as file:
         image = Image.open(file)
         image.load()
         return image
@@ -72,11 +62,17 @@ def _reason(error: Exception, limit: int = 300) -> str:
 
 
 def load_rgb(opener, path: str):
-    """Open `path` through `opener` (a dataset's image source) and return a decoded RGB image."""
+    """Open `path` through `opener` (a dataset's image source) and return a decoded RGB image. An image of
+    more pixels than PIL's bomb limit is refused, not only one of twice as many (PIL merely warns between
+    the two, then decodes up to 180 M pixels: half a gigabyte per image and decoding process)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     try:
-        image = opener(path)
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = opener(path)
+            image.load()
         return to_rgb(image)
     except FileNotFoundError:
         raise BadImage("file not found") from None
@@ -86,7 +82,27 @@ def load_rgb(opener, path: str):
         except (AttributeError, OSError):
             empty = False
         raise BadImage("empty file" if empty else "not an image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         text = str(error).lower()
         reason = "truncated image" if "truncat" in text else f"unreadable image ({_reason(error)})"
         raise BadImage(reason) from None
+
+
+def thumbnail(root, relative: str, size: int = 112):
+    """A dataset image (`relative` to the dataset `root`, as a cache records it) as an RGB image at most
+    `size` pixels on a side, or None when it is not a readable image file there: an array-backed row such
+    as CIFAR's "batch#row", a moved dataset, or a path that would leave the root (a cache's paths are not
+    trusted to stay inside it: a report must not pick up a file from elsewhere on the machine)."""
+    from pathlib import Path
+    if root is None or "#" in relative:
+        return None
+    base = Path(root).resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        return None
+    try:
+        image = load_rgb(open_image_file, str(path))
+    except (BadImage, OSError):
+        return None
+    image.thumbnail((size, size))
+    return image

@@ -4,7 +4,6 @@ logging. The command line passes its own callables (stderr lines), so nothing he
 from __future__ import annotations
 
 import logging
-import time
 
 LOGGER = logging.getLogger("cbmctl")
 LOGGER.addHandler(logging.NullHandler())
@@ -15,49 +14,43 @@ def sayer(log=None):
     return log if log is not None else LOGGER.info
 
 
-# progress of long work is said at most this often: often enough that nobody thinks it hung, rarely enough to read
-PROGRESS_SECONDS = 10.0
+PROGRESS_SECONDS = 10.0  # at most one progress line this often
 
 
-def duration(seconds: float) -> str:
-    """A span of time as a reader wants it: '8 s', '3 min 10 s', '2 h 05 min'."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+class Progress:
+    """Lines about work that takes a while: the first after `every` seconds, then at most one per `every`
+    seconds, each with the share done and an estimate of the time left — so a short job says nothing and a
+    long one is never silent for long. `log` None: silent (quiet and JSON modes pass None)."""
 
+    def __init__(self, log, total: int, what: str, unit: str = "images", every: float | None = None, clock=None):
+        import time
+        self.log, self.total, self.what, self.unit = log, max(int(total), 0), what, unit
+        self.every = PROGRESS_SECONDS if every is None else every
+        self.clock = clock or time.monotonic
+        self.started = self.last = self.clock()
+        self.done = 0
 
-class Paced:
-    """A progress voice: `paced(make_line)` says make_line() on `log` when at least `every` seconds have passed
-    since the last line (or since it was made), so work that reports after every small step is heard every
-    few seconds; the line is only built when it is said."""
-
-    def __init__(self, log, every: float = PROGRESS_SECONDS, clock=time.monotonic):
-        self.log, self.every, self.clock = sayer(log), every, clock
-        self.said = clock()
-
-    def __call__(self, make_line) -> None:
+    def advance(self, count: int) -> None:
+        self.done += int(count)
         now = self.clock()
-        if now - self.said >= self.every:
-            self.said = now
-            self.log(make_line())
+        if self.log is None or now - self.last < self.every or not self.total:
+            return
+        self.last = now
+        share = min(self.done / self.total, 1.0)
+        left = (now - self.started) * (1 - share) / share if 0 < share < 1 else None
+        self.log(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} ({100 * share:.0f} %)"
+                 + (f", about {_duration(left)} left" if left is not None else ""))
+
+    def iterate(self, chunks):
+        """The chunks (arrays of rows) unchanged, advancing by each one's length."""
+        for chunk in chunks:
+            yield chunk
+            self.advance(len(chunk))
 
 
-def stage_progress(log, describe, clock=time.monotonic):
-    """A progress callback (stage, done, total) for work in stages counted in steps: every few seconds (Paced)
-    it says describe(stage, done, total, spent, left) on `log`, where spent is the time since the first stage
-    began and left the time the current stage still needs at its pace so far (both as text). A stage begins
-    where the one before it ended."""
-    paced, started = Paced(log, clock=clock), clock()
-    began: dict[str, float] = {}
-    last = [started]
-
-    def progress(stage: str, done: int, total: int) -> None:
-        now = clock()
-        began.setdefault(stage, last[0])
-        last[0] = now
-        pace = (now - began[stage]) / max(done, 1)
-        paced(lambda: describe(stage, done, total, duration(now - started), duration(pace * (total - done))))
-    return progress
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,4 +1,4 @@
-"""Concept Bottleneck Layer objectives (shared/METHOD.md). Z is the batch of CBL activations, B×C, or S×B×C
+"""Concept Bottleneck Layer objectives (docs/method.md, "CBL objectives"). Z is the batch of CBL activations, B×C, or S×B×C
 for S models trained together (one loss value per model). Every loss works in log-space (log-softmax,
 never the log of a softmax), so tiny τ and hard samples stay finite."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
-from cbmctl.spec import GUMBEL_FORMS, LOSSES, check_loss_options  # noqa: F401  (the names live in spec)
+from cbmctl.spec import GUMBEL_FORMS, L1_LAMBDA, LOSSES, check_loss_options  # noqa: F401  (the names live in spec)
 
 
 def _diagonal(matrix: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def gumbel_reference_loss(z: torch.Tensor, tau: float = 1.0, generator=None) -> 
     return -0.5 * (down.mean((-2, -1)) + across.mean((-2, -1)))
 
 
-def l1_loss(weight: torch.Tensor, strength: float = 1e-3) -> torch.Tensor:
+def l1_loss(weight: torch.Tensor, strength: float = L1_LAMBDA) -> torch.Tensor:
     """(λ / C) · Σ|W| for the C×C CBL weight (or each of an S×C×C stack)."""
     return strength / weight.shape[-1] * weight.abs().sum((-2, -1))
 
@@ -93,7 +93,7 @@ def cos3_loss(scores: torch.Tensor, z: torch.Tensor, eps: float = 1e-8) -> torch
     return -(prepare(scores.detach()) * prepare(z)).sum(dim=-2).mean(-1)
 
 
-def cbl_loss(name: str, *, z, scores, cbl_weight, gumbel_form="paper", tau=1.0, hard=False, l1_lambda=1e-3,
+def cbl_loss(name: str, *, z, scores, cbl_weight, gumbel_form="paper", tau=1.0, hard=False, l1_lambda=L1_LAMBDA,
              generator=None) -> torch.Tensor:
     """The chosen CBL objective for one batch (zero for 'none'): a scalar for B×C input, one value per
     model for an S×B×C stack (then `generator` may be a list with one generator per model)."""

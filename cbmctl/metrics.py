@@ -1,4 +1,4 @@
-"""Accuracy, calibration, sparsity and faithfulness metrics (shared/METHOD.md), on whole splits: micro
+"""Accuracy, calibration, sparsity and faithfulness metrics (docs/method.md, "Metrics"), on whole splits: micro
 accuracy over all samples, never a mean of per-batch accuracies."""
 from __future__ import annotations
 
@@ -93,6 +93,22 @@ def activation_sparsity(activations: torch.Tensor) -> dict:
             "hoyer_mean": float(hoyer(activations).mean())}
 
 
+# per-image activation-sparsity measures a run records as histograms: name -> (function, what it is)
+SPARSITY_MEASURES = {
+    "entropy": (normalised_entropy, "normalised entropy of softmax(a): 1 = spread evenly, 0 = one concept"),
+    "hoyer": (hoyer, "Hoyer sparsity of a: 0 = equal magnitudes, 1 = one non-zero"),
+    "top5_mass": (lambda a: top_mass(a, 5), "mass of softmax(a) in the 5 largest activations"),
+}
+SPARSITY_BINS = 20
+
+
+def sparsity_histograms(activations: torch.Tensor, bins: int = SPARSITY_BINS) -> dict[str, list[int]]:
+    """Each per-image sparsity measure of `activations` (N×C) as counts in `bins` equal bins of [0, 1]
+    (counts of chunks and seeds add up)."""
+    return {name: torch.histc(measure(activations).float().clamp(0, 1).cpu(), bins, 0, 1).long().tolist()
+            for name, (measure, _) in SPARSITY_MEASURES.items()}
+
+
 def nonzero_weights(head: torch.Tensor) -> int:
     return int((head != 0).sum())
 
@@ -155,8 +171,3 @@ def explanation_precision_at_k(contributions: torch.Tensor, head_inputs: torch.T
     has_any = counts > 0
     return float((hits[has_any] / counts[has_any]).mean()) if bool(has_any.any()) else float("nan")
 
-
-def summarise(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-            "values": [float(v) for v in array]}

@@ -1,17 +1,18 @@
 """The Concept Bottleneck Model: concept scores ψ (C) -> CBL W (C×C, no bias) -> activations a -> head ->
 class logits. Unit j of the CBL is read as concept j.
 
-Two heads (shared/METHOD.md): the paper's dense head (F, K×C, no bias, on the activations themselves) and
+Two heads (docs/method.md, "The final layer"): the paper's dense head (F, K×C, no bias, on the activations themselves) and
 the sparse head of LF-CBM / VLG-CBM (F with a few non-zero weights per class and a bias b, on standardised
 activations x = (a − μ)/σ, μ and σ from the train split). Both are z = F x + b with x = (a − μ)/σ: the dense
 head has μ = 0, σ = 1, b = 0. The contribution of concept j to class c for one image is x_j · F[c, j], so a
 class's logit is the sum of its concepts' contributions plus its bias.
 
 model_tensors / model_from_tensors convert to and from what cbmctl.runs stores (safetensors + JSON); the
-conversion back checks every shape, that every value is finite and within bounds no trained model comes near
-(so no forward pass overflows), that names are short plain text and class names distinct, and that the
-concept list matches its recorded hash, so a damaged or tampered run directory is a one-line error, never a
-silently wrong model or a NaN printed as a result."""
+conversion back checks every shape and dtype, that every value is finite and within bounds no trained model
+comes near (so no forward pass overflows), that names follow cbmctl.names, that the concept list matches its
+recorded hash and that both files still carry the identity they were saved with (model_identity), so a
+damaged or tampered run directory is a one-line error, never a silently wrong model or a NaN printed as a
+result."""
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from cbmctl.errors import CbmctlError
+from cbmctl.names import names_sha256
+from cbmctl.sanitize import safe_text
 from cbmctl.spec import HEADS
 
 
@@ -90,10 +93,6 @@ class ConceptBottleneckModel(nn.Module):
         return self
 
 
-def concepts_sha256(concepts: list[str]) -> str:
-    return hashlib.sha256("\n".join(concepts).encode()).hexdigest()
-
-
 def model_tensors(model: ConceptBottleneckModel, vectors: dict | None = None) -> dict[str, torch.Tensor]:
     """Everything a saved model holds as tensors: weights, standardisation, and the text embeddings it was
     trained with (concept_vectors, class_vectors), so a run is self-contained for explanation and browsing."""
@@ -112,31 +111,52 @@ MAX_WEIGHT = 1e4            # |cbl.weight|, |head.weight|, |concept_vectors|, |c
 MAX_OFFSET = 1e8            # |head.bias|, |activation_mean|
 STD_RANGE = (1e-8, 1e8)     # activation_std
 MAX_LOGIT_SCALE = 1000.0    # CLIP clamps its learned scale at 100
-MAX_NAME_CHARS = 1000       # a concept or class name; a real one is a few words
 BOUNDS = {"cbl.weight": MAX_WEIGHT, "head.weight": MAX_WEIGHT, "concept_vectors": MAX_WEIGHT,
           "class_vectors": MAX_WEIGHT, "head.bias": MAX_OFFSET, "activation_mean": MAX_OFFSET}
-SINGULAR = {"concepts": "concept", "classes": "class"}
+TEXT_VECTORS = ("concept_vectors", "class_vectors")
+# what a model's identity covers besides its tensors: the lists and settings that give them their meaning
+IDENTITY_FIELDS = ("concepts", "classes", "head", "logit_scale")
 
 
 def _names(metadata: dict, key: str, where: str) -> list[str]:
-    from cbmctl.sanitize import first_control, has_control
+    from cbmctl.names import validate_class_names, validate_concept_names
     names = metadata.get(key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CbmctlError(f"{where}: '{key}' must be a non-empty list of names")
-    for index, name in enumerate(names):
-        if len(name) > MAX_NAME_CHARS:
-            raise CbmctlError(f"{where}: {SINGULAR[key]} {index} has a name of {len(name)} characters (at most "
-                              f"{MAX_NAME_CHARS})")
-        if has_control(name):
-            raise CbmctlError(f"{where}: {SINGULAR[key]} {index} holds the control character {first_control(name)}")
-    return names
+    return (validate_concept_names if key == "concepts" else validate_class_names)(names, where)
+
+
+def model_identity(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
+    """The SHA-256 that ties a saved model together: every tensor (name, dtype, shape, bytes: the CBL, the
+    head, its standardisation, the text embeddings) with the concept and class lists, the head kind and the
+    logit scale that give them their meaning. Recorded in model.json when the model is saved and checked
+    when it is loaded, so that editing any one of them (reversing the class list, swapping a tensor) is
+    refused instead of silently explaining with the wrong names. Not a signature against someone who
+    rewrites the record as well; a check that the files still belong together."""
+    import json
+    digest = hashlib.sha256(json.dumps({k: metadata.get(k) for k in IDENTITY_FIELDS}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_identity(state: dict[str, torch.Tensor], metadata: dict, where: str) -> None:
+    recorded = metadata.get("identity")
+    if not isinstance(recorded, str):
+        raise CbmctlError(f"{where}: the model description records no identity (edited, or written by a cbmctl "
+                          "before runs had one), so its files cannot be checked against each other; retrain the run")
+    if recorded != model_identity(state, metadata):
+        raise CbmctlError(f"{where}: model.json and model.safetensors no longer match the run's identity: its "
+                          "classes, concepts, head or weights were edited or damaged since training; retrain or "
+                          "restore the run")
 
 
 def logit_scale_of(metadata: dict, where: str) -> float:
     """The CLIP logit scale a run recorded: a finite number in (0, MAX_LOGIT_SCALE]."""
     value = metadata.get("logit_scale")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_LOGIT_SCALE:
-        from cbmctl.sanitize import safe_text
         raise CbmctlError(f"{where}: the model description's logit_scale {safe_text(repr(value))[:40]} is not a "
                           f"number in (0, {MAX_LOGIT_SCALE:g}]")
     return float(value)
@@ -166,15 +186,13 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
         raise CbmctlError(f"{where}: the model description is not a JSON object")
     concepts, classes = _names(metadata, "concepts", where), _names(metadata, "classes", where)
     c, k = len(concepts), len(classes)
-    from cbmctl.concepts import validate_class_names
-    validate_class_names(classes, where)
     # the hash is required: without it a renamed concept would be explained under the wrong name
     record = metadata.get("concept_set")
     recorded = record.get("sha256") if isinstance(record, dict) else None
     if not isinstance(recorded, str):
         raise CbmctlError(f"{where}: the model description lacks its concept_set hash (edited or damaged); retrain "
                           "or restore the run")
-    if recorded != concepts_sha256(concepts):
+    if recorded != names_sha256(concepts):
         raise CbmctlError(f"{where}: the model's concept list does not match its recorded hash (edited or "
                           "damaged); retrain or restore the run")
     if "logit_scale" in metadata:
@@ -182,7 +200,7 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
     head = metadata.get("head", "dense")
     if head not in HEADS:
         raise CbmctlError(f"{where}: unknown head {head!r}")
-    state = dict(state)
+    saved, state = state, dict(state)
     expected = {"cbl.weight": (c, c), "head.weight": (k, c), "head.bias": (k,), "activation_mean": (c,),
                 "activation_std": (c,)}
     optional = {"head.bias": torch.zeros(k), "activation_mean": torch.zeros(c), "activation_std": torch.ones(c)}
@@ -195,10 +213,17 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
             raise CbmctlError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape} for {c} concepts "
                               f"and {k} classes")
         weights[name] = tensor.float()
+    unexpected = sorted(set(state) - set(TEXT_VECTORS))
+    if unexpected:
+        raise CbmctlError(f"{where}: the model file holds an unexpected tensor {safe_text(unexpected[0])[:80]!r}")
+    stored = next((name for name, tensor in saved.items() if tensor.dtype != torch.float32), None)
+    if stored is not None:
+        raise CbmctlError(f"{where}: {stored} is stored as {saved[stored].dtype}, not the float32 cbmctl writes")
     _check_magnitudes({**weights, **state}, where)
     for name, rows in (("concept_vectors", c), ("class_vectors", k)):
         if name in state and (state[name].dim() != 2 or state[name].shape[0] != rows):
             raise CbmctlError(f"{where}: {name} has shape {tuple(state[name].shape)}, expected {rows} rows")
+    _check_identity(saved, metadata, where)
     model = ConceptBottleneckModel(c, k, "none", head)
     model.load_state_dict(weights)
     metadata = {**metadata, "vectors": {name: state[name].float() for name in state}}

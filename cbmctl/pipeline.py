@@ -47,7 +47,7 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
 def resolve_concepts(concepts: str | None, config, cache):
     """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
     dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
-    demo world's (clean, distractors, noisy, as its world.json records them), or `concepts/NAME.txt` beside
+    demo world's (clean, distractors, noisy, llm, as its world.json records them), or `concepts/NAME.txt` beside
     its cbmctl.yaml."""
     from cbmctl.concepts import builtin_sets, load_concept_set
     name = concepts or config.concepts
@@ -93,7 +93,7 @@ def plan_train(spec):
     """The cache a training spec will use, checked without torch (cbmctl.preflight.plan_cache)."""
     from cbmctl.preflight import plan_cache
     return plan_cache(spec.data, model=spec.model, pretrained=spec.pretrained, cache_path=spec.cache_path,
-                      data_root=spec.data_root)
+                      data_root=spec.data_root, allow_outside_root=spec.allow_outside_root)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -104,19 +104,23 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None):
+def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None = None, plan=None, warn=None,
+              started=None):
     """The whole `cbmctl train` behaviour for an ExperimentSpec; returns the ExperimentResult. `run_dir`
     trains into that directory instead of a new timestamped one; `resume` continues an interrupted run;
     `plan` is plan_train(spec) when the caller checked it already; `warn` gets the warning lines (`log`
-    when not given), which a quiet `log` must not hide."""
+    when not given), which a quiet `log` must not hide; `started(run_dir)` is called once the run directory
+    is the one `--resume` would continue (the command line then knows what to say on Ctrl-C)."""
     from cbmctl import runs
     from cbmctl.backbones import resolve_device
     from cbmctl.experiment import check_resumable, run_experiment
     from cbmctl.files import file_lock
     from cbmctl.logs import sayer
+    from cbmctl.resources import check_training
+    from cbmctl.spec import BASELINES
     from cbmctl.train import prepare_data
     warn = warn or sayer(log)
-    resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded or trained
+    device = resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded
     # an unwritable destination is found before minutes of embedding and training, not after them
     if resume is not None:
         runs.check_writable(Path(resume), "the resumed run")
@@ -125,11 +129,19 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     cache, dataset_config = resolve_cache(spec.data, device=spec.train.device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
-    data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device)
+    models = sum(method not in BASELINES for method in spec.methods) * len(spec.seeds)
+    if models:  # before a concept is encoded or a tensor allocated
+        check_training(models, len(concept_set.concepts), cache.num_classes, cache.counts(), spec.train.batch_size,
+                       cache.embed_dim, device)
+    data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device, warn)
     spec = replace(spec, cache_path=str(Path(cache.path).resolve()), data=_absolute(spec.data),
                    data_root=_absolute(spec.data_root), concept_map=_absolute(spec.concept_map),
                    concepts=concept_set.name if concept_set.source.startswith("builtin:") else
                    _absolute(concept_set.source))
+    train_images = int(data.labels["train"].shape[0])
+    if spec.train.batch_size > train_images:
+        warn(f"note: --batch-size {spec.train.batch_size} is more than the {train_images} train images: every epoch "
+             "is one batch of all of them")
     if spec.train.precision_k > len(data.concepts):
         warn(f"warning: --precision-k {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
              f"precision@{len(data.concepts)} is reported instead")
@@ -148,7 +160,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
             if runs.is_finished(run_dir):
                 raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
         result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
-                                warn=warn)
+                                warn=warn, started=started)
     runs.point_latest(run_dir.parent, run_dir)
     return result
 
@@ -170,7 +182,7 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     cache_path, recorded = meta.get("cache"), (meta.get("dataset") or {}).get("dataset_fingerprint")
     if not isinstance(cache_path, str) or not Path(cache_path).is_file():
         raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
-    data = prepare_data(open_cache(cache_path), concept_set, device=device)
+    data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
     if data.record["dataset"]["dataset_fingerprint"] != recorded:
         raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
     if precision_k > len(data.concepts):

@@ -45,7 +45,8 @@ class CachePlan:
 
 
 def names_cache(spec) -> bool:
-    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).is_file()
+    # any .h5 that exists but a folder (a pipe too: opening it then says what it is, rather than "not a dataset")
+    return bool(spec) and str(spec).endswith(CACHE_SUFFIXES) and Path(spec).exists() and not Path(spec).is_dir()
 
 
 def _flags(model, pretrained, templates=None) -> str:
@@ -77,13 +78,13 @@ def checked_templates(templates, where: str = "--template") -> list[str] | None:
 
 
 def _refuse_conflicts(cache_file, attrs: dict, request, hint: str) -> None:
-    from cbmctl.cache import printable
+    from cbmctl.sanitize import safe_text
     conflicts = request.conflicts(attrs)
     if conflicts:
         what, has, asked = conflicts[0]
         key = {"model": "backbone_model", "model config": "backbone_model", "pretrained": "backbone_pretrained",
                "weights sha256": "weights_sha256"}[what]
-        raise CbmctlError(f"{cache_file} was made with {key}={printable(has)} but this run has {asked}; {hint}")
+        raise CbmctlError(f"{cache_file} was made with {key}={safe_text(has)} but this run has {asked}; {hint}")
 
 
 def _backbone_warning(attrs_or_model, pretrained, classes, dataset_name) -> list[str]:
@@ -145,13 +146,15 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
 
 
 def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=None, data_root=None,
-               format=None, val_fraction=None, val_seed=None, overwrite: bool | None = None) -> CachePlan:
+               format=None, val_fraction=None, val_seed=None, overwrite: bool | None = None,
+               allow_outside_root: bool = False) -> CachePlan:
     """Resolve DATA (a dataset folder, manifest or known name) or CACHE (an .h5 file) without importing torch
     or open_clip, and check everything that can be checked: see the module docstring.
 
     `templates`: class-prompt templates asked for on the command line (None: the dataset's cbmctl.yaml, else
     the default). `overwrite`: None for commands that cannot rebuild a cache (train, cms: messages then name
-    `cbmctl embed ... --overwrite`), else the embed command's --overwrite."""
+    `cbmctl embed ... --overwrite`), else the embed command's --overwrite. `allow_outside_root`: the
+    user's --allow-outside-root (listed image paths outside the dataset root are refused without it)."""
     from cbmctl.backbones import DEFAULT_MODEL, backbone_request, check_weights_reachable
     from cbmctl.datasets import load_config, load_dataset, resolve_dataset_path
     from cbmctl.datasets.config import backbone_choice
@@ -164,7 +167,8 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
     path = resolve_dataset_path(str(spec), data_root)
     config = load_config(path if path.is_dir() else path.parent)
     config.templates = checked_templates(config.templates, f"{path / 'cbmctl.yaml'}: templates")
-    dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config)
+    dataset = load_dataset(path, format=format, val_fraction=val_fraction, val_seed=val_seed, config=config,
+                           allow_outside_root=allow_outside_root)
     model, pretrained = backbone_choice(model, pretrained, config, DEFAULT_MODEL)
     request = backbone_request(model, pretrained)
     plan = CachePlan(Path(cache_path or default_cache_path(dataset, model, pretrained)), "missing", config,
@@ -174,5 +178,65 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
     if plan.cache.exists() and not overwrite:
         check_existing(plan, spec, overwrite)
     if plan.state == "missing":
-        check_weights_reachable(model, pretrained)  # before any "embedding ..." line and before torch
+        # the default tag too (request.pretrained: the model's first tag when none was given), before any
+        # "embedding ..." line and before torch
+        check_weights_reachable(model, request.pretrained or pretrained)
     return plan
+
+
+def run_names(run_dir) -> tuple[list[str], list[str]] | None:
+    """(concepts, classes) as a run's model.json lists them, read without torch; None when they cannot be read
+    (loading the model later says what is wrong with the file)."""
+    from cbmctl.runs import META_FILE, read_json
+    try:
+        metadata = read_json(Path(run_dir) / META_FILE, "model description")
+    except CbmctlError:
+        return None
+    names = [metadata.get(key) if isinstance(metadata, dict) else None for key in ("concepts", "classes")]
+    if not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names):
+        return None
+    return names[0], names[1]
+
+
+def check_run_names(run_dir, concepts=(), classes=()) -> None:
+    """Every concept and class name given on the command line is one of the run's (case ignored), or a
+    one-line error with the closest name — found before torch loads."""
+    from cbmctl.sanitize import safe_text
+    from cbmctl.suggest import did_you_mean
+    names = run_names(run_dir)
+    if names is None:
+        return
+    known_concepts, known_classes = names
+    for name, known, message in [(n, known_concepts, "concept {!r} is not in the run's concept set") for n in concepts] + \
+            [(n, known_classes, f"--class {{!r}} is not one of the run's {len(known_classes)} classes") for n in classes]:
+        if name.strip().lower() not in {k.lower() for k in known}:
+            raise CbmctlError(safe_text(message.format(name)) + did_you_mean(name, known))
+
+
+def check_images_exist(images) -> None:
+    """A one-line error when not one of the image paths exists (nothing could be explained); when some
+    exist, the others are reported one by one after the work, as unreadable images are."""
+    from cbmctl.sanitize import safe_text
+    images = list(images)
+    if images and not any(Path(image).exists() for image in images):
+        first = safe_text(images[0])
+        raise CbmctlError(f"{first}: file not found" if len(images) == 1 else
+                          f"none of the {len(images)} images exists (first: {first}: file not found)")
+
+
+class _Recorded:
+    """What resolve_concepts reads of a cache (its attributes), for a cache that is not embedded yet."""
+
+    def __init__(self, dataset):
+        self.attrs = {"dataset_root": str(dataset.root), "dataset_name": dataset.name}
+
+
+def check_concepts(concepts, plan: CachePlan) -> None:
+    """The concept set `--concepts` (or the dataset's default) names exists — a built-in set, a file, or one of
+    the dataset's own — decided before torch loads and before any embedding, not after them."""
+    from cbmctl.pipeline import resolve_concepts
+    if plan.cache.is_file() and plan.state != "missing":
+        from cbmctl.cache import open_cache
+        resolve_concepts(concepts, plan.config, open_cache(plan.cache))
+    elif plan.dataset is not None:
+        resolve_concepts(concepts, plan.config, _Recorded(plan.dataset))

@@ -32,12 +32,13 @@ class LinearProbe:
 
 
 def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=DEFAULT_L2_GRID,
-                     progress=None) -> LinearProbe:
+                     log=None) -> LinearProbe:
     """Minimise CE + l2·‖W‖² for every l2 of the grid together; keep the one with the lowest validation
-    loss (ties: the stronger l2). `progress(iteration, MAX_ITERATIONS)` is called every few iterations of
-    the solver (it stops earlier once every strength is solved)."""
+    loss (ties: the stronger l2). `log` hears how far a long fit is (cbmctl.logs.Progress), counted against
+    the iteration cap (the fit stops earlier once every strength is solved)."""
     import torch
 
+    from cbmctl.logs import Progress
     from cbmctl.sparse import Design, cross_entropy, lipschitz_estimate, proximal_gradient, validation_loss
     grid = sorted(l2_grid, reverse=True)
     s = len(grid)
@@ -47,11 +48,13 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=D
     vy = torch.as_tensor(np.asarray(val_y, np.int64))
     train = Design(lambda start, stop: x[None, start:stop].expand(s, -1, -1), y, 1 << 16, materialise=False)
     val = Design(lambda start, stop: vx[None, start:stop].expand(s, -1, -1), vy, 1 << 16, materialise=False)
+    solving = Progress(log, MAX_ITERATIONS, f"linear probe ({s} L2 strengths together)",
+                       "iterations at most (it stops once every strength is solved)")
     strengths = torch.tensor(grid) * 2  # the solver's penalty is ½·l2'·‖W‖²
     weight, bias, *_ = proximal_gradient(cross_entropy(train), torch.zeros(s, num_classes, x.shape[1]),
                                          torch.zeros(s, num_classes), lipschitz_estimate(train) + strengths,
                                          torch.zeros(s), strengths, MAX_ITERATIONS, TOLERANCE,
-                                         on_check=progress and (lambda iteration, *_: progress(iteration, MAX_ITERATIONS)),
+                                         on_check=lambda iteration, *_: solving.advance(iteration - solving.done),
                                          check_every=PROGRESS_ITERATIONS)
     if len(vy):
         accuracy = (val.logits(weight, bias).argmax(-1) == vy[None]).float().mean(1).tolist()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from cbmctl.errors import CbmctlError
 
+# What a newcomer sees first is the world calibrated to CLIP on CUB (issue 18), not the easy default one.
+QUICKSTART_PRESET = "cub-like"
+
 
 @dataclass
 class Quickstart:
@@ -39,8 +42,13 @@ def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     if (plan.world / "images.txt").is_file():
         say(f"      reusing {plan.world}")
     else:
-        make_world(plan.world, seed=0)
-        say(f"      made {plan.world} (30 species × 40 images, CUB layout, ground-truth attributes)")
+        make_world(plan.world, seed=0, preset=QUICKSTART_PRESET)
+        from cbmctl.demo.presets import resolve_spec
+        from cbmctl.demo.world import world_species
+        spec = resolve_spec(QUICKSTART_PRESET)
+        say(f"      made {plan.world} ({QUICKSTART_PRESET} preset: {len(world_species(0, spec.species)[0])} species × "
+            f"{spec.train_per_class + spec.test_per_class} images, CUB layout, ground-truth attributes, "
+            f"an LLM-like concept set)")
     say("[2/5] embed with the shipped demo CLIP")
     dataset = load_dataset(plan.world)
     backbone = load_backbone(DEMO_MODEL, None, "cpu")

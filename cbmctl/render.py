@@ -22,10 +22,15 @@ def _bar(value: float, largest: float) -> str:
     return ("█" * full + partial.strip()) or "▏"
 
 
-def is_absence(explanation, row) -> bool:
+def absence_evidence(head: str, head_input: float | None) -> bool:
     """Evidence from a concept's absence: with the sparse head, a standardised activation below the concept's
-    train mean (its contribution then comes from the concept being weaker than usual, not from its presence)."""
-    return explanation.head == "sparse" and row.head_input is not None and row.head_input < 0
+    train mean (its contribution then comes from the concept being weaker than usual, not from its presence).
+    The one predicate behind every "(absent)" mark: explain's table and PNG, the TUI, the report."""
+    return head == "sparse" and head_input is not None and head_input < 0
+
+
+def is_absence(explanation, row) -> bool:
+    return absence_evidence(explanation.head, row.head_input)
 
 
 def explanation_table(explanation):
@@ -167,10 +172,12 @@ def _drawing():
         yield
 
 
-def _save(figure, path, plt, make_parent: bool = False) -> None:
+def _save(figure, path, plt, make_parent: bool = False, tight: bool = True) -> None:
+    """Write `figure` (laid out tight unless the caller placed everything itself) and close it."""
     try:
         with _drawing():
-            figure.tight_layout()
+            if tight:
+                figure.tight_layout()
             if make_parent:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path, dpi=110)
@@ -180,61 +187,143 @@ def _save(figure, path, plt, make_parent: bool = False) -> None:
         plt.close(figure)
 
 
-def plot_curves(path: Path, history: list[dict], title: str) -> None:
+MARKERS = "osD^vP*X<>"
+
+
+def _epoch_band(histories: list[list[dict]], key: str):
+    """(epochs, mean, low, high) of `key` over seeds at each epoch, from the seeds that reached it."""
+    by_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for row in history:
+            if isinstance(row.get(key), (int, float)):
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
+    epochs = sorted(by_epoch)
+    values = [by_epoch[e] for e in epochs]
+    return epochs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_curves(path: Path, histories, title: str) -> None:
     """Training curves in three panels with their own scales: the cross-entropy on train and validation (the
-    validation loss picks the epoch), the CBL objective, and the dense head's accuracy."""
+    validation loss picks the epoch), the CBL objective, and the dense head's accuracy.
+
+    `histories`: one run's history (a list of per-epoch rows), or {method: [history per seed]} for a
+    comparison — each method's mean over seeds with a band over the seeds' range."""
     plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    figure, (losses, objective, accuracy) = plt.subplots(1, 3, figsize=(13, 3.6))
-    losses.plot(epochs, [h["ce"] for h in history], label="train")
-    losses.plot(epochs, [h["val_loss"] for h in history], label="validation", linestyle="--")
+    methods = {"": [histories]} if isinstance(histories, list) else dict(histories)
+    single = len(methods) == 1 and len(next(iter(methods.values()), [])) == 1
+    figure, (losses, objective, accuracy) = plt.subplots(1, 3, figsize=(13, 3.9 if single else 4.6))
+    panels = ((losses, (("ce", "-"), ("val_loss", "--"))), (objective, (("cbl_loss", "-"),)),
+              (accuracy, (("train_top1", "-"), ("val_top1", "--"))))
+    for index, (label, runs) in enumerate(methods.items()):
+        colour = f"C{index}"
+        for axis, keys in panels:
+            for key, style in keys:
+                epochs, mean, low, high = _epoch_band(runs, key)
+                axis.plot(epochs, mean, color=colour, linestyle=style, linewidth=1.2,
+                          label=(_plain(label) if label else None) if axis is objective else None)
+                if len(runs) > 1:
+                    axis.fill_between(epochs, low, high, color=colour, alpha=0.15, linewidth=0)
     losses.set_ylabel("cross-entropy (dense head)")
-    objective.plot(epochs, [h["cbl_loss"] for h in history], color="C2")
     objective.set_ylabel("CBL objective (train)")
-    accuracy.plot(epochs, [h["train_top1"] for h in history], label="train")
-    accuracy.plot(epochs, [h["val_top1"] for h in history], label="validation", linestyle="--")
     accuracy.set_ylabel("top-1 (dense head)")
     accuracy.set_ylim(0, 1)
+    history = next(iter(methods.values()))[0] if single else []
     best = min(history, key=lambda h: h["val_loss"]) if history else None
     for axis in (losses, objective, accuracy):
         axis.set_xlabel("epoch")
         if best:
             axis.axvline(best["epoch"], color="gray", linewidth=0.8, linestyle=":")
-    losses.legend(fontsize=8)
-    accuracy.legend(fontsize=8)
+    from matplotlib.lines import Line2D
+    styles = [Line2D([], [], color="black", linestyle="-", label="train"),
+              Line2D([], [], color="black", linestyle="--", label="validation")]
+    losses.legend(handles=styles, fontsize=8)
+    accuracy.legend(handles=styles, fontsize=8)
+    if not single:
+        seeds = max(len(runs) for runs in methods.values())
+        objective.legend(fontsize=7, title=f"mean over seeds; band: range of {seeds} seeds" if seeds > 1 else None,
+                         title_fontsize=7)
     figure.suptitle(_plain(title) + (f" — kept epoch {best['epoch']} (lowest validation loss, dotted)" if best else ""),
                     fontsize=10)
     _save(figure, path, plt)
 
 
 def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> None:
-    """Test top-1 against NEC: each method's sparse head at the budgeted NEC levels (mean over seeds,
-    markers), the first seed's whole λ path (thin line), and its dense head (dashed)."""
+    """Test top-1 against NEC, in two panels: the whole λ path of each method's first seed from NEC 0 (chance)
+    to the largest NEC it reached, and the sparse heads refitted to the NEC budgets (mean over seeds with the
+    seeds' range, methods side by side so equal values stay visible) beside each method's dense head."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    figure, (whole, budget) = plt.subplots(1, 2, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1.25]})
+    shown, budgeted, largest = [], [], 0.0
     for index, (label, per_seed) in enumerate(methods.items()):
-        colour = f"C{index}"
-        path_points = [p for p in per_seed[0].get("path", []) if "test_top1" in p and p["nonzeros"] > 0]
-        if path_points:
-            axis.plot([p["nec"] for p in path_points], [p["test_top1"] for p in path_points], color=colour,
-                      linewidth=0.8, alpha=0.6)
+        colour, marker, name = f"C{index}", MARKERS[index % len(MARKERS)], _plain(label)
+        points = [p for p in per_seed[0].get("path", []) if "test_top1" in p and "nec" in p]
+        if points:
+            whole.plot([p["nec"] for p in points], [p["test_top1"] for p in points], color=colour, linewidth=1,
+                       label=f"{name}: λ path, first seed")
+            shown += [p["test_top1"] for p in points]
+            largest = max([largest] + [p["nec"] for p in points])
         levels = sorted(int(k) for k in per_seed[0].get("nec_accuracy", {}))
         if levels:
-            means = [sum(m["nec_accuracy"][str(level)] for m in per_seed) / len(per_seed) for level in levels]
-            axis.plot(levels, means, "o-", color=colour, label=f"{_plain(label)}: sparse head (refit)", markersize=4)
+            values = [[m["nec_accuracy"][str(level)] for m in per_seed if str(level) in m.get("nec_accuracy", {})]
+                      for level in levels]
+            means = [sum(v) / len(v) for v in values]
+            offset = (index - (len(methods) - 1) / 2) * 0.45
+            budget.errorbar([level + offset for level in levels], means, color=colour, fmt=marker + "-", markersize=5,
+                            yerr=[[m - min(v) for m, v in zip(means, values)], [max(v) - m for m, v in zip(means, values)]],
+                            capsize=2, linewidth=1.2, label=f"{name}: sparse head at each NEC budget")
+            whole.plot(levels, means, marker, color=colour, markersize=4)
+            budgeted += [x for v in values for x in v]
+            largest = max(largest, levels[-1])
         dense = [m["dense"]["test"]["top1"] for m in per_seed if "dense" in m]
         if dense:
-            axis.axhline(sum(dense) / len(dense), color=colour, linestyle="--", linewidth=0.8)
-    axis.set_xlabel("NEC: non-zero head weights per class")
-    axis.set_ylabel("test top-1")
-    axis.set_xscale("log")
-    # the interesting range: from a little below the worst budgeted head to a little above the best curve
-    shown = [y for line in axis.get_lines() for y in line.get_ydata()]
-    budgeted = [m["nec_accuracy"][k] for runs in methods.values() for m in runs for k in m.get("nec_accuracy", {})]
-    if shown and budgeted:
-        axis.set_ylim(max(0.0, min(budgeted) - 0.1), min(1.0, max(shown) + 0.03))
-    axis.legend(fontsize=7, loc="lower right")
-    axis.set_title(_plain(title) + "\n(lines: λ path of the first seed; dashed: dense head)", fontsize=9)
+            for axis in (whole, budget):
+                axis.axhline(sum(dense) / len(dense), color=colour, linestyle="--", linewidth=0.9,
+                             label=f"{name}: dense head" if axis is budget else None)
+            budgeted.append(sum(dense) / len(dense))
+    whole.set_xlim(0, max(largest, 1) * 1.03)
+    if shown or budgeted:
+        whole.set_ylim(max(0.0, min(shown + budgeted) - 0.03), min(1.0, max(shown + budgeted) + 0.03))
+    if budgeted:
+        spread = max(budgeted) - min(budgeted)
+        budget.set_ylim(min(budgeted) - max(0.1 * spread, 0.01), max(budgeted) + max(0.25 * spread, 0.01))
+        budget.set_xticks(sorted({int(k) for m in methods.values() for k in m[0].get("nec_accuracy", {})}))
+    whole.set_title("the whole λ path (markers: the budgeted heads)", fontsize=9)
+    budget.set_title("the NEC budgets (mean over seeds, bars: range; methods side by side)", fontsize=9)
+    for axis in (whole, budget):
+        axis.set_xlabel("NEC: non-zero head weights per class")
+        axis.set_ylabel("test top-1")
+        axis.grid(alpha=0.3)
+    handles = [h for axis in (whole, budget) for h in axis.get_legend_handles_labels()[0]]
+    labels = [t for axis in (whole, budget) for t in axis.get_legend_handles_labels()[1]]
+    rows = math.ceil(len(labels) / 3)
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    figure.suptitle(_plain(title), fontsize=10)
+    with _drawing():
+        figure.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
+    _save(figure, path, plt, tight=False)
+
+
+def plot_activation_histograms(path: Path, histograms: dict, title: str) -> None:
+    """One panel per per-image sparsity measure (runs.read_activation_histograms' layout): the share of the
+    split's images in each bin, one step line per method."""
+    plt = _pyplot()
+    measures = histograms["measures"]
+    bins = histograms["bins"]
+    edges = [i / bins for i in range(bins + 1)]
+    figure, axes = plt.subplots(1, len(measures), figsize=(4.3 * len(measures), 3.8), squeeze=False)
+    for axis, (name, description) in zip(axes[0], measures.items()):
+        for index, (label, entry) in enumerate(histograms["methods"].items()):
+            counts = entry[name]
+            total = sum(counts) or 1
+            axis.stairs([c / total for c in counts], edges, color=f"C{index}", linewidth=1.4,
+                        label=f"{_plain(label)} ({entry.get('seeds', 1)} seed{'s' * (entry.get('seeds', 1) != 1)})")
+        axis.set_xlim(0, 1)
+        axis.set_xlabel(_plain(description), fontsize=8)
+        axis.set_ylabel(f"share of {histograms.get('split', 'test')} images")
+        axis.set_title({"hoyer": "Hoyer", "top5_mass": "top-5 mass"}.get(name, _plain(name.replace("_", " "))),
+                       fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    figure.suptitle(_plain(title), fontsize=10)
     _save(figure, path, plt)
 
 
@@ -243,6 +332,13 @@ COMPARE_COLUMNS = (("top1", "top-1", True), ("dense_top1", "dense", True), ("nec
                    ("anec", "ANEC", True), ("ece", "ECE", False), ("concept_precision@5", "concept p@5", True),
                    ("explanation_precision@5", "expl. p@5", True), ("entropy_mean", "entropy", False),
                    ("hoyer_mean", "Hoyer", False))
+
+
+def is_percent(key: str) -> bool:
+    """Whether a comparison's metric is shown in percent (accuracies and precisions; ECE, entropy, NEC ... are
+    shown in their own units): one rule for the printed table and compare.csv."""
+    return key in ("top1", "dense_top1", "nec5_top1", "anec", "top5", "mean_per_class") or \
+        key.startswith(("concept_precision", "explanation_precision")) or (key.startswith("nec") and key.endswith("_top1"))
 
 
 def interval_text(cell: dict, percent: bool) -> str:
@@ -323,3 +419,55 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
                      + "; ".join(same))
     return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
             "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")
+
+
+def plot_forest(path: Path, panels: list[dict], title: str) -> None:
+    """A forest plot, one panel per group of effects: per row each world's effect with its 95 % interval
+    (grey, spread vertically) and the pooled effect with its interval (black diamond); a dotted line at 0;
+    the row's note (a verdict, * for significant) at the right. The x range covers the pooled intervals and
+    every world's point; a wider per-world interval runs off the edge. A panel is {"title", "unit", "rows":
+    [{"label", "note", "per_world": [(mean, low, high)], "pooled": (mean, low, high) or None}]} (low/high
+    None where there is no interval)."""
+    plt = _pyplot()
+    heights = [max(len(panel["rows"]), 1) + 1.6 for panel in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 0.3 * sum(heights) + 0.8),
+                                gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        _forest_panel(axis, panel)
+    figure.suptitle(_plain(title) + "\n(grey: each world, 95 % interval over its seeds; black: pooled over worlds, "
+                    "95 % interval)", fontsize=9)
+    _save(figure, path, plt)
+
+
+def _forest_panel(axis, panel: dict) -> None:
+    import textwrap
+    rows = panel["rows"]
+    shown = [0.0]
+    for y, row in enumerate(rows):
+        worlds = row["per_world"]
+        for k, (mean, low, high) in enumerate(worlds):
+            offset = 0.3 * (k / max(len(worlds) - 1, 1) - 0.5) if len(worlds) > 1 else 0.0
+            if low is not None:
+                axis.plot([low, high], [y + offset] * 2, color="0.65", linewidth=0.8)
+            axis.plot([mean], [y + offset], "o", color="0.45", markersize=3)
+            shown.append(mean)
+        if row["pooled"]:
+            mean, low, high = row["pooled"]
+            if low is not None:
+                axis.plot([low, high], [y, y], color="black", linewidth=2)
+                shown += [low, high]
+            axis.plot([mean], [y], "D", color="black", markersize=6)
+            shown.append(mean)
+        if row["note"]:
+            axis.annotate(_plain(row["note"]), (1.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                          va="center", annotation_clip=False)
+    low, high = min(shown), max(shown)
+    pad = 0.08 * (high - low) or 0.05
+    axis.set_xlim(low - pad, high + pad)
+    axis.axvline(0, color="gray", linewidth=0.8, linestyle=":")
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([_plain(row["label"]) for row in rows], fontsize=7)
+    axis.set_ylim(len(rows) - 0.5, -0.5)
+    axis.set_title(_plain(textwrap.fill(panel["title"], 110)), fontsize=8, loc="left")
+    axis.set_xlabel(f"effect ({panel['unit']})" if panel["unit"] else "effect", fontsize=7)
+    axis.tick_params(axis="x", labelsize=7)

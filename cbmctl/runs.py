@@ -6,8 +6,11 @@
         metrics.json         results (per split, dense and sparse heads, the sparsity path, ...)
         evaluation.json      the latest `cbmctl train --evaluate` of the run's model (never metrics.json)
         model.safetensors    CBL, head, standardisation, and the concept/class text embeddings (tensors only)
-        model.json           concepts, classes, head kind, training configuration, provenance
+        model.json           concepts, classes, head kind, training configuration, provenance, and the
+                             model's identity: a hash over both files' meaningful parts, checked on load
         curves.png           training curves; sparsity.png: the accuracy-sparsity path of the sparse head
+        activations.json     histograms of per-image activation sparsity (test split) per method; activations.png
+        report.html          `cbmctl report`'s self-contained page (when written here)
         train.log            what was printed while training
         checkpoint.safetensors + checkpoint.json   while training (never a pickle)
         compare.json, compare.csv, <method>/seed-<n>/...   for several methods or seeds
@@ -25,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cbmctl.errors import CbmctlError
+from cbmctl.files import slug
 
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "record.json"
@@ -34,6 +38,9 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 CURVES_FILE = "curves.png"
 SPARSITY_FILE = "sparsity.png"
+ACTIVATIONS_FILE = "activations.json"  # histograms of per-image activation sparsity on the test split
+ACTIVATIONS_PLOT = "activations.png"
+REPORT_FILE = "report.html"  # `cbmctl report`'s page, when no other place is given
 LOG_FILE = "train.log"
 CHECKPOINT = "checkpoint"  # checkpoint.safetensors + checkpoint.json
 COMPARE_JSON = "compare.json"
@@ -73,18 +80,19 @@ def check_writable(directory: Path, what: str = "runs") -> None:
 
 
 def new_run_dir(root: Path, dataset: str, label: str) -> Path:
+    """A new, empty run directory: created (not merely found free) under its name, so that two trains
+    starting in the same second into one runs folder each get their own (`...-2`), never the same one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{_slug(dataset)}-{_slug(label)}"
+    base = Path(root) / f"{stamp}-{slug(dataset, 'run')}-{slug(label, 'run')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(text)).strip("-") or "run"
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
 def point_latest(root: Path, run: Path) -> None:
@@ -111,17 +119,26 @@ def resolve_interrupted_run(spec: str) -> Path:
     """The run `--resume` continues: the given run directory, or, for a folder of runs (a runs root, or an
     --out folder), its newest run that holds a checkpoint and has not finished (`latest` only ever points at
     finished runs)."""
+    from cbmctl.files import in_use
     path = Path(spec)
     if not path.is_dir():
         raise CbmctlError(f"{path}: no such run directory")
     if (path / CONFIG_FILE).exists():
+        if in_use(path):
+            raise CbmctlError(f"{path} is in use: another cbmctl process is training it right now (it is not "
+                              "interrupted); wait for it to finish")
         return path.resolve()
     candidates = sorted((child for child in path.iterdir() if child.is_dir() and not child.is_symlink()
-                         and (child / CONFIG_FILE).is_file() and has_checkpoint(child) and not is_finished(child)),
-                        key=lambda child: child.name)
+                         and (child / CONFIG_FILE).is_file() and is_interrupted(child)), key=lambda child: child.name)
     if not candidates:
         raise CbmctlError(f"{path}: neither a run nor a folder holding an interrupted run (one with a checkpoint)")
     return candidates[-1].resolve()
+
+
+def is_interrupted(run_dir: Path) -> bool:
+    """A run that stopped before finishing and that no process is training now (it holds a checkpoint)."""
+    from cbmctl.files import in_use
+    return has_checkpoint(run_dir) and not is_finished(run_dir) and not in_use(run_dir)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -138,12 +155,13 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path, what: str = "file") -> dict | list:
+    """A run's JSON file, read as every input is (cbmctl.data_files: a regular file, size-capped)."""
+    from cbmctl.data_files import read_bytes_capped
     path = Path(path)
+    raw = read_bytes_capped(path, MAX_JSON_BYTES)
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CbmctlError(f"{path} is {path.stat().st_size >> 20} MB, too large for a run's {what}")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise CbmctlError(f"{path}: not a readable {what} ({str(error).splitlines()[0][:80]})") from None
     except RecursionError:
         raise CbmctlError(f"{path}: not a readable {what} (nested too deeply)") from None
@@ -178,16 +196,22 @@ def save_model(directory: Path, model, metadata: dict, vectors: dict | None = No
     from safetensors.torch import save_file
 
     from cbmctl.files import atomic_path, write_text_atomic
-    from cbmctl.model import model_tensors
+    from cbmctl.model import model_identity, model_tensors
     directory = Path(directory)
+    tensors = model_tensors(model, vectors)
+    metadata = {**metadata, "head": model.head_kind}
+    metadata["identity"] = model_identity(tensors, metadata)  # checked on every load (cbmctl.model)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(model_tensors(model, vectors), str(tmp))
-    write_text_atomic(directory / META_FILE, json.dumps({**metadata, "head": model.head_kind}, indent=1) + "\n")
+        save_file(tensors, str(tmp))
+    write_text_atomic(directory / META_FILE, json.dumps(metadata, indent=1) + "\n")
 
 
 def read_tensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from cbmctl.data_files import require_regular
+    require_regular(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
@@ -234,9 +258,11 @@ def remove_checkpoint(run_dir: Path) -> None:
     base.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str]) -> None:
+def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str], percent=()) -> None:
     """compare.json (every row as computed) and compare.csv (mean, std and 95 % interval of each key, and the
-    paired differences to the plain CBM with their p-values and Holm-corrected significance)."""
+    paired differences to the plain CBM with their p-values and Holm-corrected significance). In the CSV the
+    `percent` keys are in percent, as the printed table shows them, and their columns say so (`top1_mean_pct`;
+    differences in percentage points, `_pp`); every other key is in its own unit (ECE, entropy, NEC ...)."""
     import csv
     import io
 
@@ -247,15 +273,65 @@ def write_compare_table(run_dir: Path, rows: list[dict], keys: list[str]) -> Non
     columns = ("mean", "std", "ci_low", "ci_high")
     paired = sorted({key for row in rows for key in row.get("vs_none", {})})
     differences = ("mean", "ci_low", "ci_high", "p", "significant")
-    writer.writerow(["method"] + [f"{k}_{s}" for k in keys for s in columns]
-                    + [f"{k}_vs_none_{s}" for k in paired for s in differences])
+
+    def unit(key, statistic, scaled, suffix):
+        return f"_{suffix}" if key in percent and statistic in scaled else ""
+
+    def value(key, statistic, cell, scaled):
+        number = cell.get(statistic, "")
+        return round(100 * number, 6) if key in percent and statistic in scaled and isinstance(number, (int, float)) \
+            and not isinstance(number, bool) else number
+    writer.writerow(["method"] + [f"{k}_{s}{unit(k, s, columns, 'pct')}" for k in keys for s in columns]
+                    + [f"{k}_vs_none_{s}{unit(k, s, differences[:3], 'pp')}" for k in paired for s in differences])
     for row in rows:
         values = [row["method"]]
         for key in keys:
             cell = row.get(key)
-            values += [cell.get(s, "") for s in columns] if isinstance(cell, dict) else [""] * len(columns)
+            values += [value(key, s, cell, columns) for s in columns] if isinstance(cell, dict) else [""] * len(columns)
         for key in paired:
             cell = row.get("vs_none", {}).get(key)
-            values += [cell.get(s, "") for s in differences] if cell else [""] * len(differences)
+            values += [value(key, s, cell, differences[:3]) for s in differences] if cell else [""] * len(differences)
         writer.writerow(values)
     write_text_atomic(Path(run_dir) / COMPARE_CSV, text.getvalue())
+
+
+MAX_HISTOGRAM_BINS = 1000
+MAX_HISTOGRAM_METHODS = 100
+
+
+def write_activation_histograms(run_dir: Path, histograms: dict) -> None:
+    """activations.json: {"split", "bins", "measures": {name: description}, "methods": {label: {"images",
+    "seeds", name: [count per bin of [0, 1]]}}} (cbmctl.metrics.sparsity_histograms, summed over seeds)."""
+    write_json(Path(run_dir) / ACTIVATIONS_FILE, histograms)
+
+
+def read_activation_histograms(run_dir: Path) -> dict | None:
+    """A run's activation histograms, every value checked (a run may have been sent by anyone); None for a
+    run made before they were recorded, a one-line error for a damaged file."""
+    path = Path(run_dir) / ACTIVATIONS_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path, "activation histograms")
+
+    def refuse(problem: str):
+        raise CbmctlError(f"{path}: {problem}; the file is damaged (retrain the run to rewrite it)")
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), dict) or \
+            not isinstance(data.get("measures"), dict):
+        refuse("expected an object with 'measures' and 'methods'")
+    bins = data.get("bins")
+    if not isinstance(bins, int) or isinstance(bins, bool) or not 1 <= bins <= MAX_HISTOGRAM_BINS:
+        refuse(f"'bins' must be a whole number in [1, {MAX_HISTOGRAM_BINS}]")
+    measures = data["measures"]
+    if not measures or not all(isinstance(k, str) and isinstance(v, str) for k, v in measures.items()):
+        refuse("'measures' must name each measure with a description")
+    if len(data["methods"]) > MAX_HISTOGRAM_METHODS:
+        refuse(f"more than {MAX_HISTOGRAM_METHODS} methods")
+    for label, entry in data["methods"].items():
+        if not isinstance(entry, dict) or not all(_counts(entry.get(name), bins) for name in measures):
+            refuse(f"method {str(label)[:40]!r}: each measure needs {bins} whole, non-negative counts")
+    return data
+
+
+def _counts(values, bins: int) -> bool:
+    return isinstance(values, list) and len(values) == bins and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 53 for v in values)

@@ -355,34 +355,40 @@ def truncate(weight: torch.Tensor, budget: int) -> torch.Tensor:
 
 
 def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseConfig,
-             val: Design | None = None, test: Design | None = None, progress: Callable | None = None
-             ) -> SparsePath:
+             val: Design | None = None, test: Design | None = None, log=None,
+             progress_every: float | None = None) -> SparsePath:
     """The elastic-net path of every model, then for every NEC level the budgeted head (exactly
-    level·K non-zero weights, or all C·K when level ≥ C). `progress(stage, done, total)` is called after
-    every path point (stage "path"; total: the points the path is expected to take, from how fast the
-    slowest model's non-zeros grow, exact at its last point) and every refitted level (stage "refit")."""
+    level·K non-zero weights, or all C·K when level ≥ C). `log` gets a progress line at most every
+    `progress_every` seconds (cbmctl.logs.Progress; None: its default): the path points solved of about how
+    many the path will take (estimated from how fast the models' non-zeros and deviance move, exact at its
+    last point), then the NEC budgets refitted, each with the time left."""
+    from cbmctl.logs import Progress
     config.validate()
-    c = next(train.chunks())[0].shape[-1]
+    first = next(train.chunks())[0]
+    s, c = first.shape[0], first.shape[-1]
     levels = sorted({min(int(level), c) for level in levels})
-    points, snapshots, lipschitz, (weight, bias) = _path(train, num_classes, levels, config, val, test, progress)
+    walked = Progress(log, config.path_points, f"sparse path of {s} model{'s' * (s > 1)}",
+                      "λ points (a running estimate)", progress_every)
+    points, snapshots, lipschitz, (weight, bias) = _path(train, num_classes, levels, config, val, test, walked)
     path, k = SparsePath(points), num_classes
-    for number, level in enumerate(levels, 1):
+    refits = Progress(log, len(levels), "sparse heads refitted to their NEC budgets", "budgets", progress_every)
+    for level in levels:
         # a model whose path never reached the budget (level ≥ its non-zeros at λ_min) keeps its last point
         chosen = [snapshot if snapshot is not None else (weight[m].clone(), bias[m].clone())
                   for m, snapshot in enumerate(snapshots[level])]
         truncated = torch.stack([truncate(w, level * k) for w, _ in chosen])
         start_bias = torch.stack([b for _, b in chosen])
         path.heads[level], path.refit[level] = refit(train, truncated, start_bias, lipschitz, config, val)
-        if progress:
-            progress("refit", number, len(levels))
+        refits.advance(1)
     return path
 
 
-def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, test, progress):
+def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, test, walked):
     """The λ path itself: (points per model, per level each model's first point that reached it or None,
     the Lipschitz estimate, each model's last point as (weight, bias)). A model's path ends at the first
     point with stop_at non-zeros or with the share config.deviance_explained of its null deviance explained;
-    the models still on the path are solved together, the others cost nothing."""
+    the models still on the path are solved together, the others cost nothing. `walked` (cbmctl.logs.Progress)
+    advances by each point and hears from a long point while it is solved."""
     first = next(train.chunks())[0]
     s, c, device = first.shape[0], first.shape[-1], first.device
     lam_max, bias = lambda_max(train, k, config.alpha)
@@ -399,7 +405,7 @@ def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, t
     snapshots: dict[int, list[tuple[torch.Tensor, torch.Tensor] | None]] = {level: [None] * s for level in levels}
     on_path = torch.ones(s, dtype=torch.bool, device=device)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per point: non-zeros, log(deviance left)
-    expected, previous = len(ratios), None
+    previous = None
     for index, ratio in enumerate(ratios):
         members = on_path.nonzero().flatten()
         lam = lam_max * ratio
@@ -407,8 +413,7 @@ def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, t
         start = (weight, bias) if previous is None else _predict(weight, bias, *previous)
         previous = weight.clone(), bias.clone()
         # a long point still says how far the path is
-        heartbeat = (lambda *_, done=index, total=expected: progress("path", done, total)) \
-            if progress and index else None
+        heartbeat = (lambda *_: walked.advance(0)) if index else None
         solution = proximal_gradient(_restricted(cross_entropy(train), members), start[0][members],
                                      start[1][members], curvature[members], l1[members], l2[members],
                                      config.max_iterations, torch.maximum(config.tolerance * l1, tolerance_floor)[members],
@@ -422,9 +427,8 @@ def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, t
         history.append((nonzeros, left))
         on_path &= (nonzeros < stop_at) & (left > fit_target)
         last = index + 1 == len(ratios) or not bool(on_path.any())
-        expected = index + 1 if last else _expected_points(history, on_path, stop_at, fit_target, len(ratios))
-        if progress:
-            progress("path", index + 1, expected)
+        walked.total = index + 1 if last else _expected_points(history, on_path, stop_at, fit_target, len(ratios))
+        walked.advance(1)
         if last:
             break
     return points, snapshots, lipschitz, (weight, bias)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import first_control, has_control
+from cbmctl.suggest import did_you_mean
 
 LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
 BASELINES = ("linear-probe", "zero-shot")
@@ -23,11 +24,18 @@ CBL_INITS = ("identity", "random")
 SEED_LIMIT = 2 ** 32
 # each seed trains one more model (and writes one more directory); more than this is a typo, not a study
 MAX_SEEDS = 1000
+# learning rates, the temperature and penalty strengths: useful values are below 10; far beyond this bound
+# (1e300) the optimizers' float32 arithmetic overflows
+MAX_RATE = 1e6
+# the l1 objective's λ in (λ/C)·Σ|W| (cbmctl.losses.l1_loss takes it from here)
+L1_LAMBDA = 0.1
+# training never stops early before this epoch unless --min-epochs says otherwise (or --epochs is smaller)
+DEFAULT_MIN_EPOCHS = 20
 
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
     if name not in LOSSES:
-        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})")
+        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})" + did_you_mean(name, LOSSES))
     if gumbel_form not in GUMBEL_FORMS:
         raise CbmctlError(f"unknown --gumbel-form {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
     if hard and not (name == "gumbel" and gumbel_form == "paper"):
@@ -43,7 +51,7 @@ class TrainConfig:
     gumbel_form: str = "paper"
     tau: float = 1.0
     hard: bool = False
-    l1_lambda: float = 0.1
+    l1_lambda: float = L1_LAMBDA
     head: str = "sparse"
     nec: int = 5
     lr: float = 1e-3
@@ -52,7 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"
     epochs: int = 1000
-    min_epochs: int = 20
+    min_epochs: int | None = None  # None: DEFAULT_MIN_EPOCHS, or --epochs when that is fewer
     patience: int = 30
     batch_size: int = 128
     seed: int = 0
@@ -61,10 +69,22 @@ class TrainConfig:
     precision_k: int = 5
     sparse_alpha: float = 0.99
     faithfulness_cutoff: float = 0.5
+    threads: int = 0  # torch's CPU threads while training; 0: chosen by cbmctl.threads
+
+    def first_stop_epoch(self) -> int:
+        """The first epoch at which early stopping may end training."""
+        return min(DEFAULT_MIN_EPOCHS, self.epochs) if self.min_epochs is None else self.min_epochs
+
+    def for_method(self, method: str, seed: int | None = None) -> TrainConfig:
+        """This configuration for one method (and seed) of a comparison: --hard belongs to the Gumbel
+        objective only, so every other method of the same comparison trains without it."""
+        return replace(self, loss=method, seed=self.seed if seed is None else seed,
+                       hard=self.hard and method == "gumbel")
 
     def validate(self) -> None:
         if self.loss not in METHODS:
-            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})")
+            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})"
+                              + did_you_mean(self.loss, METHODS))
         if self.loss in LOSSES:
             check_loss_options(self.loss, self.gumbel_form, self.hard)
         elif self.gumbel_form not in GUMBEL_FORMS:
@@ -73,7 +93,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CbmctlError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r} "
-                                  f"({', '.join(allowed)})")
+                                  f"({', '.join(allowed)})" + did_you_mean(str(getattr(self, name)), allowed))
         positive = {"tau": self.tau, "lr": self.lr, "cbl-lr": self.cbl_lr}
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
@@ -82,13 +102,23 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise CbmctlError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+        for name in ("tau", "lr", "cbl_lr", "l1_lambda", "weight_decay"):
+            # the optimizers turn these into float32 factors: beyond MAX_RATE a step overflows
+            if getattr(self, name) > MAX_RATE:
+                raise CbmctlError(f"--{name.replace('_', '-')} must be at most {MAX_RATE:g}, got {getattr(self, name)}")
         for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
             if getattr(self, name) < 1:
                 raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise CbmctlError(f"--seed must be in [0, 2^32) (the random generators take 32-bit seeds), got {self.seed}")
-        if self.min_epochs < 0:
+        if self.min_epochs is not None and self.min_epochs < 0:
             raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
+        if self.min_epochs is not None and self.min_epochs > self.epochs:
+            raise CbmctlError(f"--min-epochs {self.min_epochs} is more than --epochs {self.epochs}: training could "
+                              "never stop early; lower --min-epochs or raise --epochs")
+        if self.threads < 0:
+            raise CbmctlError(f"--threads must be at least 0 (0: chosen from the CPUs this process may use), "
+                              f"got {self.threads}")
         if not 0 < self.sparse_alpha <= 1:
             raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
         if not -1 <= self.faithfulness_cutoff <= 1:
@@ -104,9 +134,16 @@ class TrainConfig:
             name = str(key).replace("-", "_")
             if name not in known:
                 raise CbmctlError(f"{where + ': ' if where else ''}unknown option {key!r}")
-            converted[name] = _convert(value, known[name].type, option_label(where, name))
+            kind = known[name].type
+            if value is None and kind.endswith(" | None"):
+                converted[name] = None
+                continue
+            converted[name] = _convert(value, kind.removesuffix(" | None"), option_label(where, name))
         config = cls(**converted)
-        config.validate()
+        try:
+            config.validate()
+        except CbmctlError as error:
+            raise CbmctlError(f"{where}: {error}" if where else str(error)) from None
         return config
 
 
@@ -156,7 +193,8 @@ def _whole_number(value, label: str) -> int:
 
 # options of an experiment that are not TrainConfig's: what to train on, and where the run goes
 DATA_OPTIONS = {"data": "str", "cache_path": "str", "model": "str", "pretrained": "str", "data_root": "str",
-                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str"}
+                "concepts": "str", "concept_map": "str", "random_concepts": "bool", "out": "str",
+                "allow_outside_root": "bool"}
 
 
 @dataclass
@@ -177,6 +215,7 @@ class ExperimentSpec:
     concept_map: str | None = None
     random_concepts: bool = False
     out: str = "runs"
+    allow_outside_root: bool = False
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> ExperimentSpec:
@@ -199,7 +238,7 @@ class ExperimentSpec:
                               "choose a plain directory name")
         train = TrainConfig.from_mapping({**values, "loss": methods[0], "seed": seeds[0]}, where)
         for method in methods:
-            replace(train, loss=method, hard=train.hard and method == "gumbel").validate()
+            train.for_method(method).validate()
         return cls(train=train, methods=methods, seeds=seeds, **data)
 
     def as_mapping(self) -> dict:
@@ -215,7 +254,8 @@ def parse_methods(value, where: str = "--compare") -> list[str]:
         raise CbmctlError(f"{where}: methods must be a list of {', '.join(METHODS)} (or 'all')")
     unknown = [m for m in value if m not in METHODS]
     if unknown:
-        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')")
+        raise CbmctlError(f"{where}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or 'all')"
+                          + did_you_mean(unknown[0], METHODS))
     if len(set(value)) != len(value):
         raise CbmctlError(f"{where}: a method is listed twice")
     return value

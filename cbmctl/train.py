@@ -14,9 +14,10 @@ standardised activations along a regularisation path; every run reports the dens
 at NEC = 5 (and the whole accuracy-sparsity path), whichever head it keeps as its model."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,14 @@ def _stack_forward(scores: torch.Tensor, cbl: torch.Tensor, head: torch.Tensor):
     return activations, torch.bmm(activations, head.transpose(1, 2))
 
 
+def _initial_cbl(concepts: int, classes: int, config: TrainConfig) -> torch.Tensor:
+    """A model's CBL before training, drawn (for --cbl-init random) from torch's generator seeded with the
+    model's seed inside a fork: the caller's random state is the same afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(config.seed)
+        return ConceptBottleneckModel(concepts, classes, config.cbl_init).cbl.weight.detach()
+
+
 def _optimizer(name, params, lr, weight_decay):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -110,7 +119,7 @@ def _optimizer(name, params, lr, weight_decay):
 
 
 def member_configs(base: TrainConfig, members: list[tuple[str, int]]) -> list[TrainConfig]:
-    configs = [replace(base, loss=loss, seed=seed, hard=base.hard and loss == "gumbel") for loss, seed in members]
+    configs = [base.for_method(loss, seed) for loss, seed in members]
     for config in configs:
         config.validate()
         if config.loss in BASELINES:
@@ -125,11 +134,7 @@ class _Stack:
         base = configs[0]
         c, k, s = len(data.concepts), len(data.classes), len(configs)
         self.configs, self.device = configs, device
-        init = []
-        for config in configs:
-            torch.manual_seed(config.seed)
-            init.append(ConceptBottleneckModel(c, k, config.cbl_init).cbl.weight.detach())
-        self.initial_cbl = torch.stack(init).to(device)
+        self.initial_cbl = torch.stack([_initial_cbl(c, k, config) for config in configs]).to(device)
         self.cbl = torch.nn.Parameter(self.initial_cbl.clone())
         self.head = torch.nn.Parameter(torch.zeros(s, k, c, device=device))
         self.cbl_optimizer = _optimizer(base.optimizer, [self.cbl], base.cbl_lr, base.weight_decay)
@@ -292,9 +297,9 @@ def _short(value) -> str:
 
 def checkpoint_identity(data: TrainingData, configs: list[TrainConfig]) -> str:
     """What a checkpoint belongs to: the data (dataset fingerprint and split), backbone, concepts, classes and
-    every training option of every member but the device (which --resume may change) and the epoch limit
-    (the library may continue a run for longer). A checkpoint copied in from another run or dataset does not
-    match."""
+    every training option of every member but the device and thread count (which --resume may change, and
+    which do not change the result) and the epoch limit (the library may continue a run for longer). A
+    checkpoint copied in from another run or dataset does not match."""
     import hashlib
     import json
     record = data.record
@@ -304,7 +309,7 @@ def checkpoint_identity(data: TrainingData, configs: list[TrainConfig]) -> str:
         "backbone": [backbone.get(k) for k in ("backbone_model", "weights_sha256")],
         "concepts": data.concepts, "classes": data.classes, "logit_scale": data.logit_scale,
         "sizes": {split: int(labels.shape[0]) for split, labels in data.labels.items()},
-        "configs": [{k: v for k, v in asdict(config).items() if k not in ("device", "epochs")} for config in configs],
+        "configs": [{k: v for k, v in asdict(config).items() if k not in ("device", "epochs", "threads")} for config in configs],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -328,12 +333,20 @@ def train_many(data: TrainingData, base: TrainConfig, members: list[tuple[str, i
                checkpoint_dir: Path | None = None, log=None, warn=None) -> list[TrainResult]:
     """Train one CBM per (loss, seed) member, all stacked in one tensor program (see the module docstring),
     then fit the sparse heads and evaluate; with `checkpoint_dir`, a checkpoint there is written while
-    training and resumed from when present. `warn` gets the warning lines (`log` when not given)."""
+    training and resumed from when present. `warn` gets the warning lines (`log` when not given). torch
+    uses `base.threads` threads meanwhile (cbmctl.threads); the caller's thread count and random state are
+    as they were afterwards."""
     from cbmctl.backbones import resolve_device
+    from cbmctl.resources import check_training
+    from cbmctl.threads import torch_threads
     configs = member_configs(base, members)
     device = resolve_device(base.device)
-    stack = train_stack(data, configs, device, checkpoint_dir, log)
-    return _finish(data, configs, stack, device, log, warn)
+    check_training(len(configs), len(data.concepts), len(data.classes),
+                   {split: int(labels.shape[0]) for split, labels in data.labels.items()}, base.batch_size,
+                   int(data.concept_vectors.shape[1]), device)
+    with torch_threads(base.threads):
+        stack = train_stack(data, configs, device, checkpoint_dir, log)
+        return _finish(data, configs, stack, device, log, warn)
 
 
 def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoint_dir: Path | None = None,
@@ -352,7 +365,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
         log(f"resuming after epoch {stack.epoch}")
     s, n = len(configs), len(train)
     saved_at, saved_epoch = -1.0, stack.epoch
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for epoch in range(stack.epoch + 1, base.epochs + 1):
         if all(stack.stopped):
             break
@@ -411,7 +424,7 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
                 with torch.no_grad():
                     stack.best_cbl[m].copy_(stack.cbl[m])
                     stack.best_head[m].copy_(stack.head[m])
-            if epoch >= configs[m].min_epochs and epoch - stack.best_epoch[m] >= configs[m].patience:
+            if epoch >= configs[m].first_stop_epoch() and epoch - stack.best_epoch[m] >= configs[m].patience:
                 stack.stopped[m] = True
         stack.epoch = epoch
         log(_epoch_line(epoch, configs, stack))
@@ -423,14 +436,6 @@ def train_stack(data: TrainingData, configs: list[TrainConfig], device, checkpoi
         # the trained CBLs survive a crash in the sparse fit that follows
         runs.save_checkpoint(checkpoint_dir, *stack.state())
     return stack
-
-
-class _no_autocast:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _epoch_line(epoch: int, configs, stack: _Stack) -> str:
@@ -455,7 +460,7 @@ def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tenso
 def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log, warn=None
             ) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
-    from cbmctl.logs import LOGGER, sayer, stage_progress
+    from cbmctl.logs import LOGGER, sayer
     from cbmctl.sparse import SparseConfig, cap_warning, fit_path, solver_record, top1
     warn = warn or (log if log is not None else LOGGER.warning)
     log = sayer(log)
@@ -484,10 +489,7 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
     started = time.monotonic()
     sparse_config = SparseConfig(alpha=base.sparse_alpha)
     path = fit_path(designs["train"], len(data.classes), levels, sparse_config, designs["val"], designs["test"],
-                    progress=stage_progress(log, lambda stage, done, total, spent, left: (
-                        f"sparse path: point {done} of about {total}, {spent} so far, about {left} left before "
-                        f"{len(levels)} refits" if stage == "path" else
-                        f"sparse heads: {done} of {total} NEC levels refitted, about {left} left")))
+                    log=log)
     log(f"sparse head{'s' * (len(configs) > 1)} fitted in {time.monotonic() - started:.1f} s "
         f"({max(len(points) for points in path.points)} path points)")
     solver = solver_record(path, sparse_config)
@@ -624,17 +626,14 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint_dir: Path | No
 def run_baseline(data: TrainingData, name: str, log=None) -> TrainResult:
     """The linear probe (on image embeddings, L2 chosen by validation loss) or zero-shot CLIP, on the same split;
     `log` hears how far a long probe fit is."""
-    from cbmctl.logs import stage_progress
     from cbmctl.probe import fit_linear_probe
-    progress = stage_progress(log, lambda _, done, most, spent, __: f"linear probe: iteration {done} of at most "
-                              f"{most}, {spent} so far (it stops once every L2 strength is solved)")
     if name == "zero-shot":
         logits = {s: data.logit_scale * data.features[s] @ data.class_vectors.T for s in ("val", "test")}
         extra = {}
     elif name == "linear-probe":
         probe = fit_linear_probe(data.features["train"].numpy(), data.labels["train"].numpy(),
                                  data.features["val"].numpy(), data.labels["val"].numpy(), len(data.classes),
-                                 progress=lambda done, most: progress("probe", done, most))
+                                 log=log)
         logits = {s: torch.as_tensor(probe.logits(data.features[s].numpy())) for s in ("val", "test")}
         extra = {"l2": probe.l2}
     else:
@@ -642,12 +641,6 @@ def run_baseline(data: TrainingData, name: str, log=None) -> TrainResult:
     metrics = {s: M.classification_metrics(logits[s], data.labels[s], len(data.classes)) for s in ("val", "test")}
     metrics.update(extra)
     return TrainResult(None, metrics, [], 0)
-
-
-def seeds_summary(results: list[TrainResult]) -> dict:
-    """mean ± std over seeds of every numeric test metric."""
-    keys = [k for k, v in results[0].metrics["test"].items() if isinstance(v, (int, float)) and k != "images"]
-    return {k: M.summarise([r.metrics["test"][k] for r in results]) for k in keys}
 
 
 def describe(config: TrainConfig) -> str:
@@ -658,19 +651,38 @@ def describe(config: TrainConfig) -> str:
     return config.loss
 
 
-def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto"
+def check_train_labels(labels: np.ndarray, classes: list[str], where, warn=None) -> None:
+    """A train split that cannot support a classifier is an error (images of fewer than two classes: it
+    would train to chance and report it as a result); classes without a training image are a warning naming
+    them (the model cannot predict them, and their test images count as errors)."""
+    from cbmctl.cache import name_some, uncovered_classes
+    from cbmctl.logs import sayer
+    missing = uncovered_classes(labels, classes)
+    covered = len(classes) - len(missing)
+    if covered < 2:
+        raise CbmctlError(f"{where}: the train split holds images of {covered} of the {len(classes)} classes; a "
+                          "classifier needs training images of at least two (check the dataset's labels and splits)")
+    if missing:
+        sayer(warn)(f"warning: {len(missing)} of the {len(classes)} classes have no training image "
+                    f"({name_some(missing)}): the model cannot learn them, and their test images count as errors")
+
+
+def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=None, device="auto", warn=None
                  ) -> TrainingData:
     """Read a cache and a concept set into TrainingData. Concept text embeddings come from the cache's text
-    store; only when they are not there yet is the cache's backbone loaded to encode (and store) them."""
+    store; only when they are not there yet is the cache's backbone loaded to encode (and store) them.
+    `warn` gets one line per thing the user should know (classes without training images)."""
     from cbmctl.concept_truth import read_mapping, truth_matrix
     from cbmctl.concepts import concept_vectors, random_concept_set
     if random_concepts:
         concept_set = random_concept_set(concept_set)
-    vectors = concept_vectors(cache, concept_set, device)
     splits = {s: cache.split(s) for s in ("train", "val", "test")}
     for name, split in splits.items():
         if len(split.labels) == 0:
             raise CbmctlError(f"{cache.path}: the {name} split is empty")
+    classes = cache.classes
+    check_train_labels(splits["train"].labels, classes, cache.path, warn)
+    vectors = concept_vectors(cache, concept_set, device)
     mapping = read_mapping(concept_map) if concept_map else None
     names = cache.attribute_names
     return TrainingData(
@@ -679,7 +691,7 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
         concept_vectors=torch.from_numpy(np.asarray(vectors, np.float32)),
         class_vectors=torch.from_numpy(cache.class_embeddings().astype(np.float32)),
         logit_scale=float(cache.attrs["logit_scale"]),
-        concepts=list(concept_set.concepts), classes=cache.classes,
+        concepts=list(concept_set.concepts), classes=classes,
         truth={s: truth_matrix(names, d.attributes, concept_set.concepts, mapping) for s, d in splits.items()},
         record={"cache": str(Path(cache.path).resolve()),
                 "backbone": {k: cache.attrs[k] for k in ("backbone_model", "backbone_pretrained", "weights_sha256")},
@@ -687,7 +699,3 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
                                                         "val_fraction", "val_seed")},
                 "concept_set": concept_set.record(), "logit_scale": float(cache.attrs["logit_scale"])},
     )
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

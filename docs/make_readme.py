@@ -3,15 +3,17 @@
     python docs/make_readme.py [--readme README.md] [--seeds 10] [--only NAME,...]
 
 Each generated block of the README sits between `<!-- BEGIN GENERATED: NAME -->` and
-`<!-- END GENERATED: NAME -->` and starts with the commands that made it; everything runs offline on demo
-worlds made with seed 4242 (one the shipped CLIP and the tests never used), in a temporary folder, with
-this interpreter's cbmctl. About 5 minutes on 2 CPU cores. The text outside the markers is written by hand
-and carries no measured numbers."""
+`<!-- END GENERATED: NAME -->` and starts with the commands that made it; everything runs offline on the
+cub-like demo world of seed 4242 (one the shipped CLIP and the tests never used; the quickstart's is seed
+0), in a temporary folder (or --work DIR, kept, so that an interrupted run resumes its benchmark), with
+this interpreter's cbmctl. About 40 minutes on 2 idle CPU cores, most of it the 5-world benchmark (block
+'claims'). The text outside the markers is written by hand and carries no measured numbers."""
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,9 +24,17 @@ sys.path.insert(0, str(ROOT))
 
 from common import cbmctl, cbmctl_json  # noqa: E402
 
+from cbmctl.demo.bench_report import effect_text  # noqa: E402
 from cbmctl.render import compare_cells, markdown_table, significance_sentence  # noqa: E402
 
 WORLD_SEED = 4242
+BENCH_WORLDS = 5
+FOREST = ROOT / "docs" / "bench-forest.png"
+# the method tables' world (the classic 30 species); demo eval and CMS also run on the cub-like world
+WORLD = ["demo", "make", "W", "--seed", str(WORLD_SEED)]
+MAKE_WORLD = "cbmctl " + " ".join(WORLD)
+CUB_WORLD = ["demo", "make", "CUB", "--preset", "cub-like", "--seed", str(WORLD_SEED)]
+MAKE_CUB_WORLD = "cbmctl " + " ".join(CUB_WORLD)
 
 
 def fenced(commands: list[str], body: str, language: str = "") -> str:
@@ -53,7 +63,12 @@ class Blocks:
         return self._made[key]
 
     def world(self) -> None:
-        self.once("world", lambda: cbmctl(["demo", "make", "W", "--seed", WORLD_SEED], self.work))
+        if not (self.work / "W" / "world.json").is_file():
+            self.once("world", lambda: cbmctl(WORLD, self.work))
+
+    def cub_world(self) -> None:
+        if not (self.work / "CUB" / "world.json").is_file():
+            self.once("cub world", lambda: cbmctl(CUB_WORLD, self.work))
 
     def train(self, *args) -> dict:
         self.world()
@@ -73,25 +88,35 @@ class Blocks:
 
     def demo_eval(self) -> str:
         self.world()
-        report = cbmctl_json(["demo", "eval", "W"], self.work)
-        rows = [[f"zero-shot {family} ({v['values']} values)", f"{v['accuracy']:.3f}", f"{v['chance']:.3f}"]
-                for family, v in report["families"].items()]
-        rows.append(["zero-shot species from class names", f"{report['zero_shot_class']['accuracy']:.3f}",
-                     f"{report['zero_shot_class']['chance']:.3f}"])
-        rows.append(["linear probe, species (L2 chosen by val loss)", f"{report['linear_probe_class']['accuracy']:.3f}",
-                     ""])
-        ceiling = report["class_ceiling"]
-        rows.append(["species ceiling (Bayes-optimal from the true attributes)", f"{ceiling['expected']:.3f}", ""])
-        return (commands_line([f"cbmctl demo make W --seed {WORLD_SEED}", "cbmctl demo eval W"])
-                + f"On the world's {report['images']} test images:\n\n"
-                + markdown_table(["task", "accuracy", "chance"], rows))
+        self.cub_world()
+        classic, cub = (cbmctl_json(["demo", "eval", name], self.work) for name in ("W", "CUB"))
+
+        def cells(report, key):
+            return f"{report[key]['accuracy']:.3f}" if key in report else ""
+        rows = [[f"zero-shot {family} ({v['values']} values)", f"{v['accuracy']:.3f}",
+                 f"{cub['families'][family]['accuracy']:.3f}", f"{v['chance']:.3f}"]
+                for family, v in classic["families"].items()]
+        rows.append(["zero-shot species from class names", cells(classic, "zero_shot_class"), cells(cub, "zero_shot_class"),
+                     f"{classic['zero_shot_class']['chance']:.3f} / {cub['zero_shot_class']['chance']:.3f}"])
+        rows.append(["linear probe, species (L2 chosen by val loss)", cells(classic, "linear_probe_class"),
+                     cells(cub, "linear_probe_class"), ""])
+        rows.append(["species ceiling (Bayes-optimal from the true attributes)",
+                     f"{classic['class_ceiling']['expected']:.3f}", f"{cub['class_ceiling']['expected']:.3f}", ""])
+        llm = cub["concept_sets"]["llm"]
+        rows.append([f"description baseline, the cub-like world's LLM-like set ({llm['concepts']} concepts)", "",
+                     f"{llm['description_baseline']:.3f}", f"{cub['zero_shot_class']['chance']:.3f}"])
+        for name, row in cub["concept_sets"].items():
+            rows.append([f"CLIP concept precision@5, set '{name}' ({row['concepts']} concepts, "
+                         f"{row['true_of_no_image']} true of no image)", "", f"{row['precision@5']:.3f}", ""])
+        return (commands_line([MAKE_WORLD, MAKE_CUB_WORLD, "cbmctl demo eval W", "cbmctl demo eval CUB"])
+                + f"On each world's test images ({classic['images']} classic, {cub['images']} cub-like):\n\n"
+                + markdown_table(["task", "classic world (default preset)", "cub-like world", "chance"], rows))
 
     def compare(self) -> str:
         trained = self.train("--compare", "all", "--seeds", self.seeds)
         headers, body = compare_cells(trained["rows"])
         rows = {r["loss"]: r for r in trained["rows"]}
-        text = commands_line([f"cbmctl demo make W --seed {WORLD_SEED}",
-                              f"cbmctl train W --compare all --seeds {self.seeds}"])
+        text = commands_line([MAKE_WORLD, f"cbmctl train W --compare all --seeds {self.seeds}"])
         text += markdown_table(headers, body) + "\n"
         for key, what in (("top1", "top-1 of the sparse head (NEC = 5, the default head)"),
                           ("dense_top1", "top-1 of the dense head")):
@@ -190,28 +215,63 @@ class Blocks:
                              percent(row["top1"]["mean"]), percent(row["explanation_precision@5"]["mean"]),
                              f"{row['faithful_units']['mean']:.1f}", f"{row['ece']['mean']:.3f}"])
         return commands_line(commands) + markdown_table(
-            ["cutoff", "method", "top-1 (NEC = 5)", "expl. p@5", "units offered (of 33)", "ECE"], body)
+            ["cutoff", "method", "top-1 (NEC = 5)", "expl. p@5", f"units offered (of {self.concept_count()})", "ECE"],
+            body)
+
+    def concept_count(self) -> int:
+        self.world()
+        return json.loads((self.work / "W" / "world.json").read_text())["concept_sets"]["clean"]["size"]
 
     def cms(self) -> str:
-        self.world()
-        full = cbmctl_json(["cms", "W"], self.work)
-        # as the shown command makes it: the built-in set lists its 22 attribute values first
-        attributes = cbmctl(["concepts", "show", "demo"], self.work)[0].splitlines()[:22]
-        (self.work / "attributes.txt").write_text("\n".join(attributes) + "\n")
-        only = cbmctl_json(["cms", "W", "--concepts", "attributes.txt"], self.work)
-        by_name = {r["method"]: r for r in only["rows"]}
-        body = [[r["method"] + (" (transductive)" if r["transductive"] else ""), percent(r["top1"]),
-                 percent(by_name[r["method"]]["top1"]) if r["method"] in by_name else "-"] for r in full["rows"]]
-        return (commands_line(["cbmctl cms W", "cbmctl concepts show demo | head -n 22 > attributes.txt   # the 22 "
-                               "attribute concepts of the demo set, without its 11 distractors",
-                               "cbmctl cms W --concepts attributes.txt"])
-                + markdown_table(["method", "top-1, demo set (33)", "top-1, attributes only (22)"], body))
+        self.cub_world()
+        sets = [("LLM-like set", "llm"), ("clean set (22 attributes + 11 distractors)", "clean"),
+                ("distractors (stress test)", "distractors")]
+        results = {key: {r["method"]: r for r in cbmctl_json(["cms", "CUB", "--concepts", key], self.work)["rows"]}
+                   for _, key in sets}
+        methods = list(dict.fromkeys(m for rows in results.values() for m in rows))
+        body = [[method + (" (transductive)" if any(rows.get(method, {}).get("transductive") for rows in
+                                                   results.values()) else "")]
+                + [percent(results[key][method]["top1"]) if method in results[key] else "-" for _, key in sets]
+                for method in methods]
+        return (commands_line([MAKE_CUB_WORLD] + [f"cbmctl cms CUB --concepts {key}" for _, key in sets])
+                + markdown_table(["method"] + [f"top-1, {label}" for label, _ in sets], body))
+
+    def claims(self) -> str:
+        """The paper's claims pooled over worlds (`cbmctl demo bench`), the forest plot copied beside this
+        script. The bench folder lives in the work folder, so an interrupted regeneration resumes it."""
+        command = ["demo", "bench", "--preset", "cub-like", "--worlds", str(BENCH_WORLDS), "--seeds", str(self.seeds),
+                   "--out", "bench"]
+        report = cbmctl_json([*command, "--json"], self.work)
+        shutil.copyfile(self.work / "bench" / "forest.png", FOREST)
+        body = []
+        for claim in report["claims"]:
+            effects = "; ".join(f"{c['label']}: {effect_text(c['metric'], c['pooled'])}"
+                                + (f" ({c['verdict']})" if claim["mode"] == "each" else "")
+                                for c in claim["contrasts"] if c["pooled"])
+            body.append([f"({claim['id']}) {claim['statement']}", f"**{claim['verdict']}**", effects])
+        methods = "\n\n".join(report["conclusions"][:len(report["methods"])])
+        worlds = ", ".join(map(str, report["world_seeds"]))
+        return (commands_line(["cbmctl " + " ".join(command)])
+                + f"{BENCH_WORLDS} cub-like worlds (seeds {worlds}, from the bench's own base seed) × "
+                  f"{self.seeds} training seeds; every effect in points of test accuracy unless it is an entropy "
+                  "or Hoyer value, with its pooled 95 % interval.\n\n"
+                + markdown_table(["claim", "verdict", "pooled effect [95 %]"], body) + "\n"
+                + methods + "\n\n" + f"Estimator: {report['estimator']}\n\n"
+                + f"![forest plot: every method's and every claim's effect per world and pooled]({FOREST.name})\n")
 
     def explain(self) -> str:
         # quickstart (run by its own block, or here) leaves a trained run and names a test image it explains
         image = json.loads(self._quickstart("--json")[0])["image"]
         out, _, _ = cbmctl(["explain", image, "--top-k", "6"], self.work / "qs")
         return fenced([f"cbmctl explain {image} --top-k 6"], out)
+
+
+    def explain_unit(self) -> str:
+        # the quickstart's run, as in the explain block: one concept unit and its top images
+        self._quickstart("--json")
+        command = ["explain", "--unit", "star shape", "--top-k", "6"]
+        out, _, _ = cbmctl(command, self.work / "qs")
+        return fenced(["cbmctl " + " ".join(c if " " not in c else f'"{c}"' for c in command)], out)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -227,14 +287,17 @@ def main(argv=None) -> None:
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--only", default=None, help="Comma-separated block names (default: all).")
+    parser.add_argument("--work", default=None, help="Keep the worlds and runs in this folder (default: a temporary one).")
     args = parser.parse_args(argv)
     names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "faithfulness", "l1", "cms",
-             "explain"]
+             "explain", "explain-unit"]  # and "claims" (the 5-world benchmark), once its block is in the README
     wanted = args.only.split(",") if args.only else names
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as folder:
-        blocks = Blocks(Path(folder), args.seeds)
+        work = Path(args.work) if args.work else Path(folder)
+        work.mkdir(parents=True, exist_ok=True)
+        blocks = Blocks(work, args.seeds)
         for name in wanted:
             print(f"== {name}", file=sys.stderr, flush=True)
             text = replace_block(text, name, getattr(blocks, name.replace("-", "_"))())

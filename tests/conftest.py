@@ -1,5 +1,7 @@
 import os
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,70 @@ def cli():
     def run(*args, input=None):
         return CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
     return run
+
+
+UNIT_CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern"]
+
+
+@pytest.fixture(scope="session")
+def unit_runs(tmp_path_factory):
+    """Trained once per session: a synthetic cache (ground truth for "red" and "green") whose test images exist
+    as files, a sparse run and a comparison of two methods × two seeds on it. Tests copy a run before
+    changing it."""
+    import numpy as np
+    from makers import make_synthetic_cache
+    from PIL import Image
+
+    from cbmctl.cache import open_cache
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.experiment import run_experiment
+    from cbmctl.train import TrainConfig, prepare_data
+    root = tmp_path_factory.mktemp("units")
+    cache = make_synthetic_cache(root / "c.h5", UNIT_CONCEPTS)
+    labels = open_cache(cache).split("test").labels
+    (root / "test").mkdir()
+    for i, label in enumerate(labels):  # the paths the cache records, relative to its dataset root
+        colour = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)][int(label) % 4]
+        Image.fromarray(np.full((24, 24, 3), colour, np.uint8)).save(root / "test" / f"{i}.jpg")
+    data = prepare_data(open_cache(cache), ConceptSet("synthetic", UNIT_CONCEPTS, "test"))
+    config = TrainConfig(epochs=8, min_epochs=1, device="cpu", batch_size=64, nec=2)
+    made = {"cache": cache, "root": root}
+    for name, methods, seeds in (("single", ["gumbel"], [0]), ("comparison", ["gumbel", "none"], [0, 1])):
+        run = root / "runs" / name
+        run.mkdir(parents=True)
+        run_experiment(data, config, methods, seeds, run, {"methods": methods, "seeds": seeds}, log=None)
+        made[name] = run
+    return made
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        try:
+            self.server.respond(self)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+
+@pytest.fixture
+def serve():
+    """serve(respond) starts a real HTTP server whose POSTs `respond(handler)` answers; returns it, with
+    .url (an OpenAI-style base URL) and .seen ([(path, Authorization header)])."""
+    servers = []
+
+    def start(respond):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.respond, server.seen = respond, []
+        server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -136,6 +136,7 @@ def test_the_text_store_lives_beside_the_cache_which_is_never_written(synthetic)
     texts = ["a long beak", "webbed feet"]
     key = text_key(open_cache(cache).attrs, texts)
     vectors = np.random.default_rng(0).normal(size=(2, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # text embeddings are unit vectors
     assert store_text(cache, key, texts, vectors, {"kind": "concepts"})
     assert not store_text(cache, key, texts, vectors, {"kind": "concepts"})
     assert cache.read_bytes() == before
@@ -149,13 +150,13 @@ def test_old_in_cache_text_groups_still_read_and_a_half_written_one_is_ignored(s
     attrs = open_cache(cache).attrs
     old, broken = ["old concept"], ["half written"]
     with h5py.File(cache, "a") as handle:  # the layout caches had before the store moved beside them
-        write_text_group(handle, text_key(attrs, old), old, np.ones((1, 16), np.float32), {"kind": "concepts"})
+        write_text_group(handle, text_key(attrs, old), old, np.full((1, 16), 0.25, np.float32), {"kind": "concepts"})
         # what a kill between the two datasets of the old in-place write left behind
         handle.create_group(f"text/{text_key(attrs, broken)}").create_dataset(
             "texts", data=np.array(broken, dtype=h5py.string_dtype()))
     assert open_cache(cache).text(text_key(attrs, old))[0] == old
     assert open_cache(cache).text(text_key(attrs, broken)) is None
-    assert store_text(cache, text_key(attrs, broken), broken, np.ones((1, 16), np.float32), {"kind": "concepts"})
+    assert store_text(cache, text_key(attrs, broken), broken, np.full((1, 16), 0.25, np.float32), {"kind": "concepts"})
     assert open_cache(cache).text(text_key(attrs, broken))[0] == broken
 
 
@@ -163,7 +164,7 @@ STORE_ONE = """
 import sys, numpy as np
 from cbmctl.cache import open_cache, store_text, text_key
 cache, texts = sys.argv[1], ["a long beak", "webbed feet"]
-print(store_text(cache, text_key(open_cache(cache).attrs, texts), texts, np.ones((2, 16), np.float32), {"kind": "c"}))
+print(store_text(cache, text_key(open_cache(cache).attrs, texts), texts, np.full((2, 16), 0.25, np.float32), {"kind": "c"}))
 """
 
 
@@ -205,7 +206,8 @@ import sys, numpy as np
 from cbmctl.cache import TextStore
 store = TextStore(sys.argv[1])
 for i in range(60):
-    store.put("abc", [f"text {i % 2}"] * 3000, np.full((3000, 64), i % 2, np.float32), {"round": i % 2})
+    # unit rows (64 × (1/8)² = 1), the sign telling the rounds apart
+    store.put("abc", [f"text {i % 2}"] * 3000, np.full((3000, 64), (2 * (i % 2) - 1) / 8, np.float32), {"round": i % 2})
 """
 
 
@@ -221,7 +223,7 @@ def test_a_reader_sees_the_old_or_the_new_entry_never_a_part(synthetic):
             if entry is not None:
                 texts, vectors, attrs = entry
                 assert len(texts) == 3000 and vectors.shape == (3000, 64)
-                assert set(texts) == {f"text {attrs['round']}"} and np.all(vectors == attrs["round"])
+                assert set(texts) == {f"text {attrs['round']}"} and np.all(vectors == (2 * attrs["round"] - 1) / 8)
                 seen.add(attrs["round"])
     assert writer.returncode == 0 and seen
 

@@ -19,7 +19,6 @@ from cbmctl.cms import (
     description_predict,
     predict,
     score_matrices,
-    split_embedding_chunks,
     zero_shot_predict,
 )
 from cbmctl.errors import CbmctlError
@@ -187,7 +186,7 @@ def test_cms_report_centres_with_the_train_split(tmp_path):
     assert row["per_class"][0] < 0.5 and not row["transductive"]
     assert any("400 train images" in note for note in report["notes"])
     # the chunked reader sees the train split whole
-    assert np.array_equal(np.concatenate(list(split_embedding_chunks(cache, "train", 64))),
+    assert np.array_equal(np.concatenate(list(cache.embedding_chunks("train", 64))),
                           train.embeddings.astype(np.float32))
 
 

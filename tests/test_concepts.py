@@ -243,7 +243,7 @@ def test_concepts_cli(cli, tmp_path, tiny_model, chat_server):
     assert cli("embed", cub, "--cache", cache, "--model", tiny_model, "--pretrained", "none", "--device", "cpu",
                "--workers", "0", "--quiet").exit_code == 0
     first = cli("concepts", "embed", concepts, "--cache", cache, "--device", "cpu")
-    assert "added as text/" in first.output
+    assert "added to the text store beside the cache" in first.output and ".h5.text/" in first.output
     assert "already there" in cli("concepts", "embed", concepts, "--cache", cache, "--device", "cpu").output
 
     generated = tmp_path / "generated.txt"

@@ -183,3 +183,28 @@ def test_explain_without_a_run_says_what_it_explains_with(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "no run under" in result.stderr and "demo CLIP" in result.stderr
     assert json.loads(result.stdout)["method"] == "cms"
+
+
+def test_cms_on_a_run_uses_the_class_prompts_of_its_cache(cli, tmp_path, tiny_model):
+    from cbmctl.backbones import load_backbone
+    from cbmctl.explain import embed_images, explain_with_cms
+    cub = make_cub(tmp_path / "data")
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("red wings\nblue feathers\nlong beak\nwhite belly\n")
+    cache = tmp_path / "c.h5"
+    template = "a blurry sketch of the {}, a kind of bird."
+    common = ("--model", tiny_model, "--pretrained", "none", "--device", "cpu", "--cache", cache)
+    assert cli("embed", cub, *common, "--template", template, "--workers", "0", "-q").exit_code == 0
+    result = cli("train", cache, "--device", "cpu", "--concepts", concepts, "--epochs", "2", "--out", tmp_path / "runs",
+                 "-q")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "latest"
+    images = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[:3]
+    explained = explain_with_cms(images, run, device="cpu", top_k=2)
+    explainer = Explainer.from_run(run)
+    backbone = load_backbone(tiny_model, "none", "cpu")
+    features, names, _ = embed_images(backbone, images)
+    assert torch.allclose(explainer.class_vectors, backbone.encode_prompts(explainer.classes, [template]), atol=1e-5)
+    expected = cms_explain(features, names, explainer.concepts, explainer.classes, explainer.concept_vectors,
+                           explainer.class_vectors, backbone.logit_scale, top_k=2)
+    assert [r.as_dict() for r in explained.results] == [r.as_dict() for r in expected]

@@ -96,11 +96,11 @@ def test_non_finite_logits_are_refused_at_explain_time_and_never_reach_json(imag
 
 @pytest.mark.parametrize("key", ["classes", "concepts"])
 def test_names_longer_than_the_bound_are_refused(cli, run, key):
-    from cbmctl.model import MAX_NAME_CHARS, concepts_sha256
+    from cbmctl.names import MAX_NAME_CHARS, names_sha256
 
     def lengthen(meta):
         meta[key][0] = "x" * (MAX_NAME_CHARS + 1)
-        meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
+        meta["concept_set"]["sha256"] = names_sha256(meta["concepts"])
     tamper(run, meta=lengthen)
     singular = {"classes": "class", "concepts": "concept"}[key]
     one_line_error(cli("inspect", run), f"{singular} 0 has a name of {MAX_NAME_CHARS + 1} characters")

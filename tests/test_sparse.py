@@ -148,7 +148,9 @@ def test_stacked_models_get_their_solo_paths_and_streaming_equals_materialised()
     for m, x in enumerate((x1, x2)):
         alone = fit_path(design_of(x, y), 3, [2], config)
         assert [p["nonzeros"] for p in stacked.points[m]] == [p["nonzeros"] for p in alone.points[0]]
-        assert torch.allclose(stacked.heads[2][0][m], alone.heads[2][0][0], atol=1e-5)
+        # the same path, solved to the same tolerance: a stack rounds its sums in another order, so a model's
+        # refit may stop an iteration apart from its solo run (agreement to 1e-4 relative, far below the tolerance)
+        assert torch.allclose(stacked.heads[2][0][m], alone.heads[2][0][0], rtol=1e-4, atol=1e-5)
     streamed = fit_path(design_of(x1, y, chunk=50, materialise=False), 3, [2], config)
     materialised = fit_path(design_of(x1, y), 3, [2], config)
     assert torch.allclose(streamed.heads[2][0], materialised.heads[2][0], atol=1e-5)
@@ -208,17 +210,21 @@ def test_every_path_point_is_solved_to_the_tolerance_and_one_stopped_by_the_cap_
         assert point["iterations"] == 2 and not point["converged"] and point["violation"] > SparseConfig().tolerance
 
 
-def test_progress_counts_the_path_points_then_the_refitted_levels():
+def test_the_path_reports_its_progress_point_by_point_and_refit_by_refit():
     x, y = classification_problem()
-    calls = []
-    path = fit_path(design_of(x, y), 3, [1, 2], SparseConfig(path_points=12, max_nec=2),
-                    progress=lambda *call: calls.append(call))
-    on_path = [(done, total) for stage, done, total in calls if stage == "path"]
+    design = design_of(x, y)
+    lines = []
+    path = fit_path(design, 3, [1, 2], SparseConfig(path_points=12, max_nec=2), design, log=lines.append,
+                    progress_every=0)
+    walked = [line.split(": ")[1].split(" λ")[0].split(" of ") for line in lines
+              if line.startswith("sparse path of 1 model:")]
+    refitted = [line.split(": ")[1].split(" (")[0] for line in lines if line.startswith("sparse heads refitted")]
     points = len(path.points[0])
-    # every point reported once it is solved (a long point may repeat the count while it runs), in order
-    assert [done for done, _ in on_path] == sorted(done for done, _ in on_path)
-    assert {done for done, _ in on_path} == set(range(1, points + 1))
-    assert all(done <= total <= 12 for done, total in on_path)
-    assert on_path[-1] == (points, points)  # the last call knows the path is over
-    assert [call for call in calls if call[0] == "refit"] == [("refit", 1, 2), ("refit", 2, 2)]
-    assert calls[-2:] == [("refit", 1, 2), ("refit", 2, 2)]  # refits come after the path
+    # every point reported once it is solved (a long point repeats its count while it runs), in order, each
+    # of a running estimate of the path's length that is exact at its last point
+    done = [int(d) for d, _ in walked]
+    assert done == sorted(done) and set(done) >= set(range(1, points + 1))
+    assert all(int(d) <= int(total) <= 12 for d, total in walked) and walked[-1] == [str(points), str(points)]
+    assert refitted == ["1 of 2 budgets", "2 of 2 budgets"] and lines[-1].startswith("sparse heads refitted")
+    silent = fit_path(design, 3, [1, 2], SparseConfig(path_points=12, max_nec=2), design)
+    assert torch.equal(silent.heads[2][0], path.heads[2][0])  # reporting changes nothing

@@ -134,7 +134,7 @@ def test_compare_seeds_and_baselines_table(cli, cache_file, tmp_path):
     rows = json.loads((latest / "compare.json").read_text())
     assert [r["loss"] for r in rows] == ["gumbel", "none", "linear-probe", "zero-shot"]
     assert len(rows[0]["top1"]["values"]) == 2
-    assert (latest / "compare.csv").read_text().splitlines()[0].startswith("method,top1_mean,top1_std")
+    assert (latest / "compare.csv").read_text().splitlines()[0].startswith("method,top1_mean_pct,top1_std_pct")
     assert (latest / "gumbel" / "seed-1" / "model.safetensors").is_file() and (latest / "model.safetensors").is_file()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import UNIT_CONCEPTS
 from makers import make_synthetic_cache
 from rich.console import Console
 
@@ -26,11 +27,13 @@ from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
-from cbmctl.model import concepts_sha256
+from cbmctl.model import model_identity
+from cbmctl.names import names_sha256
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
 from cbmctl.tui.matrix_view import MatrixView, decimals, heat
+from cbmctl.units import UnitsReport, build_units
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern"]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -203,6 +206,66 @@ def test_images_screen_dense_head_sums_to_the_logit(runs):
         assert total == pytest.approx(float(logits[image, part.class_index]), abs=1e-4)
 
 
+def test_images_screen_shows_the_activation_vector_and_marks_absence(runs):
+    data = load(runs["sparse"])
+    from cbmctl.render import absence_evidence
+
+    async def steps(pilot, app):
+        await pilot.press("2")
+        screen, seen = app.screen, []
+        for image in range(20):  # until an image whose activations include evidence from absence
+            predicted = int(data.predicted[image])
+            table = screen.render_activations(image, predicted)
+            seen.append((image, predicted, [str(c) for c in table.columns[0]._cells],
+                         [str(c) for c in table.columns[-1]._cells]))
+        return seen, screen_text(app)
+
+    seen, text = drive(data, steps)
+    marked = 0
+    for image, predicted, names, contributions in seen:
+        order = np.argsort(-data.activations[image], kind="stable")
+        assert [name.removesuffix(" (absent)") for name in names] == [data.concepts[j] for j in order]
+        for j, name, shown in zip(order, names, contributions):
+            used = data.head[predicted, j] != 0
+            assert shown == (f"{data.contributions(image, predicted)[j]:+.3f}" if used else "·")
+            absent = used and absence_evidence("sparse", float(data.inputs[image, j]))
+            assert name.endswith("(absent)") == absent
+            marked += absent
+    assert marked > 0  # the case occurs here, so the check above is not vacuous
+    assert "activations of this image" in text and "F: the head's weight" in " ".join(text.split())
+
+
+def test_concepts_screen_lists_every_unit_and_offers_its_top_images(unit_runs, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    data = load(unit_runs["single"])
+    units = data.units.units
+
+    async def steps(pilot, app):
+        await pilot.press("4")
+        await pilot.pause()
+        screen, seen = app.screen, {}
+        seen["order"] = [unit.concept for unit in screen.order]
+        seen["text"] = screen_text(app)
+        await pilot.press("s")
+        seen["by_faithfulness"] = [unit.concept for unit in screen.order]
+        await pilot.press("down", "tab", "down", "o")
+        await pilot.pause()
+        seen["unit"], seen["notes"] = screen.unit, [n.message for n in app._notifications]
+        return seen
+
+    seen = drive(data, steps, size=(160, 40))
+    assert seen["order"] == [u.concept for u in sorted(units, key=lambda u: (-u.classes_using, -u.weight_mass,
+                                                                             -u.faithfulness))]
+    assert sorted(seen["by_faithfulness"]) == sorted(UNIT_CONCEPTS)
+    assert seen["by_faithfulness"] == [u.concept for u in sorted(units, key=lambda u: u.faithfulness)]
+    first = units[UNIT_CONCEPTS.index(seen["order"][0])]
+    assert f"faithfulness {first.faithfulness:.3f}" in " ".join(seen["text"].split())
+    # the second unit in faithfulness order, its second top image: "o" names its file (no viewer here)
+    assert seen["unit"].concept == seen["by_faithfulness"][1]
+    assert any(seen["unit"].top[1].path in note for note in seen["notes"]), seen["notes"]
+
+
 def test_no_viewer_is_offered_without_a_display(monkeypatch, tmp_path):
     from cbmctl.tui.images_screen import viewer_command
     if not sys.platform.startswith("linux"):
@@ -305,32 +368,41 @@ def _assert_shown_literally(texts):
 
 
 def test_hostile_names_in_a_run_are_refused_or_shown_literally(runs, tmp_path):
-    """A run directory as someone could send it (the concept list's recorded hash recomputed, as a sender
-    would): names holding control characters are refused by the loader in one escaped line; names that
-    are rich markup load and are shown literally, never as markup."""
+    """A run directory as someone could send it (the concept list's hash and the run's identity recomputed,
+    as a sender would): names holding control characters are refused by the loader in one escaped line;
+    names that are rich markup load and are shown literally, never as markup."""
     run = tmp_path / "run"
     shutil.copytree(runs["sparse"], run)
     meta = json.loads((run / "model.json").read_text())
     original = dict(meta)
     meta["classes"] = [HOSTILE + str(k) for k in range(len(meta["classes"]))]
     meta["concepts"] = ["[red]x" + c for c in meta["concepts"][:-1]] + [HOSTILE]
-    meta["concept_set"]["sha256"] = concepts_sha256(meta["concepts"])
+    meta["concept_set"]["sha256"] = names_sha256(meta["concepts"])
     (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CbmctlError, match="control character") as refused:
         load(run)
     assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
     markup = dict(original, classes=[f"[bold]class {k}[/]" for k in range(len(original["classes"]))])
     markup["concepts"] = ["[red]x" + c for c in original["concepts"]]
-    markup["concept_set"] = dict(original["concept_set"], sha256=concepts_sha256(markup["concepts"]))
+    markup["concept_set"] = dict(original["concept_set"], sha256=names_sha256(markup["concepts"]))
+    from safetensors.torch import load_file  # the sender recomputes the run's identity too
+    markup["identity"] = model_identity(load_file(str(run / "model.safetensors")), markup)
     (run / "model.json").write_text(json.dumps(markup))
     texts = drive(load(run), _every_screen, size=(120, 40))
     assert any("[bold]class 0[/]" in text for text in texts) and any("[red]x" in text for text in texts)
 
 
-def test_hostile_class_names_in_a_cache_are_shown_escaped(tmp_path):
-    data = load(_cache_view(tmp_path, [HOSTILE + str(k) for k in range(4)]))
-    texts = drive(data, _every_screen, size=(120, 40))
-    _assert_shown_literally(texts)
+def test_hostile_class_names_in_a_cache_are_refused_or_shown_literally(tmp_path):
+    """Class names read from a cache follow the rules of every class list (cbmctl.names): control characters
+    are refused in one escaped line; rich markup loads and is shown as text."""
+    for name in ("hostile", "markup"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(CbmctlError, match="classes/names: class 0 holds the control character") as refused:
+        load(_cache_view(tmp_path / "hostile", [HOSTILE + str(k) for k in range(4)]))
+    assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
+    texts = drive(load(_cache_view(tmp_path / "markup", [f"[red]x class {k}" for k in range(4)])), _every_screen,
+                  size=(120, 40))
+    assert "[red]x class 1" in "\n".join(texts), "markup in a name is shown as text"
 
 
 def test_missing_or_empty_run_is_a_clear_message(cli, tmp_path):
@@ -382,12 +454,18 @@ def sample_data() -> InspectData:
                "backbone": {"backbone_model": "demo", "backbone_pretrained": "shipped"},
                "concept_set": {"name": "demo", "size": c, "source": "builtin:demo"},
                "dataset": {"dataset_name": "w", "val_fraction": 0.1}}
+    paths = [f"images/{classes[label].split()[0]}_{i:04d}.jpg" for i, label in enumerate(labels)]
+    faithful = np.round(np.linspace(0.95, 0.55, c), 3)
+    faithful[concepts.index("wavy pattern")] = 0.31  # the one unit no class uses: below the cutoff
+    truth = np.zeros((n, c), bool)
+    truth[:, 0] = labels % 2 == 0  # ground truth for "red" only
+    units = UnitsReport("runs/sample", "test", n, 0.5, "sparse", build_units(
+        concepts, classes, activations, scores, head, labels, paths, faithful, 0.5, truth, 4))
     return InspectData("sample — gumbel (paper, τ=1), sparse head, NEC 2", Path("runs/sample"), "run", concepts,
-                       classes, {"head": head, "head × CBL (on ψ)": np.round(head * 0.1, 3)}, paths=[
-                           f"images/{classes[label].split()[0]}_{i:04d}.jpg" for i, label in enumerate(labels)],
+                       classes, {"head": head, "head × CBL (on ψ)": np.round(head * 0.1, 3)}, paths=paths,
                        labels=labels, predicted=logits.argmax(1), confidence=probabilities.max(1),
                        activations=activations, scores=scores, head=head, inputs=inputs, head_kind="sparse",
-                       summary=summary, biases={"head": bias})
+                       summary=summary, biases={"head": bias}, units=units)
 
 
 def test_names_use_the_width_there_is():
@@ -445,6 +523,7 @@ SNAPSHOT_SCREENS = {  # name: (keys, size)
     "images-80x30": (["2"], (80, 30)),
     "summary-100x50": (["3"], (100, 50)),
     "help-80x40": (["question_mark"], (80, 40)),
+    "concepts-120x30": (["4", "down"], (120, 30)),
 }
 
 

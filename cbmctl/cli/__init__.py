@@ -14,11 +14,12 @@ COMMANDS = {
     "embed": ("cbmctl.cli.embed", "embed", "Embed a dataset's images and class names into an HDF5 cache."),
     "cms": ("cbmctl.cli.cms", "cms", "Concept Matrix Search (training-free) next to zero-shot and baselines."),
     "concepts": ("cbmctl.cli.concepts", "concepts", "Concept sets: list, show, check, filter, embed, generate."),
-    "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP on one."),
+    "demo": ("cbmctl.cli.demo", "demo", "Make the generated demo world; evaluate the tiny CLIP; benchmark over worlds."),
     "quickstart": ("cbmctl.cli.quickstart", "quickstart", "The whole pipeline on the demo world, offline, in minutes."),
     "train": ("cbmctl.cli.train", "train", "Train a Concept Bottleneck Model (or baselines, or a comparison)."),
     "explain": ("cbmctl.cli.explain", "explain", "Explain images: predicted class, contributing concepts, interventions."),
     "inspect": ("cbmctl.cli.inspect", "inspect", "Browse class-concept matrices and per-image activations (TUI)."),
+    "report": ("cbmctl.cli.report", "report", "One self-contained HTML page about a run or comparison, to share."),
     "models": ("cbmctl.cli.embed", "models", "List backbone names and pretrained tags."),
 }
 
@@ -33,12 +34,21 @@ class LazyGroup(click.Group):
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name and name not in COMMANDS and not name.startswith("-"):
+            from cbmctl.suggest import did_you_mean
+            ctx.fail(f"No such command {name!r}{did_you_mean(name, COMMANDS)}")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from cbmctl.cli.common import on_interrupt
+        on_interrupt(None)  # each command says for itself how its work continues
         try:
             return super().invoke(ctx)
         except CbmctlError as error:
@@ -54,7 +64,9 @@ class LazyGroup(click.Group):
             click.echo(f"Error: {safe_text(where + (error.strerror or str(error)))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            from cbmctl.cli.common import interrupt_line
+            from cbmctl.sanitize import safe_text
+            click.echo(safe_text(interrupt_line()), err=True)
             ctx.exit(130)
 
 

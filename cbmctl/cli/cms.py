@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import backbone_options, console, print_json
+from cbmctl.cli.common import Choice, allow_outside_root_option, backbone_options, console, print_json
 from cbmctl.sanitize import safe_text as _shown
 
 
@@ -16,22 +16,26 @@ from cbmctl.sanitize import safe_text as _shown
               help="Cache file to read (made by embedding DATA when it does not exist yet).")
 @click.option("--data-root", default=None, envvar="CBMCTL_DATA",
               help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="Split to evaluate (the centred variant always centres with train).")
 @click.option("--per-class", is_flag=True, help="Add per-class accuracy.")
 @click.option("--no-random-control", is_flag=True, help="Skip the random-word control (it needs the backbone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (every row, notes, device) as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@allow_outside_root_option
 def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, data_root, split, per_class,
-        no_random_control, as_json):
+        no_random_control, as_json, quiet, allow_outside_root):
     """Concept Matrix Search: predict argmax_c sim(V_i, T_c) from V = cos(image, concepts) and
     T = cos(class names, concepts), in the paper's variants and cbmctl's centred one (V centred with the
     train split's mean), next to zero-shot CLIP, a description baseline and a random-concept control, on
     one split (test by default). No training."""
     from cbmctl.preflight import plan_cache
-    log = None if as_json else (lambda line: click.echo(line, err=True))
+    log = None if as_json or quiet else (lambda line: click.echo(line, err=True))
     # every mistake in the arguments is found before torch loads (seconds)
     plan = plan_cache(data or dataset_option, model=model, pretrained=pretrained, cache_path=cache_path,
-                      data_root=data_root)
+                      data_root=data_root, allow_outside_root=bool(allow_outside_root))
+    from cbmctl.preflight import check_concepts
+    check_concepts(concepts, plan)
     from cbmctl.backbones import resolve_device
     from cbmctl.cms import cms_report
     from cbmctl.pipeline import resolve_cache, resolve_concepts
@@ -41,7 +45,9 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     concept_set = resolve_concepts(concepts, config, cache)
     if log and device.lower() == "auto":
         log(f"device: {resolved} (--device auto)")
-    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved)
+    report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved, log=log)
+    for warning in report["warnings"]:
+        click.echo(f"warning: {_shown(warning)}", err=True)
     if as_json:
         return print_json(report)
     from rich.table import Table

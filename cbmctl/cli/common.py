@@ -7,6 +7,18 @@ import json
 import click
 
 
+class Choice(click.Choice):
+    """click.Choice that adds "did you mean ...?" to the error for a misspelt value."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as error:
+            from cbmctl.suggest import did_you_mean
+            error.message = str(error.message).rstrip(".") + did_you_mean(str(value), self.choices)
+            raise
+
+
 def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.yaml, else ViT-L-14"):
     """--model/--pretrained/--device; `@backbone_options(model_default=...)` for commands that take no
     dataset, so that the help says where their default really comes from."""
@@ -24,19 +36,39 @@ def backbone_options(func=None, *, model_default: str = "the dataset's cbmctl.ya
     return wrapper
 
 
+allow_outside_root_option = click.option(
+    "--allow-outside-root", is_flag=True, default=None,
+    help="Read images that a manifest or index lists outside the dataset folder (absolute or ../ paths); the "
+         "cache records which they are.")
+
+
 def dataset_options(func):
     @click.option("--format", "dataset_format", default=None,
-                  type=click.Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
+                  type=Choice(["cub", "cifar", "imagefolder", "places365", "manifest"], case_sensitive=False),
                   help="Force the on-disk format instead of detecting it.")
     @click.option("--data-root", default=None, envvar="CBMCTL_DATA",
                   help="Where known dataset names (cifar10, cub, ...) live. [env CBMCTL_DATA; default ./data]")
     @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
                   help="Stratified share of train held out for validation (default 0.1).")
     @click.option("--val-seed", type=int, default=None, help="Seed of the validation split (default 0).")
+    @allow_outside_root_option
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
     return wrapper
+
+
+# what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)
+_INTERRUPT_HINT: list[str] = []
+
+
+def on_interrupt(hint: str | None) -> None:
+    """Set what an interrupt (Ctrl-C) of this command prints after "Interrupted": how to continue."""
+    _INTERRUPT_HINT[:] = [hint] if hint else []
+
+
+def interrupt_line() -> str:
+    return "Interrupted" + (f"; {_INTERRUPT_HINT[0]}" if _INTERRUPT_HINT else ".")
 
 
 def print_json(data, strict: bool = False) -> None:

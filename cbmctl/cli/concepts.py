@@ -73,11 +73,14 @@ def _classes_for(spec, concept_set):
 def check(concept_set, classes, model, as_json):
     """Report control characters, duplicates, blank lines, BOM/CRLF, over-long concepts and class names
     used as concepts. Exits 1 on errors, 0 with warnings only."""
-    from cbmctl.backbones import DEFAULT_MODEL, load_tokenizer
+    from cbmctl.backbones import DEFAULT_MODEL, backbone_request, load_tokenizer
     from cbmctl.concepts import check_concept_set, locate_concept_set
     _, name, _ = locate_concept_set(concept_set)
-    tokenizer, context = load_tokenizer(model or ("demo" if name == "demo" else DEFAULT_MODEL))
-    loaded, path, issues = check_concept_set(concept_set, _classes_for(classes, name), tokenizer, context)
+    class_names = _classes_for(classes, name)
+    model = model or ("demo" if name == "demo" else DEFAULT_MODEL)
+    backbone_request(model, None)  # an unknown model is an error before open_clip loads (seconds)
+    tokenizer, context = load_tokenizer(model)
+    loaded, path, issues = check_concept_set(concept_set, class_names, tokenizer, context)
     errors = [i for i in issues if i.severity == "error"]
     if as_json:
         print_json({**loaded.record(), "issues": [vars(i) for i in issues], "ok": not errors})
@@ -160,13 +163,15 @@ def _backbone(model, pretrained, device, cache_path, set_name):
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
 def embed_command(concept_set, cache_path, device):
     """Add a concept set's text embeddings to a cache's text store (no work if already there)."""
+    from cbmctl.cache import TextStore
     from cbmctl.concepts import encode_concepts, load_concept_set
     loaded = load_concept_set(concept_set)
     backbone, _ = _backbone(None, None, device, cache_path, loaded.name)
     _, key, created = encode_concepts(backbone, loaded, cache_path)
-    state = "added" if created else "already there"
-    _say(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} as "
-         f"text/{key} in {cache_path}")
+    state = "added to" if created else "already there, in"
+    # the cache file itself is never written: the embeddings go to the text store beside it
+    _say(f"{loaded.name} ({len(loaded.concepts)} concepts, sha256 {loaded.sha256[:12]}): {state} the text store "
+         f"beside the cache, {TextStore.beside(cache_path).entry(key)}")
 
 
 @concepts.command()

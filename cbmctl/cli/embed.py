@@ -24,7 +24,8 @@ from cbmctl.cli.common import backbone_options, dataset_options, print_json
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_format, data_root, val_fraction,
-          val_seed, batch_size, workers, overwrite, templates, shard_size, list_models, as_json, quiet):
+          val_seed, allow_outside_root, batch_size, workers, overwrite, templates, shard_size, list_models, as_json,
+          quiet):
     """Embed DATA's images (every split) and class names into an HDF5 cache.
 
     DATA is a dataset folder (CUB_200_2011, CIFAR batches, ImageFolder, Places365), a manifest
@@ -41,7 +42,7 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
     # everything that can be checked without torch first: a mistake, or a rerun, answers in well under a second
     plan = plan_cache(spec, model=model, pretrained=pretrained, templates=list(templates) or None,
                       cache_path=cache_path, data_root=data_root, format=dataset_format, val_fraction=val_fraction,
-                      val_seed=val_seed, overwrite=overwrite)
+                      val_seed=val_seed, overwrite=overwrite, allow_outside_root=bool(allow_outside_root))
     if plan.dataset is None:
         raise click.UsageError(f"{spec} is a cache; give the dataset it was made from to embed it again")
     say = None if as_json else (lambda line: click.echo(line, err=True))
@@ -51,6 +52,8 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
             say(f"note: {note}")
         for warning in plan.warnings:
             say(f"warning: {warning}")
+    from cbmctl.cli.common import on_interrupt
+    on_interrupt("rerun the same `cbmctl embed` command to continue from its last finished shard")
     if plan.state == "up-to-date":
         from cbmctl.cache import open_cache
         from cbmctl.embed import up_to_date_report

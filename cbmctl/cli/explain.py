@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import console, print_json
+from cbmctl.cli.common import Choice, console, print_json
 
 
 def _assignment(text):
@@ -54,15 +54,26 @@ def _assignments(texts) -> dict[str, float]:
 @click.option("--concepts", "-c", default=None, help="Concept set for --cms without a run (default: demo).")
 @click.option("--classes", default=None, help="Class list for --cms without a run (default: the set's own).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
-@click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also draw the explanations to a PNG.")
+@click.option("--unit", "units", multiple=True, metavar="CONCEPT",
+              help="Instead of images, show the run's unit for CONCEPT: its --top-k most activating images of "
+                   "--split, its faithfulness and, with ground truth, the share of them that show it. "
+                   "'all' tabulates every unit.")
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
+              help="With --unit: the split whose images are ranked.")
+@click.option("--png", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the explanations (with --unit: the units' top images) to a PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanations (and errors) as JSON.")
 def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values, zero, save_edited, model,
-            pretrained, concepts, classes, device, png, as_json):
+            pretrained, concepts, classes, device, units, split, png, as_json):
     """Explain IMAGES: the predicted class, the top classes, and the concepts that contributed most
     (activation × head weight), with each concept's raw CLIP score. Without a run (or with --cms) the
-    explanation is Concept Matrix Search's. Unreadable images are reported and skipped."""
+    explanation is Concept Matrix Search's. Unreadable images are reported and skipped.
+
+    With --unit CONCEPT, explain a concept unit instead: the images of the run's cache that activate it most."""
     from cbmctl.errors import CbmctlError
     from cbmctl.runs import resolve_run
+    if units:
+        return _explain_units(list(units), images, run_spec, runs_root, split, top_k, png, as_json)
     assignments = _assignments(set_values)
     if not images and not save_edited:
         raise click.UsageError("give at least one IMAGE")
@@ -91,9 +102,7 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
         raise click.UsageError("give at least one IMAGE")
     if (assignments or zero) and use_cms:
         raise click.UsageError("interventions (--set/--zero) need a trained run, not --cms")
-    if png:
-        from cbmctl.render import check_figure_path
-        check_figure_path(png)  # before embedding anything: a bad --png is known now
+    _check_first(images, run_dir if not use_cms else None, [*zero, *assignments], class_name, png)
     from cbmctl.explain import explain_with_cms, explain_with_run
     if use_cms:
         explained = explain_with_cms(list(images), run_dir, model, pretrained, concepts, classes, device, top_k,
@@ -115,6 +124,18 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
         raise SystemExit(1)
 
 
+def _check_first(images, run_dir, concepts, class_name, png) -> None:
+    """Every mistake findable without torch, found before it loads (seconds): a --png that cannot be written,
+    images none of which exists, concept and class names the run does not have."""
+    from cbmctl.preflight import check_images_exist, check_run_names
+    if png:
+        from cbmctl.render import check_figure_path
+        check_figure_path(png)
+    check_images_exist(images)
+    if run_dir is not None:
+        check_run_names(run_dir, concepts, [class_name] if class_name else [])
+
+
 def _render(explained):
     from cbmctl.render import explanation_table, intervention_table, top_classes_line
     out = console()
@@ -129,3 +150,47 @@ def _render(explained):
     from cbmctl.sanitize import safe_text
     for image, error in explained.errors.items():
         click.echo(safe_text(f"Error: {image}: {error}"), err=True)
+
+
+def _explain_units(names, images, run_spec, runs_root, split, top_k, png, as_json):
+    """`explain --unit`: concept units of a run, as text, JSON and a PNG grid."""
+    from cbmctl.preflight import check_run_names
+    from cbmctl.runs import resolve_run
+    if images:
+        raise click.UsageError("--unit shows concept units of a run; give no IMAGES with it")
+    run_dir = resolve_run(run_spec, Path(runs_root))
+    named = [name for name in names if name.strip().lower() != "all"]
+    check_run_names(run_dir, named)
+    if png:
+        from cbmctl.render import check_figure_path
+        check_figure_path(png)
+    from cbmctl.units import concept_units, order_by_use
+    report = concept_units(run_dir, split, top_k, log=None if as_json else lambda line: click.echo(line, err=True))
+    every = len(named) < len(names)
+    chosen = order_by_use(report.units) if every else [report.unit(name) for name in named]
+    if as_json:
+        print_json({**report.as_dict(), "units": [unit.as_dict() for unit in chosen]}, strict=True)
+    else:
+        _render_units(report, chosen, every)
+    if png:
+        from cbmctl.render_units import PNG_UNITS, units_figure
+        drawn = [unit for unit in chosen if unit.classes_using] or chosen if every else chosen
+        if len(drawn) > PNG_UNITS:
+            click.echo(f"note: the PNG shows the {PNG_UNITS} most used of {len(drawn)} units", err=True)
+        units_figure(report, drawn, Path(png))
+        if not as_json:
+            click.echo(f"wrote {png}")
+
+
+def _render_units(report, chosen, every: bool) -> None:
+    from cbmctl.render_units import unit_images_table, units_summary_table
+    from cbmctl.sanitize import safe_text
+    out = console()
+    if every:
+        out.print(units_summary_table(report, chosen))
+    else:
+        for unit in chosen:
+            out.print(unit_images_table(report, unit))
+            out.print()
+    for note in report.notes:
+        click.echo(safe_text(f"note: {note}"), err=True)

@@ -15,7 +15,10 @@ def quickstart(directory, as_json):
     """Make the demo world (if missing), embed it with the shipped tiny CLIP, train a Sparse-CBM, run
     Concept Matrix Search and explain one test image; everything goes under DIRECTORY (data/demo, cache/,
     runs/). A second run reuses what exists."""
+    from cbmctl.cli.common import on_interrupt
     from cbmctl.quickstart import run_quickstart
+    from cbmctl.sanitize import safe_text
+    on_interrupt(f"rerun `cbmctl quickstart {safe_text(directory)}` to continue: it reuses every finished stage")
     say = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     result = run_quickstart(Path(directory), say=say, progress=not as_json)
     if as_json:
@@ -31,6 +34,8 @@ Done. Everything is under {root.resolve()}:
 Next, try:
   cbmctl inspect {runs / 'latest'}
   cbmctl explain {result['image']} --runs-root {runs}
+  cbmctl explain --unit all --runs-root {runs}
+  cbmctl report {runs / 'latest'}
   cbmctl train {result['world']} --cache {result['cache']} --compare all --seeds 0,1,2 --out {runs}
   cbmctl cms {result['cache']}
 """)

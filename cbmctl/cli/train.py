@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import print_json
-from cbmctl.spec import CBL_INITS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
+from cbmctl.cli.common import Choice, print_json
+from cbmctl.spec import CBL_INITS, DEFAULT_MIN_EPOCHS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = {name: str(value) for name, value in asdict(TrainConfig()).items()}
 
@@ -26,30 +26,33 @@ def _option(*flags, name=None, show_default=None, **kwargs):
 
 @click.command()
 @click.argument("data", required=False)
-@_option("--loss", "-l", type=click.Choice(METHODS),
+@_option("--loss", "-l", type=Choice(METHODS),
          help="CBL objective (gumbel = Sparse-CBM), or a baseline (linear-probe, zero-shot).")
-@_option("--gumbel-form", type=click.Choice(GUMBEL_FORMS),
+@_option("--gumbel-form", type=Choice(GUMBEL_FORMS),
          help="Sparse-CBM loss as the paper states it, or as its public code computes it.")
 @_option("--tau", type=float, help="Gumbel-Softmax temperature.")
 @_option("--hard", type=bool, is_flag=True, flag_value=True, help="Straight-through hard Gumbel samples (paper form).")
 @_option("--l1-lambda", type=float, help="Strength λ of the l1 objective (λ/C)·Σ|W|.")
-@_option("--head", type=click.Choice(HEADS),
+@_option("--head", type=Choice(HEADS),
          help="The run's final layer: sparse (elastic-net path, NEC per class, LF-CBM/VLG-CBM) or dense (the paper).")
 @_option("--nec", type=click.IntRange(1), help="Sparse head: non-zero weights per class (exactly NEC × classes).")
 @_option("--lr", type=float, help="Learning rate of the dense head (the paper: 1e-4).")
 @_option("--cbl-lr", type=float, help="Learning rate of the CBL (the paper: 1e-4).")
-@_option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer of both layers.")
+@_option("--optimizer", type=Choice(OPTIMIZERS), help="Optimizer of both layers.")
 @_option("--weight-decay", type=float, help="Weight decay of both optimizers.")
-@_option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule over --epochs.")
+@_option("--schedule", type=Choice(SCHEDULES), help="Learning-rate schedule over --epochs.")
 @_option("--epochs", type=click.IntRange(1), help="At most this many epochs.")
-@_option("--min-epochs", type=click.IntRange(0), help="Never stop before this many epochs.")
+@_option("--min-epochs", type=click.IntRange(0), show_default=f"{DEFAULT_MIN_EPOCHS}, or --epochs when fewer",
+         help="Never stop before this many epochs.")
 @_option("--patience", type=click.IntRange(1), help="Stop after this many epochs without a lower validation loss.")
 @_option("--batch-size", type=click.IntRange(1), help="Images per step.")
 @_option("--seed", type=int, help="Seed of initialisation, batch order and Gumbel noise.")
 @_option("--seeds", help="Several seeds: '0,1,2', or a count ('10' = seeds 0..9); reports mean, 95 % interval "
          "and paired differences.")
 @_option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N.")
-@_option("--cbl-init", type=click.Choice(CBL_INITS),
+@_option("--threads", type=click.IntRange(0), show_default="0: the CPUs this process may use, or $OMP_NUM_THREADS",
+         help="torch's CPU threads while training (restored afterwards).")
+@_option("--cbl-init", type=Choice(CBL_INITS),
          help="identity: unit j starts as concept j (ours); random: as the reference code.")
 @_option("--precision-k", type=click.IntRange(1), help="k of concept precision@k (where ground truth exists).")
 @_option("--sparse-alpha", type=float, help="Share of l1 in the sparse head's elastic net.")
@@ -69,6 +72,8 @@ def _option(*flags, name=None, show_default=None, **kwargs):
 @_option("--cache", name="cache_path", type=click.Path(dir_okay=False), help="Cache file to use or make.")
 @_option("--data-root", envvar="CBMCTL_DATA", help="Where dataset names (cifar10, cub, ...) live [default: ./data].")
 @_option("--out", type=click.Path(file_okay=False), show_default="runs", help="Where run directories go.")
+@_option("--allow-outside-root", type=bool, is_flag=True, flag_value=True,
+         help="Read images that a manifest or index lists outside the dataset folder (absolute or ../ paths).")
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A run's config.yaml (or your own): every option; the command line wins.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
@@ -86,14 +91,11 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     given = {k: v for k, v in options.items() if v is not None}
     if data is not None:
         given["data"] = data
-    if "min_epochs" in given and "epochs" in given and given["min_epochs"] > given["epochs"]:
-        raise click.UsageError(f"--min-epochs {given['min_epochs']} is more than --epochs {given['epochs']}: "
-                               "training could never stop early; lower --min-epochs or raise --epochs")
     if evaluate_run_dir:
         return _evaluate(_run_dir(evaluate_run_dir), given, as_json)
     if resume:
         resume = _run_dir(resume, interrupted=True)
-        allowed = {"device"}
+        allowed = {"device", "threads"}
         changed = sorted(set(given) - allowed)
         if changed:
             raise click.UsageError(f"--resume continues a run with its own options; drop "
@@ -107,11 +109,19 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
         spec = ExperimentSpec.from_mapping(given)
     from cbmctl.pipeline import plan_train
     plan = plan_train(spec)  # every mistake in the arguments is found before torch loads (seconds)
+    from cbmctl.preflight import check_concepts
+    from cbmctl.runs import check_writable
+    check_writable(Path(resume) if resume else Path(spec.out), "the resumed run" if resume else "runs")
+    check_concepts(spec.concepts, plan)
     if not resume:
         _mention_interrupted_run(Path(spec.out))
+    from cbmctl.cli.common import on_interrupt
     from cbmctl.pipeline import run_train
+    from cbmctl.sanitize import safe_text
+    on_interrupt("rerun the same command to continue (an embedding resumes from its last finished shard)")
     result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
-                       plan=plan, warn=_echo_err)
+                       plan=plan, warn=_echo_err,
+                       started=lambda run: on_interrupt(f"`cbmctl train --resume {safe_text(run)}` continues it"))
     if as_json:
         return print_json(read_metrics(result.run_dir))
     _render(result, spec)

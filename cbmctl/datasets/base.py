@@ -5,7 +5,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -30,6 +30,21 @@ def listed_path(path: str, file: Path, number: int) -> str:
     if has_control(path):
         raise CbmctlError(f"{safe_text(file)}:{number}: the image path {path[:80]!r} holds a control character")
     return path
+
+
+def leaves_root(path: str) -> bool:
+    """Whether an image path read from a listing (a manifest row, an index file) points outside the dataset
+    root: an absolute path (`/proc/self/environ`, `C:\\x`), or one that climbs out with `..`. Symbolic
+    links inside the root are the dataset's own layout and are followed."""
+    text = path.replace("\\", "/")
+    if text.startswith("/") or PureWindowsPath(path).drive:
+        return True
+    depth = 0
+    for part in text.split("/"):
+        depth += -1 if part == ".." else part not in ("", ".")
+        if depth < 0:
+            return True
+    return False
 
 
 def parse_index(text: str) -> int | None:
@@ -84,6 +99,8 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     # extra bytes that define the content when images are not files (CIFAR's batch files)
     content_digest: str = ""
+    # listed image paths outside the root, read only when the user allowed it (--allow-outside-root)
+    outside_root: frozenset = frozenset()
 
     def __post_init__(self):
         if self.open_image is None:

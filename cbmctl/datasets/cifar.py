@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl.concepts import validate_class_names
 from cbmctl.data_files import read_bytes_capped
 from cbmctl.datasets.base import Dataset, ImageRecord
 from cbmctl.errors import CbmctlError
+from cbmctl.names import validate_class_names
 from cbmctl.sanitize import safe_text
 
 LAYOUTS = {

@@ -90,7 +90,7 @@ def load_config(directory: Path) -> DatasetConfig:
 
 
 def apply_class_names(classes: list[str], override, source: Path) -> list[str]:
-    from cbmctl.concepts import validate_class_names
+    from cbmctl.names import validate_class_names
     if override is None:
         return classes
     if isinstance(override, list):

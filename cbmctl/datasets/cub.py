@@ -1,13 +1,15 @@
 """CUB_200_2011: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, attributes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from cbmctl.concepts import validate_class_names
+from cbmctl.data_files import open_regular
 from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, listed_path, parse_index, read_list_file
 from cbmctl.errors import CbmctlError
+from cbmctl.names import validate_class_names
 from cbmctl.sanitize import safe_text
 
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
@@ -59,7 +61,11 @@ def _read_attributes(root: Path, image_ids: list[int]):
     column = {attribute_id: j for j, attribute_id in enumerate(attribute_ids)}
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     matrix = np.zeros((len(image_ids), len(attribute_ids)), dtype=np.uint8)
-    with open(labels_file, encoding="utf-8", errors="replace") as handle:
+    try:
+        descriptor = open_regular(labels_file)  # streamed (tens of MB), but only ever a regular file
+    except OSError as error:
+        raise CbmctlError(f"{safe_text(labels_file)}: cannot read ({error.strerror or error})") from None
+    with os.fdopen(descriptor, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             # "<image_id> <attribute_id> <is_present> <certainty_id> <time>"; a few lines of the real
             # file carry an extra field, so only the first three are read.

@@ -6,9 +6,9 @@ import json
 import posixpath
 from pathlib import Path
 
-from cbmctl.concepts import validate_class_names
 from cbmctl.datasets.base import Dataset, ImageRecord, parse_index, read_list_file
 from cbmctl.errors import CbmctlError
+from cbmctl.names import validate_class_names
 from cbmctl.sanitize import has_control, safe_text
 
 NAMES = ("manifest.csv", "manifest.jsonl")

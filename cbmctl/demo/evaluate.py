@@ -57,18 +57,19 @@ def pair_ceiling(a: dict, b: dict, fidelity: dict[str, float]) -> float:
 
 
 def world_profiles(spec) -> list[dict]:
-    return [s.profile for s in world.world_species(spec.confusable)[0]]
+    return [s.profile for s in world.world_species(spec.confusable, spec.species)[0]]
 
 
-def _concept_set_report(root: Path, spec, backbone, features, attribute_names, attributes) -> dict:
+def _concept_set_report(root: Path, spec, backbone, features, attribute_names, attributes, labels, classes) -> dict:
     """Per shipped concept set: its size, how many concepts have ground truth, and precision@5 of the raw
-    CLIP concept scores (the concept layer a CBM starts from) next to the best precision@5 the set allows."""
+    CLIP concept scores (the concept layer a CBM starts from) next to the best precision@5 the set allows;
+    for a set that says which concepts describe which species, the description baseline's accuracy."""
     from cbmctl.concept_truth import truth_matrix
     from cbmctl.concepts import load_concept_set
-    from cbmctl.demo.world_concepts import BUILTIN_CLEAN, FOLDER
+    from cbmctl.demo.world_concepts import BUILTIN_CLEAN, set_file
     report = {}
     for name in spec.concept_sets:
-        path = root / FOLDER / f"{name}.txt"
+        path = root / set_file(name)
         if name != "clean" and not path.is_file():
             report[name] = {"missing": str(path)}
             continue
@@ -86,7 +87,13 @@ def _concept_set_report(root: Path, spec, backbone, features, attribute_names, a
             "concepts": len(concepts), "with_truth": int(truth.any(axis=0).sum()),
             f"precision@{k}": round(float(np.take_along_axis(truth, top, 1).mean()), 4),
             f"best_precision@{k}": round(float(np.minimum(true_count, k).mean() / k), 4),
-            "true_concepts_per_image": round(float(true_count.mean()), 3)}
+            "true_concepts_per_image": round(float(true_count.mean()), 3),
+            "true_of_no_image": int((~truth.any(axis=0)).sum())}
+        if concept_set.associations:
+            from cbmctl.cms import description_predict
+            predicted = description_predict(features, backbone.encode_texts(concepts).numpy(), concepts, classes,
+                                            concept_set.associations).numpy()
+            report[name]["description_baseline"] = round(float((predicted == labels).mean()), 4)
     return report
 
 
@@ -102,7 +109,8 @@ def evaluate_world(cache, backbone, split: str = "test", world_root=None) -> dic
     names = cache.attribute_names
     if names is None or data.attributes is None:
         raise CbmctlError(f"{cache.path} has no attribute annotations: is it a demo world?")
-    if list(cache.classes) != world.SPECIES_NAMES:
+    all_species = world.world_species(spec.confusable, spec.species)[0]
+    if list(cache.classes) != [s.name for s in all_species]:
         raise CbmctlError(f"{cache.path}: its classes are not the demo world's species: is it a demo world?")
     report = {"split": split, "images": int(len(features)), "preset": spec.preset, "seed": seed,
               "knobs": spec.knobs(), "families": {}}
@@ -130,10 +138,11 @@ def evaluate_world(cache, backbone, split: str = "test", world_root=None) -> dic
         "expected": round(bayes_ceiling(profiles, spec.fidelity), 4), "bayes_on_split": round(bayes_on_split, 4),
         "how": "Bayes-optimal species from the true attributes, for this world's species profiles and "
                "fidelities; 'expected' exact over every attribute combination, 'bayes_on_split' on this split"}
-    species_names = [s.name for s in world.species()]
+    species_names = [s.name for s in all_species]
     report["confusable_pairs"] = [
         {"species": [species_names[i], species_names[j]], "family": family,
          "pair_ceiling": round(pair_ceiling(profiles[i], profiles[j], spec.fidelity), 4)}
-        for i, j, family in world.single_attribute_pairs(world.world_species(spec.confusable)[0])]
-    report["concept_sets"] = _concept_set_report(root, spec, backbone, features, names, data.attributes)
+        for i, j, family in world.single_attribute_pairs(all_species)]
+    report["concept_sets"] = _concept_set_report(root, spec, backbone, features, names, data.attributes, data.labels,
+                                                 list(cache.classes))
     return report

@@ -144,15 +144,27 @@ def _confusable_edits(all_species: list[Species]) -> list[dict]:
     return edits
 
 
-def max_confusable() -> int:
-    return len(_confusable_edits(species()))
+def max_confusable(species_set: str = "classic") -> int:
+    return len(_confusable_edits(base_species(species_set)))
 
 
-def world_species(confusable: int = 0) -> tuple[list[Species], list[dict]]:
+SPECIES_SETS = ("classic", "cub-like")
+
+
+def base_species(species_set: str = "classic") -> list[Species]:
+    """The species before confusable edits: the classic 30 the CLIP learnt by name, or the 50 cub-like
+    ones whose names carry only part of their profile (cbmctl.demo.cub_like)."""
+    if species_set == "cub-like":
+        from cbmctl.demo.cub_like import cub_like_species
+        return cub_like_species()
+    return species()
+
+
+def world_species(confusable: int = 0, species_set: str = "classic") -> tuple[list[Species], list[dict]]:
     """The species of a world with `confusable` extra single-attribute pairs, and the profile edits made.
-    The CLIP learnt each name with its base profile, so an edited species' name still describes the base
-    profile: zero-shot and CMS (which use names) see that species one family off."""
-    base = species()
+    The CLIP learnt each classic name with its base profile, so an edited species' name still describes the
+    base profile: zero-shot and CMS (which use names) see that species one family off."""
+    base = base_species(species_set)
     edits = _confusable_edits(base)[:confusable]
     by_name = {edit["species"]: edit for edit in edits}
     result = [Species(s.name, {**s.profile, by_name[s.name]["family"]: by_name[s.name]["to"]}) if s.name in by_name
@@ -193,23 +205,35 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
 
 
-def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMAGE_SIZE):
-    """Draw one image of the given attributes (position, rotation and colours jittered by rng)."""
+def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size, 1) coverage in [0, 1] of a shape, drawn supersampled and box-filtered (antialiased)."""
     from PIL import Image, ImageDraw
     big = size * SUPERSAMPLE
+    mask_image = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(mask_image).polygon(
+        [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in _polygon(shape, cx, cy, radius, angle)], fill=255)
+    return np.asarray(mask_image.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+
+
+def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMAGE_SIZE, nuisance: float = 0.0):
+    """Draw one image of the given attributes (position, rotation and colours jittered by rng). With
+    nuisance > 0 (the cub-like worlds) the image is also hazy, cluttered, occluded, shrunk or shows a second
+    background, each with a probability scaled by it (cbmctl.demo.cub_like); at 0 the draws, and so the
+    images of every other world, are exactly what they always were."""
+    from PIL import Image
+
+    from cbmctl.demo import cub_like
     background = np.array(BACKGROUND_RGB[attributes["background"]], dtype=np.float32)
     texture = rng.normal(0, 14 if attributes["background"] == "grass" else 7, (size, size, 1)).astype(np.float32)
     canvas = np.clip(background + texture + rng.normal(0, 6, 3), 0, 255)
+    if nuisance:
+        canvas = cub_like.mix_background(canvas, attributes, rng, nuisance)
     low, high = SIZE_RADIUS[attributes["size"]]
-    radius = float(rng.uniform(low, high))
+    radius = float(rng.uniform(low, high)) * (cub_like.shrink_factor(rng, nuisance) if nuisance else 1.0)
     margin = radius * 1.1 + 1
     cx, cy = (float(rng.uniform(margin, size - margin)) for _ in range(2))
     angle = float(rng.uniform(-0.2, 0.2))
-    mask_image = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(mask_image).polygon(
-        [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in _polygon(attributes["shape"], cx, cy, radius, angle)],
-        fill=255)
-    mask = np.asarray(mask_image.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+    mask = shape_mask(attributes["shape"], cx, cy, radius, angle, size)
     color = np.clip(np.array(COLOR_RGB[attributes["color"]], np.float32) + rng.normal(0, 10, 3), 0, 255)
     fill = np.broadcast_to(color, (size, size, 3)).copy()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -222,6 +246,9 @@ def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMA
         dots = ((((xx + ox) % 5.0) - 2.5) ** 2 + (((yy + oy) % 5.0) - 2.5) ** 2 < 1.7)[..., None]
         fill = np.where(dots, fill * 0.3 + 255 * 0.7 if attributes["color"] != "yellow" else fill * 0.4, fill)
     pixels = canvas * (1 - mask) + fill * mask
+    if nuisance:
+        pixels = cub_like.add_clutter_and_haze(pixels, attributes, rng, nuisance,
+                                               lambda *shape: shape_mask(*shape, size=size))
     return Image.fromarray(np.clip(pixels + rng.normal(0, 3, pixels.shape), 0, 255).astype(np.uint8))
 
 
@@ -320,7 +347,7 @@ def _make_in_place(root: Path, seed: int, spec) -> Path:
 def _write_world(root: Path, seed: int, spec) -> None:
     from cbmctl.demo import presets
     from cbmctl.demo.world_concepts import write_concept_sets
-    all_species, edits = world_species(spec.confusable)
+    all_species, edits = world_species(spec.confusable, spec.species)
     attributes = attribute_list()
     column = {pair: j for j, pair in enumerate(attributes)}
     rng = np.random.default_rng(seed)
@@ -337,7 +364,7 @@ def _write_world(root: Path, seed: int, spec) -> None:
             image_id += 1
             drawn = sample_attributes(sp.profile, rng, spec.fidelity)
             file = f"{folder}/{sp.name.title().replace(' ', '_')}_{i:04d}.jpg"
-            render(drawn, rng).save(root / "images" / file, quality=92)
+            render(drawn, rng, nuisance=spec.nuisance).save(root / "images" / file, quality=92)
             images.append(f"{image_id} {file}")
             labels.append(f"{image_id} {k + 1}")
             splits.append(f"{image_id} {int(is_train[i])}")

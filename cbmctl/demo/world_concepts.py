@@ -9,8 +9,16 @@
   noisy        clean with a share of the attribute concepts missing (half) or replaced (half) by a false
                phrase that keeps the value word ("red" -> "red hexagon shape")
 
-Ground truth needs no extra mapping: concept_truth.demo_mapping maps every attribute phrase, and every
-other phrase is false of every image."""
+  llm          (cub-like worlds) what an LLM asked for each species' features would answer, as a
+               {species: [concepts]} file: per species, phrases of its own features with synonyms and
+               composites ("red star", "star on sand", "with stripes"), a share of wrong phrases (features
+               of other species: an LLM's hallucinations) and features many species share. Every phrase is
+               true of at least one species. llm-raw.json is the answer, llm.json what cbmctl's own
+               `concepts filter` rules keep of it (llm-filter.json lists every drop with its reason).
+
+Ground truth needs no extra mapping: `phrase_meaning` reads any phrase made of the CLIP's value words as
+the conjunction of the values it names ("red star" is true of red star images), and every phrase with a
+word that names no value ("hexagon", "brown") is false of every image."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,6 +111,11 @@ HEADERS = {
 }
 
 
+def set_file(name: str) -> str:
+    """Where a world keeps a non-built-in concept set, relative to the world."""
+    return f"{FOLDER}/{name}.json" if name == "llm" else f"{FOLDER}/{name}.txt"
+
+
 def write_concept_sets(root: Path, spec, seed: int) -> dict[str, dict]:
     """Write the world's non-built-in concept sets; name -> record for world.json, whose 'concepts' is what
     cbmctl.yaml or --concepts takes (a built-in name, or a path relative to the world)."""
@@ -111,6 +124,9 @@ def write_concept_sets(root: Path, spec, seed: int) -> dict[str, dict]:
     for name in spec.concept_sets:
         if name == "clean":
             sets[name] = {"concepts": BUILTIN_CLEAN, "size": len(clean_concepts())}
+            continue
+        if name == "llm":
+            sets[name] = write_llm_set(root, spec)
             continue
         if name == "distractors":
             concepts = distractor_concepts(spec.distractors)
@@ -123,10 +139,10 @@ def write_concept_sets(root: Path, spec, seed: int) -> dict[str, dict]:
             concepts, removed, replaced = noisy_concepts(spec.concept_noise, seed)
             record = {"removed": removed, "replaced": replaced}
             header = HEADERS[name].format(n=len(removed) + len(replaced))
-        path = root / FOLDER / f"{name}.txt"
+        path = root / set_file(name)
         path.parent.mkdir(exist_ok=True)
         path.write_text(f"# cbmctl demo world concepts: {header}\n" + "\n".join(concepts) + "\n", encoding="utf-8")
-        sets[name] = {"concepts": f"{FOLDER}/{name}.txt", "size": len(concepts), **record}
+        sets[name] = {"concepts": set_file(name), "size": len(concepts), **record}
     return sets
 
 
@@ -142,3 +158,133 @@ def outside_vocabulary(phrases: list[str]) -> list[str]:
         known = set(weights.get_tensor(IDS_KEY).tolist())
     tokens = open_clip.get_tokenizer(_register_config(DEMO_CONFIG))(phrases)
     return [phrase for phrase, row in zip(phrases, tokens) if not set(row[row > 0].tolist()) <= known]
+
+
+FILLER_WORDS = frozenset({"a", "an", "on", "with", "shape", "pattern", "background", "size", "surface"})
+
+
+def _lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
+    """Every phrasing of every value (and its bare word, "striped" for "striped pattern"), as a token tuple."""
+    lexicon = {}
+    for family, values in FAMILIES.items():
+        for value, phrases in values.items():
+            for phrase in [*phrases, _word(phrases[0])]:
+                lexicon[tuple(phrase.lower().split())] = (family, value)
+    return lexicon
+
+
+def phrase_meaning(phrase: str) -> dict[str, str] | None:
+    """family -> value for a phrase made only of value phrasings and filler words ("small red star on
+    sand"); None when a word names no value, or two values of one family, or nothing at all."""
+    lexicon = _lexicon()
+    longest = max(len(key) for key in lexicon)
+    tokens = phrase.lower().replace(",", " ").split()
+    meaning: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        for length in range(min(longest, len(tokens) - i), 0, -1):
+            found = lexicon.get(tuple(tokens[i:i + length]))
+            if found:
+                break
+        if found:
+            family, value = found
+            if meaning.get(family, value) != value:
+                return None
+            meaning[family] = value
+            i += length
+        elif tokens[i] in FILLER_WORDS:
+            i += 1
+        else:
+            return None
+    return meaning or None
+
+
+# How an LLM describes a species, as (template, families), in the word order of the CLIP's captions.
+LLM_COMPOSITES = (("{color} {shape}", ("color", "shape")), ("{size} {shape}", ("size", "shape")),
+                  ("{shape} on {background}", ("shape", "background")), ("{color} {pattern}", ("color", "pattern")),
+                  ("{pattern} {shape}", ("pattern", "shape")), ("{size} {color}", ("size", "color")),
+                  ("{color} on {background}", ("color", "background")),
+                  ("{size} {pattern} {shape}", ("size", "pattern", "shape")),
+                  ("{pattern} {shape} on {background}", ("pattern", "shape", "background")),
+                  ("{size} {shape} on {background}", ("size", "shape", "background")),
+                  ("{size} {color} {pattern}", ("size", "color", "pattern")))
+LLM_SEED = 31  # fixed: the same answer for the same species in every world
+LLM_OWN_FEATURES = 4  # single-feature phrases per species
+LLM_COMPOSITES_PER_SPECIES = 6
+LLM_WRONG_SHARE = 0.2  # share of a species' phrases that name a feature it does not have
+
+
+def _phrasing(family: str, value: str, rng) -> str:
+    phrases = FAMILIES[family][value]
+    return phrases[int(rng.integers(len(phrases)))]
+
+
+def _composite(template: str, families, profile: dict) -> str:
+    return template.format(**{family: _word(FAMILIES[family][profile[family]][0]) for family in families})
+
+
+def llm_answer(all_species) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({species: [phrases]}, {species: [wrong phrases]}): the LLM-like description of every species. A
+    wrong phrase names another species' feature (single or composite), so it is still true of some images."""
+    rng = np.random.default_rng(LLM_SEED)
+    profiles = [s.profile for s in all_species]
+    answer, wrong = {}, {}
+    for sp in all_species:
+        families = list(FAMILIES)
+        own = [_phrasing(f, sp.profile[f], rng) for f in rng.permutation(families)[:LLM_OWN_FEATURES]]
+        templates = rng.permutation(len(LLM_COMPOSITES))[:LLM_COMPOSITES_PER_SPECIES]
+        own += [_composite(*LLM_COMPOSITES[t], sp.profile) for t in templates]
+        mistakes = []
+        for _ in range(int(rng.binomial(len(own), LLM_WRONG_SHARE))):
+            other = profiles[int(rng.integers(len(profiles)))]
+            template, fams = LLM_COMPOSITES[int(rng.integers(len(LLM_COMPOSITES)))]
+            composite = rng.random() < 0.6
+            if all(other[f] == sp.profile[f] for f in (fams if composite else fams[:1])):
+                continue  # no mistake after all: the other species shares these features
+            mistakes.append(_composite(template, fams, other) if composite else _phrasing(fams[0], other[fams[0]], rng))
+        answer[sp.name] = list(dict.fromkeys(own + mistakes))
+        wrong[sp.name] = [m for m in mistakes if m not in own]
+    return answer, wrong
+
+
+def true_of_species(phrase: str, all_species) -> list[str]:
+    """The species whose profile has every value the phrase names."""
+    meaning = phrase_meaning(phrase) or {}
+    return [s.name for s in all_species if meaning and all(s.profile[f] == v for f, v in meaning.items())]
+
+
+def filter_llm_answer(answer: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """What `cbmctl concepts filter` keeps of the answer (Label-free CBM rules, default thresholds, the demo
+    CLIP's text encoder, the species names as classes): (kept, [(concept, reason)])."""
+    from cbmctl.backbones import DEMO_MODEL, load_backbone
+    from cbmctl.concepts import FilterThresholds, filter_concepts, normalise
+    concepts = list(dict.fromkeys(c for phrases in answer.values() for c in phrases))
+    assert len({normalise(c) for c in concepts}) == len(concepts)
+    backbone = load_backbone(DEMO_MODEL, None, "cpu")
+    classes = list(answer)
+    return filter_concepts(concepts, classes, backbone.encode_texts(concepts).numpy(),
+                           backbone.encode_texts(classes).numpy(), FilterThresholds())
+
+
+def write_llm_set(root: Path, spec) -> dict:
+    """concepts/llm-raw.json (the LLM-like answer), llm.json (what the filter keeps, per species) and
+    llm-filter.json (every drop with its reason); the record for world.json."""
+    import json
+
+    from cbmctl.demo.world import world_species
+    all_species, _ = world_species(spec.confusable, spec.species)
+    answer, wrong = llm_answer(all_species)
+    kept, dropped = filter_llm_answer(answer)
+    keep = set(kept)
+    folder = root / FOLDER
+    folder.mkdir(exist_ok=True)
+    filtered = {name: [c for c in phrases if c in keep] for name, phrases in answer.items()}
+    for file, data in (("llm-raw.json", answer), ("llm.json", filtered),
+                       ("llm-filter.json", {"kept": kept, "dropped": [{"concept": c, "reason": r} for c, r in dropped]})):
+        (folder / file).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    shared = {c: len(true_of_species(c, all_species)) for c in kept}
+    return {"concepts": set_file("llm"), "size": len(kept), "raw": f"{FOLDER}/llm-raw.json",
+            "raw_size": len(dict.fromkeys(c for phrases in answer.values() for c in phrases)),
+            "dropped_by_filter": len(dropped), "wrong_phrases": sum(len(w) for w in wrong.values()),
+            "true_of_no_species": sum(n == 0 for n in shared.values()),
+            "true_of_many_species": sum(n >= 5 for n in shared.values())}

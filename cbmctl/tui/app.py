@@ -1,4 +1,4 @@
-"""The inspect app: a matrix, an images and a summary screen over one run directory or cache."""
+"""The inspect app: a matrix, an images, a summary and a concept-units screen over one run directory or cache."""
 from __future__ import annotations
 
 from rich.console import Group
@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from cbmctl.sanitize import safe_text
+from cbmctl.tui.concepts_screen import ConceptsScreen
 from cbmctl.tui.images_screen import ImagesScreen
 from cbmctl.tui.matrix_screen import MatrixScreen
 from cbmctl.tui.summary_screen import SummaryScreen
@@ -21,6 +22,7 @@ HELP = (
         ("1  m", "class × concept matrix"),
         ("2  i", "images of the split"),
         ("3", "summary: metrics, configuration, data"),
+        ("4  u", "concept units: faithfulness, use, top images"),
         ("?", "this help"),
         ("q", "quit"),
     ]),
@@ -37,6 +39,12 @@ HELP = (
         ("arrows", "select an image"),
         ("c", "show all, correct or incorrect images"),
         ("o", "open the image in the system viewer"),
+    ]),
+    ("concept units", [
+        ("arrows", "select a unit (or, after Tab, a top image)"),
+        ("s", "sort units: most used, least faithful, name"),
+        ("Tab", "switch between the units and the top images"),
+        ("o", "open the highlighted top image"),
     ]),
     ("mouse", [
         ("click", "select a cell, a class, a concept or an image"),
@@ -74,8 +82,12 @@ class HelpScreen(ModalScreen):
 class InspectApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "cbmctl inspect"
-    BINDINGS = [Binding("1,m", "switch_mode('matrix')", "matrix"), Binding("2,i", "switch_mode('images')", "images"),
-                Binding("3", "switch_mode('summary')", "summary"), Binding("question_mark", "help", "help"),
+    # one footer entry for the four screens: the footer has room for each screen's own keys (? lists them all)
+    BINDINGS = [Binding("1,m", "switch_mode('matrix')", "screens", key_display="1-4"),
+                Binding("2,i", "switch_mode('images')", "images", show=False),
+                Binding("3", "switch_mode('summary')", "summary", show=False),
+                Binding("4,u", "switch_mode('concepts')", "units", show=False),
+                Binding("question_mark", "help", "help"),
                 Binding("q", "quit", "quit")]
 
     def __init__(self, data, **kwargs):
@@ -87,6 +99,7 @@ class InspectApp(App):
         self.add_mode("matrix", lambda: MatrixScreen(self.data))
         self.add_mode("images", lambda: ImagesScreen(self.data))
         self.add_mode("summary", lambda: SummaryScreen(self.data))
+        self.add_mode("concepts", lambda: ConceptsScreen(self.data))
         self.switch_mode("matrix")
 
     def action_help(self) -> None:

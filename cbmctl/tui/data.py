@@ -9,6 +9,8 @@ import torch
 
 from cbmctl.errors import CbmctlError
 
+UNIT_IMAGES = 12  # the top images the concepts screen lists per unit
+
 
 @dataclass
 class InspectData:
@@ -31,6 +33,7 @@ class InspectData:
     biases: dict[str, np.ndarray] = field(default_factory=dict)  # matrix name -> (K,) bias added to its logits
     summary: dict = field(default_factory=dict)
     dataset_root: Path | None = None
+    units: object = None                   # cbmctl.units.UnitsReport (a run with its cache)
 
     def contributions(self, image: int, class_index: int) -> np.ndarray:
         inputs = self.inputs if self.inputs is not None else self.activations
@@ -49,9 +52,13 @@ class InspectData:
         return active[np.argsort(-magnitude[active], kind="stable")].tolist()
 
     def image_path(self, image: int) -> Path | None:
-        if self.dataset_root is None or "#" in self.paths[image]:
+        return self.image_path_of(self.paths[image])
+
+    def image_path_of(self, relative: str) -> Path | None:
+        """The file of an image the cache lists by its path under the dataset root (None: not a file)."""
+        if self.dataset_root is None or "#" in relative:
             return None
-        return self.dataset_root / self.paths[image]
+        return self.dataset_root / relative
 
 
 def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str = "test") -> InspectData:
@@ -67,8 +74,8 @@ def load(source: str | Path | None, runs_root: Path = Path("runs"), split: str =
 
 def load_run(run: Path, split: str = "test") -> InspectData:
     from cbmctl import runs
-    from cbmctl.cache import open_cache
-    from cbmctl.explain import Explainer
+    from cbmctl.explain import Explainer, open_run_cache
+    from cbmctl.units import split_outputs, units_of_run
     explainer = Explainer.from_run(run)
     meta = explainer.metadata
     model = explainer.model
@@ -92,25 +99,21 @@ def load_run(run: Path, split: str = "test") -> InspectData:
                        explainer.classes, {"head": head, "head × CBL (on ψ)": model.effective_weights().numpy()},
                        split=split, head=head, head_kind=model.head_kind, summary=summary,
                        biases={"head": bias.numpy(), "head × CBL (on ψ)": bias_on_scores.numpy()})
-    cache_path = Path(meta["cache"]) if isinstance(meta.get("cache"), str) else None
-    if cache_path is None or not cache_path.is_file():
-        summary["note"] = f"the run's cache {cache_path} is missing: no images to browse"
-        return data
-    cache = open_cache(cache_path)
-    recorded = (meta.get("dataset") or {}).get("dataset_fingerprint") if isinstance(meta.get("dataset"), dict) else None
-    if cache.attrs.get("dataset_fingerprint") != recorded or len(cache.classes) != len(explainer.classes):
-        summary["note"] = f"the run's cache {cache_path} now holds other data than the run was trained on: no images"
+    try:
+        cache = open_run_cache(meta, run)
+    except CbmctlError as error:
+        summary["note"] = str(error)
         return data
     images = cache.split(split)
-    features = torch.from_numpy(images.embeddings.astype(np.float32))
-    scores, activations, logits = explainer.forward(features)
-    probabilities = logits.softmax(dim=1)
+    scores, activations, logits = split_outputs(explainer, images.embeddings)
+    probabilities = torch.from_numpy(logits).softmax(dim=1)
     with torch.no_grad():
-        data.inputs = model.head_inputs(activations).numpy()
+        data.inputs = model.head_inputs(torch.from_numpy(activations)).numpy()
     data.paths, data.labels = images.paths, images.labels
-    data.predicted = logits.argmax(dim=1).numpy()
+    data.predicted = logits.argmax(axis=1)
     data.confidence = probabilities.max(dim=1).values.numpy()
-    data.activations, data.scores = activations.numpy(), scores.numpy()
+    data.activations, data.scores = activations, scores
+    data.units = units_of_run(run, explainer, cache, split, images, scores, activations, UNIT_IMAGES)
     data.dataset_root = Path(cache.attrs["dataset_root"])
     return data
 

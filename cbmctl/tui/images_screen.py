@@ -27,6 +27,7 @@ from cbmctl.tui.text import cut, longest, plain
 
 FILTERS = ("all", "correct", "incorrect")
 LISTED = 15          # dense head / CMS: contributions listed per class before the rest is summed
+ACTIVATIONS = 40     # the selected image's activation vector: this many strongest units listed
 NARROW = 110         # below this many columns the detail goes under the list instead of beside it
 DETAIL_MIN = 76      # beside the list, the detail keeps at least this many columns (its table's width)
 
@@ -78,6 +79,33 @@ def viewer_command() -> list[str] | None:
         if path:
             return [path, "open"] if program == "gio" else [path]
     return None
+
+
+def concept_name(concept: str, head: str, head_input: float | None) -> Text:
+    """A concept's name, marked "(absent)" where its contribution is evidence from its absence (the same
+    predicate as explain's table and PNG)."""
+    from cbmctl.render import absence_evidence
+    name = plain(concept)
+    if absence_evidence(head, head_input):
+        name.append(" (absent)", style="dim")
+    return name
+
+
+def column_legend(head: str) -> Text:
+    """What the detail's columns mean, in one dim paragraph."""
+    if head == "cms":
+        return Text("V = cos: the image's cosine with the concept · T: the class's cosine with the concept · "
+                    "V·T: their product, what the class's score sums", style="dim")
+    sparse = head == "sparse"
+    parts = ["a: the CBL unit's activation"]
+    if sparse:
+        parts.append("x=(a−μ)/σ: a standardised with its train mean μ and spread σ, what the sparse head weighs")
+    parts += ["F: the head's weight of the concept for the class",
+              f"{'x·F' if sparse else 'a·F'}: the concept's contribution to the class's logit",
+              "CLIP ψ: the concept's raw CLIP score"]
+    if sparse:
+        parts.append("(absent): the contribution comes from the concept being weaker than its train mean (x < 0)")
+    return Text(" · ".join(parts), style="dim")
 
 
 def _signed(value: float, digits: int = 3) -> Text:
@@ -197,7 +225,33 @@ class ImagesScreen(Screen):
                                 "   predicted ", plain(data.classes[predicted], "bold"),
                                 f" (p = {data.confidence[image]:.2f})")
         tables = [part for b in self.shown for part in (Text(""), self.render_breakdown(b))]
-        self.query_one("#detail-content", Static).update(Group(heading, *tables))
+        parts = [heading, *tables, Text(""), column_legend(data.head_kind)]
+        if data.head_kind != "cms":
+            parts += [Text(""), self.render_activations(image, predicted)]
+        self.query_one("#detail-content", Static).update(Group(*parts))
+
+    def render_activations(self, image: int, predicted: int) -> Table:
+        """The image's whole activation vector, strongest first (the first ACTIVATIONS listed), with what
+        each unit contributes to the predicted class beside it."""
+        data = self.data
+        activations = data.activations[image]
+        inputs = data.inputs[image] if data.inputs is not None else activations
+        contributions = data.contributions(image, predicted)
+        order = np.argsort(-activations, kind="stable")
+        sparse = data.head_kind == "sparse"
+        more = len(order) - ACTIVATIONS
+        title = Text.assemble(("activations of this image", "bold"), f" ({len(order)} units, strongest first"
+                              + (f"; {more} more below" if more > 0 else "") + ")")
+        table = Table(title=title, title_justify="left", box=None, padding=(0, 1), header_style="bold")
+        table.add_column("concept", overflow="fold")
+        for header in ("a",) + (("x",) if sparse else ()) + ("→ " + safe_text(data.classes[predicted])[:20],):
+            table.add_column(header, justify="right", no_wrap=True)
+        for j in order[:ACTIVATIONS]:
+            used = data.head[predicted, j] != 0
+            cells = [Text(f"{activations[j]:.3f}")] + ([Text(f"{inputs[j]:+.2f}")] if sparse else [])
+            cells.append(_signed(float(contributions[j])) if used else Text("·", style="grey50"))
+            table.add_row(concept_name(data.concepts[j], data.head_kind, float(inputs[j]) if used else None), *cells)
+        return table
 
     def render_breakdown(self, part: Breakdown) -> Table:
         data = self.data
@@ -208,13 +262,14 @@ class ImagesScreen(Screen):
         table = Table(title=title, title_justify="left", box=None, padding=(0, 1), header_style="bold")
         table.add_column("concept", overflow="fold")
         columns = [("V = cos", "activation"), ("T", "weight"), ("V·T", "contribution")] if cms else \
-            [("a", "activation")] + ([("x=(a−μ)/σ", "input")] if data.head_kind == "sparse" else []) + \
+            [("a", "activation")] + ([("x", "input")] if data.head_kind == "sparse" else []) + \
             [("F", "weight"), ("x·F" if data.head_kind == "sparse" else "a·F", "contribution"), ("CLIP ψ", "score")]
         for header, _ in columns:
             table.add_column(header, justify="right", no_wrap=True)
         for row in part.rows:
-            table.add_row(plain(row["concept"]), *[_signed(row[key]) if key in ("weight", "contribution")
-                                                   else Text(f"{row[key]:.3f}") for _, key in columns])
+            table.add_row(concept_name(row["concept"], data.head_kind, row["input"]),
+                          *[_signed(row[key]) if key in ("weight", "contribution") else Text(f"{row[key]:.3f}")
+                            for _, key in columns])
         blank = [""] * (len(columns) - 1)
         contribution_at = [key for _, key in columns].index("contribution")
 
@@ -237,22 +292,25 @@ class ImagesScreen(Screen):
             self.fill()
 
     def action_open_image(self) -> None:
-        if self.selected is None:
-            return
-        path = self.data.image_path(self.selected)
-        if path is None or not path.is_file():
-            self.notify("this image is not a file on disk (e.g. a CIFAR batch row)", severity="warning")
-            return
-        shown = safe_text(path)
-        command = viewer_command()
-        if command is None:
-            self.notify(f"no image viewer here (no display, or no xdg-open); the file is {shown}", severity="warning", timeout=8,
-                        markup=False)
-            return
-        try:
-            subprocess.Popen(command + [str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError as error:
-            self.notify(f"could not open the viewer ({safe_text(error)}); the file is {shown}", severity="warning",
-                        markup=False)
-            return
-        self.notify(f"opened {safe_text(path.name)}", markup=False)
+        if self.selected is not None:
+            open_image(self, self.data.image_path(self.selected))
+
+
+def open_image(screen, path) -> None:
+    """Open an image file in the system's viewer, or say on `screen` why not (no file, no viewer)."""
+    if path is None or not path.is_file():
+        screen.notify("this image is not a file on disk (e.g. a CIFAR batch row)", severity="warning")
+        return
+    shown = safe_text(path)
+    command = viewer_command()
+    if command is None:
+        screen.notify(f"no image viewer here (no display, or no xdg-open); the file is {shown}", severity="warning",
+                      timeout=8, markup=False)
+        return
+    try:
+        subprocess.Popen(command + [str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as error:
+        screen.notify(f"could not open the viewer ({safe_text(error)}); the file is {shown}", severity="warning",
+                      markup=False)
+        return
+    screen.notify(f"opened {safe_text(path.name)}", markup=False)

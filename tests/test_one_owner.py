@@ -1,0 +1,74 @@
+"""Rules with one owner: each default and each constraint between options lives in the typed spec and holds
+whatever the entry (library, command line, config file); one safe-text function, one slug, one list hash."""
+import inspect
+
+import pytest
+import yaml
+from makers import make_synthetic_cache
+
+from cbmctl.errors import CbmctlError
+from cbmctl.spec import ExperimentSpec, TrainConfig
+
+CONCEPTS = ["red", "green", "striped pattern", "star shape"]
+
+
+def test_the_l1_default_is_the_specs_everywhere():
+    from cbmctl.losses import cbl_loss, l1_loss
+    assert TrainConfig().l1_lambda == 0.1  # the documented default
+    assert inspect.signature(l1_loss).parameters["strength"].default == TrainConfig().l1_lambda
+    assert inspect.signature(cbl_loss).parameters["l1_lambda"].default == TrainConfig().l1_lambda
+
+
+def test_min_epochs_above_epochs_is_refused_by_the_library():
+    with pytest.raises(CbmctlError, match="--min-epochs 6 is more than --epochs 5"):
+        TrainConfig(epochs=5, min_epochs=6).validate()
+    with pytest.raises(CbmctlError, match="--min-epochs 6 is more than --epochs 5"):
+        ExperimentSpec.from_mapping({"epochs": 5, "min_epochs": 6})
+    # the default never conflicts: it is 20, or --epochs when fewer
+    assert TrainConfig(epochs=5).first_stop_epoch() == 5 and TrainConfig().first_stop_epoch() == 20
+    assert TrainConfig(epochs=5, min_epochs=5).first_stop_epoch() == 5
+
+
+def test_a_config_file_with_min_epochs_above_epochs_is_refused_in_one_line(cli, tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c.h5", CONCEPTS, per_split=(40, 20, 20))
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 3, "min_epochs": 10}))
+    result = cli("train", cache, "--config", config, "--quiet", "--out", tmp_path / "runs")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(config) in errors[0] and "--min-epochs 10 is more than --epochs 3" in errors[0]
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_a_runs_config_round_trips_with_the_default_min_epochs():
+    spec = ExperimentSpec.from_mapping({"epochs": 3})
+    again = ExperimentSpec.from_mapping(yaml.safe_load(yaml.safe_dump(spec.as_mapping())), "config.yaml")
+    assert again.train == spec.train and again.train.min_epochs is None
+
+
+def test_hard_belongs_to_gumbel_alone():
+    base = TrainConfig(hard=True)
+    assert base.for_method("gumbel", 3).hard and base.for_method("gumbel", 3).seed == 3
+    assert [base.for_method(m).hard for m in ("l1", "none", "contrastive", "cos3")] == [False] * 4
+    spec = ExperimentSpec.from_mapping({"compare": "gumbel,l1", "hard": True})  # not refused for l1
+    assert spec.train.hard
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\r"])
+def test_safe_text_escapes_every_line_and_paragraph_separator(separator):
+    from cbmctl.sanitize import safe_text
+    shown = safe_text(f"red{separator}wings")
+    assert shown.startswith("red\\") and shown.endswith("wings") and separator not in shown
+    assert len(shown.splitlines()) == 1
+
+
+def test_one_slug_for_file_names():
+    from cbmctl.files import slug
+    assert slug("ViT-B/32 (openai)") == "ViT-B-32--openai"
+    assert slug("//") == "x" and slug("", "run") == "run"
+
+
+def test_one_hash_for_a_list_of_names():
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.names import names_sha256
+    assert ConceptSet("s", CONCEPTS, "test").sha256 == names_sha256(CONCEPTS) != names_sha256(CONCEPTS[::-1])
