@@ -216,15 +216,22 @@ def test_the_path_reports_its_progress_point_by_point_and_refit_by_refit():
     lines = []
     path = fit_path(design, 3, [1, 2], SparseConfig(path_points=12, max_nec=2), design, log=lines.append,
                     progress_every=0)
-    walked = [line.split(": ")[1].split(" λ")[0].split(" of ") for line in lines
+    walked = [line.split(": ")[1].split(" weights")[0].split(" of ") for line in lines
               if line.startswith("sparse path of 1 model:")]
     refitted = [line.split(": ")[1].split(" (")[0] for line in lines if line.startswith("sparse heads refitted")]
-    points = len(path.points[0])
-    # every point reported once it is solved (a long point repeats its count while it runs), in order, each
-    # of a running estimate of the path's length that is exact at its last point
-    done = [int(d) for d, _ in walked]
-    assert done == sorted(done) and set(done) >= set(range(1, points + 1))
-    assert all(int(d) <= int(total) <= 12 for d, total in walked) and walked[-1] == [str(points), str(points)]
+    # the weights per class the model holds, of the largest budget (2), never going back, then the refits
+    reached = [int(done) for done, _ in walked]
+    assert reached == sorted(reached) and {total for _, total in walked} == {"2"} and reached[-1] == 2
+    assert max(p["nonzeros"] for p in path.points[0]) >= 2 * 3
     assert refitted == ["1 of 2 budgets", "2 of 2 budgets"] and lines[-1].startswith("sparse heads refitted")
     silent = fit_path(design, 3, [1, 2], SparseConfig(path_points=12, max_nec=2), design)
     assert torch.equal(silent.heads[2][0], path.heads[2][0])  # reporting changes nothing
+
+
+def test_a_budget_of_every_concept_is_every_weight_even_where_the_path_ends_early():
+    x, y = classification_problem()
+    design = design_of(x, y)
+    short = fit_path(design, 3, [2, 6], SparseConfig(path_points=3, lambda_min_ratio=0.5))  # C = 6
+    assert short.points[0][-1]["nonzeros"] < 3 * 6  # the path's last point still holds zeros
+    assert bool((short.heads[6][0] != 0).all())
+    assert int((short.heads[2][0] != 0).sum()) <= 2 * 3
