@@ -90,7 +90,7 @@ def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], s
                 say(f"== {method}" + (" (every L2 strength of the grid fitted together)"
                                        if method == "linear-probe" else ""))
                 # a baseline does not depend on the seed: computed once, it stands for every seed
-                results[method] = [run_baseline(data, method)] * len(seeds)
+                results[method] = [run_baseline(data, method, say)] * len(seeds)
         for method in methods:
             for seed, result in zip(seeds, results[method]):
                 config = base.for_method(method, seed)

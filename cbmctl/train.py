@@ -102,13 +102,6 @@ def _stack_forward(scores: torch.Tensor, cbl: torch.Tensor, head: torch.Tensor):
     return activations, torch.bmm(activations, head.transpose(1, 2))
 
 
-def _stack_activations(source: _Scores, cbl: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([_stack_forward(source.rows(s, min(s + chunk, len(source))), cbl, cbl[:, :0])[0]
-                          for s in range(0, len(source), chunk)], dim=1) if len(source) else \
-            cbl.new_zeros(cbl.shape[0], 0, cbl.shape[1])
-
-
 def _initial_cbl(concepts: int, classes: int, config: TrainConfig) -> torch.Tensor:
     """A model's CBL before training, drawn (for --cbl-init random) from torch's generator seeded with the
     model's seed inside a fork: the caller's random state is the same afterwards."""
@@ -467,10 +460,10 @@ def _model(data: TrainingData, cbl: torch.Tensor, kind: str, weight: torch.Tenso
 def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, device, log, warn=None
             ) -> list[TrainResult]:
     """Best-epoch CBLs -> the sparse path on their activations -> each model's chosen head and metrics."""
-    from cbmctl.logs import sayer
-    from cbmctl.sparse import SparseConfig, fit_path, top1
+    from cbmctl.logs import LOGGER, sayer
+    from cbmctl.sparse import SparseConfig, cap_warning, fit_path, solver_record, top1
+    warn = warn or (log if log is not None else LOGGER.warning)
     log = sayer(log)
-    warn = warn or log
     base = configs[0]
     c = len(data.concepts)
     cbl, dense_head = stack.best_cbl, stack.best_head
@@ -494,9 +487,15 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
     log(f"fitting the sparse head{'s' * (len(configs) > 1)}: an elastic-net path on the frozen CBL's activations, "
         f"then NEC {', '.join(map(str, levels))} each truncated and refitted")
     started = time.monotonic()
-    path = fit_path(designs["train"], len(data.classes), levels, SparseConfig(alpha=base.sparse_alpha),
-                    designs["val"], designs["test"], log=log)
-    log(f"sparse head{'s' * (len(configs) > 1)} fitted in {time.monotonic() - started:.1f} s")
+    sparse_config = SparseConfig(alpha=base.sparse_alpha)
+    path = fit_path(designs["train"], len(data.classes), levels, sparse_config, designs["val"], designs["test"],
+                    log=log)
+    log(f"sparse head{'s' * (len(configs) > 1)} fitted in {time.monotonic() - started:.1f} s "
+        f"({max(len(points) for points in path.points)} path points)")
+    solver = solver_record(path, sparse_config)
+    capped = cap_warning(path, sparse_config, [f"{c.loss} seed {c.seed}" for c in configs])
+    if capped:
+        warn(f"warning: {capped}")
     # test top-1 at every NEC level, for every model at once, from the standardised activations
     level_top1 = {level: top1(designs["test"], weight, bias) for level, (weight, bias) in path.heads.items()}
     results = []
@@ -525,6 +524,7 @@ def _finish(data: TrainingData, configs: list[TrainConfig], stack: _Stack, devic
                       "faithful_units": int(usable[m].sum()),
                       "faithfulness_mean": float(faithfulness[m].mean())},
             "unfaithful_units": [data.concepts[j] for j in (~usable[m]).nonzero().flatten().tolist()],
+            "sparse_solver": solver[m],
             "best_epoch": best, "epochs_run": history[-1]["epoch"] if history else 0,
             "stopped_early": bool(stack.stopped[m]),
             "ce_at_best": history[best - 1]["ce"] if best else None,
@@ -623,15 +623,17 @@ def train_cbm(data: TrainingData, config: TrainConfig, checkpoint_dir: Path | No
     return train_many(data, config, [(config.loss, config.seed)], checkpoint_dir, log)[0]
 
 
-def run_baseline(data: TrainingData, name: str) -> TrainResult:
-    """The linear probe (on image embeddings, L2 chosen by validation loss) or zero-shot CLIP, on the same split."""
+def run_baseline(data: TrainingData, name: str, log=None) -> TrainResult:
+    """The linear probe (on image embeddings, L2 chosen by validation loss) or zero-shot CLIP, on the same split;
+    `log` hears how far a long probe fit is."""
     from cbmctl.probe import fit_linear_probe
     if name == "zero-shot":
         logits = {s: data.logit_scale * data.features[s] @ data.class_vectors.T for s in ("val", "test")}
         extra = {}
     elif name == "linear-probe":
         probe = fit_linear_probe(data.features["train"].numpy(), data.labels["train"].numpy(),
-                                 data.features["val"].numpy(), data.labels["val"].numpy(), len(data.classes))
+                                 data.features["val"].numpy(), data.labels["val"].numpy(), len(data.classes),
+                                 log=log)
         logits = {s: torch.as_tensor(probe.logits(data.features[s].numpy())) for s in ("val", "test")}
         extra = {"l2": probe.l2}
     else:

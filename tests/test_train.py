@@ -242,3 +242,21 @@ def test_random_concept_control_trains_on_as_many_random_words(cli, tmp_path, ti
     assert words[0] == words[1] and len(set(words[0])) == 4  # as many words, drawn the same way every time
     assert not set(words[0]) & {"red wings", "blue feathers", "long beak", "white belly"}
     assert all(word.isalpha() for word in words[0])
+
+
+def test_a_sparse_path_point_stopped_by_the_iteration_cap_is_warned_about_and_recorded(data, monkeypatch):
+    from functools import partial
+
+    import cbmctl.sparse as sparse
+    from cbmctl.train import train_many
+    solved = train_cbm(data, quick(epochs=2)).metrics["sparse_solver"]
+    assert solved["points_at_cap"] == [] and solved["points"] > 1 and solved["max_iterations"] == 2000
+    monkeypatch.setattr(sparse, "SparseConfig", partial(sparse.SparseConfig, max_iterations=1))
+    warnings = []
+    capped = train_many(data, quick(epochs=2), [("gumbel", 0), ("none", 0)], warn=warnings.append)
+    for result in capped:
+        record = result.metrics["sparse_solver"]
+        assert record["points_at_cap"] and record["max_iterations"] == 1
+        assert record["largest_violation"] > record["tolerance"]  # in units of λα: far from solved
+    [line] = [w for w in warnings if "iteration cap" in w]
+    assert line.startswith("warning: ") and "of 2 models stopped at the iteration cap (1)" in line
