@@ -1,5 +1,6 @@
 """What a command will read or write, decided before torch or open_clip is imported (that import alone
-takes seconds): the dataset, the backbone, the cache file, and whether that cache is already the right one.
+takes seconds): the dataset, the backbone, the cache file, whether that cache is already the right one, and
+the concept set (resolve_concepts, which cbmctl.pipeline uses too: imports run from pipeline to here only).
 
 Every mistake found here is a one-line CbmctlError in well under a second: an unknown dataset name or
 path, a model-config file or zoo tag that does not exist, weights that are neither on disk nor reachable,
@@ -224,6 +225,51 @@ def check_images_exist(images) -> None:
                           f"none of the {len(images)} images exists (first: {first}: file not found)")
 
 
+def resolve_concepts(concepts: str | None, config, cache):
+    """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
+    dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
+    demo world's (clean, distractors, noisy, llm, as its world.json records them), or `concepts/NAME.txt` beside
+    its cbmctl.yaml."""
+    from cbmctl.concepts import builtin_sets, load_concept_set
+    name = concepts or config.concepts
+    if name is not None and not Path(str(name)).expanduser().is_file() and str(name) not in builtin_sets():
+        name = _dataset_concept_set(str(name), cache) or name
+    if name is None:
+        dataset_name = str(cache.attrs.get("dataset_name", "")).lower()
+        guess = {"cub_200_2011": "cub"}.get(dataset_name, dataset_name)
+        if guess in builtin_sets():
+            name = guess
+    if name is None:
+        raise CbmctlError("no concept set: pass --concepts NAME|PATH (see `cbmctl concepts list`) or set "
+                          "`concepts:` in the dataset's cbmctl.yaml")
+    return load_concept_set(str(name))
+
+
+def _dataset_concept_set(name: str, cache) -> str | None:
+    from cbmctl.concepts import builtin_sets
+    from cbmctl.data_files import load_json
+    root = Path(str(cache.attrs.get("dataset_root", "")))
+    if not root.is_dir():
+        return None
+    record = None
+    if (root / "world.json").is_file():
+        try:
+            record = load_json(root / "world.json")
+        except CbmctlError:
+            record = None
+    entry = record.get("concept_sets", {}).get(name) if isinstance(record, dict) and \
+        isinstance(record.get("concept_sets"), dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("concepts"), str):
+        named = entry["concepts"]
+        if named in builtin_sets():
+            return named
+        inside = (root / named).resolve()
+        if inside.is_relative_to(root.resolve()) and inside.is_file():  # a world's record names its own files only
+            return str(inside)
+    beside = root / "concepts" / f"{name}.txt"
+    return str(beside) if beside.is_file() else None
+
+
 class _Recorded:
     """What resolve_concepts reads of a cache (its attributes), for a cache that is not embedded yet."""
 
@@ -234,7 +280,6 @@ class _Recorded:
 def check_concepts(concepts, plan: CachePlan) -> None:
     """The concept set `--concepts` (or the dataset's default) names exists — a built-in set, a file, or one of
     the dataset's own — decided before torch loads and before any embedding, not after them."""
-    from cbmctl.pipeline import resolve_concepts
     if plan.cache.is_file() and plan.state != "missing":
         from cbmctl.cache import open_cache
         resolve_concepts(concepts, plan.config, open_cache(plan.cache))

@@ -227,7 +227,7 @@ def _training_data(world: _World, backbone: _Backbone, config: TrainConfig):
     from cbmctl.cache import open_cache, text_key
     from cbmctl.concepts import encode_concepts
     from cbmctl.datasets import load_config
-    from cbmctl.pipeline import resolve_concepts
+    from cbmctl.preflight import resolve_concepts
     from cbmctl.train import prepare_data
     cache = open_cache(world.cache)
     concept_set = resolve_concepts(None, load_config(world.data), cache)

@@ -122,7 +122,7 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
     """A cache without a run: the CMS view (T = cos(class, concept); per image V = cos(image, concept))."""
     from cbmctl.cache import open_cache
     from cbmctl.datasets import load_config
-    from cbmctl.pipeline import resolve_concepts
+    from cbmctl.preflight import resolve_concepts
     cache = open_cache(path)
     root = Path(cache.attrs["dataset_root"])
     config = load_config(root) if root.is_dir() else None
