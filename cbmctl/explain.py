@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import BACKBONE_RECORD, data_difference
 from cbmctl.sanitize import safe_text
 from cbmctl.suggest import did_you_mean
 
@@ -181,7 +182,8 @@ def open_run_cache(metadata: dict, run_dir):
     cache = open_cache(path)
     dataset = metadata.get("dataset") if isinstance(metadata.get("dataset"), dict) else {}
     classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else []
-    if cache.attrs.get("dataset_fingerprint") != dataset.get("dataset_fingerprint") or len(cache.classes) != len(classes):
+    # the class count too: the model's head has one row per class, whatever the record says
+    if data_difference(dataset, cache.attrs) or len(cache.classes) != len(classes):
         raise CbmctlError(f"the run's cache {safe_text(path)} now holds other data than {safe_text(run_dir)} was "
                           "trained on: no images")
     return cache
@@ -254,8 +256,7 @@ def run_backbone(metadata: dict, run_dir, device="auto"):
     """The backbone a run recorded, checked by weights hash (a malformed record is a one-line error)."""
     from cbmctl.backbones import load_recorded_backbone
     record = metadata.get("backbone")
-    keys = ("backbone_model", "backbone_pretrained", "weights_sha256")
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in BACKBONE_RECORD):
         raise CbmctlError(f"{run_dir}: the model description does not say which backbone it was trained on")
     return load_recorded_backbone(record, run_dir, device)
 

@@ -130,6 +130,7 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
+    from cbmctl.identity import data_difference
     from cbmctl.logs import sayer
     from cbmctl.spec import TrainConfig
     from cbmctl.train import evaluate_splits, prepare_data
@@ -137,11 +138,11 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     model, meta = runs.load_model(run_dir)
     record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
     concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
-    cache_path, recorded = meta.get("cache"), (meta.get("dataset") or {}).get("dataset_fingerprint")
+    cache_path, recorded = meta.get("cache"), meta.get("dataset")
     if not isinstance(cache_path, str) or not Path(cache_path).is_file():
         raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
     data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
-    if data.record["dataset"]["dataset_fingerprint"] != recorded:
+    if data_difference(recorded, data.record["dataset"]):
         raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
     if precision_k > len(data.concepts):
         sayer(warn)(f"warning: --precision-k {precision_k} is more than the {len(data.concepts)} concepts: "

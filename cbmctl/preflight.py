@@ -124,6 +124,7 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
     from cbmctl.cache import open_cache
     from cbmctl.embed import template_mismatch, templates_of
+    from cbmctl.identity import data_difference
     embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
                                    _flags(plan.model, plan.pretrained), "--overwrite"]))
     hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else
@@ -135,10 +136,10 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
             raise
         raise CbmctlError(f"{error}; {hint}") from None
     attrs = cache.attrs
-    fingerprint = plan.dataset.fingerprint()
-    if str(attrs["dataset_fingerprint"]) != fingerprint:
-        raise CbmctlError(f"{plan.cache} was made with dataset_fingerprint={str(attrs['dataset_fingerprint'])[:12]} "
-                          f"but this run has {fingerprint[:12]} (the data changed since); {hint}")
+    other_data = data_difference(attrs, {"dataset_fingerprint": plan.dataset.fingerprint()})
+    if other_data:
+        raise CbmctlError(f"{plan.cache} was made with {other_data.field}={other_data.recorded} but this run has "
+                          f"{other_data.current} (the data changed since); {hint}")
     _refuse_conflicts(plan.cache, attrs, plan.request, hint)
     if templates_of(attrs) != plan.templates:
         raise CbmctlError(template_mismatch(plan.cache, templates_of(attrs), plan.templates, hint))

@@ -66,7 +66,7 @@ def test_editing_any_part_of_a_run_is_refused(cli, run, tensors, meta, fragment)
 
 
 def test_a_concept_renamed_with_its_hash_recomputed_is_still_refused(cli, run):
-    from cbmctl.names import names_sha256
+    from cbmctl.identity import names_sha256
 
     def rename(meta):
         meta["concepts"][0] = "blue"

@@ -70,5 +70,5 @@ def test_one_slug_for_file_names():
 
 def test_one_hash_for_a_list_of_names():
     from cbmctl.concepts import ConceptSet
-    from cbmctl.names import names_sha256
+    from cbmctl.identity import names_sha256
     assert ConceptSet("s", CONCEPTS, "test").sha256 == names_sha256(CONCEPTS) != names_sha256(CONCEPTS[::-1])
