@@ -72,3 +72,48 @@ def test_one_hash_for_a_list_of_names():
     from cbmctl.concepts import ConceptSet
     from cbmctl.identity import names_sha256
     assert ConceptSet("s", CONCEPTS, "test").sha256 == names_sha256(CONCEPTS) != names_sha256(CONCEPTS[::-1])
+
+
+RECORD = {"schema_version": 1, "backbone_model": "demo", "backbone_pretrained": "shipped", "weights_sha256": "a" * 64,
+          "preprocess": "{}", "dataset_fingerprint": "b" * 64, "sha256": "c" * 64}
+
+
+@pytest.mark.parametrize("question", ["data_difference", "backbone_difference", "concepts_difference",
+                                      "cache_difference"])
+def test_each_identity_question_answers_different_for_each_of_its_fields(question):
+    import cbmctl.identity as identity
+    ask = getattr(identity, question)
+    fields = {"data_difference": identity.DATA_FIELDS, "backbone_difference": identity.BACKBONE_FIELDS,
+              "concepts_difference": identity.CONCEPT_FIELDS, "cache_difference": identity.CACHE_FIELDS}[question]
+    assert ask(RECORD, dict(RECORD)) is None
+    for field in fields:
+        found = ask(RECORD, {**RECORD, field: "d" * 64})
+        assert found is not None and found.field == field and found.current.startswith("ddd")
+        assert ask(RECORD, {k: v for k, v in RECORD.items() if k != field}) is not None  # missing is different
+    others = {k: "changed" for k in RECORD if k not in fields}
+    assert ask(RECORD, {**RECORD, **others}) is None  # fields outside the question do not matter
+    assert ask("not a record", RECORD) is not None
+
+
+def test_the_concept_question_takes_a_list_or_its_record():
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.identity import concepts_difference
+    record = ConceptSet("s", CONCEPTS, "test").record()
+    assert concepts_difference(record, CONCEPTS) is None and concepts_difference(CONCEPTS, list(CONCEPTS)) is None
+    assert concepts_difference(record, CONCEPTS[::-1]) is not None  # order is part of a concept list
+
+
+def test_no_other_module_hashes_a_name_list_or_compares_identity_fields():
+    """The hash of a name list is made, and identity fields are compared, in cbmctl/identity.py alone."""
+    import re
+    from pathlib import Path
+    package = Path(__file__).resolve().parents[1] / "cbmctl"
+    hashing = re.compile(r"sha256\(\s*\"\\n\"\.join")
+    comparing = re.compile(r"(fingerprint|sha256)\W*[\]\)]?\s*(==|!=)|(==|!=)\s*[\w.\[\]\"']*(fingerprint|sha256)")
+    # a BackboneRequest is compared part by part before the model exists (cbmctl.backbones, its own owner)
+    allowed = {"identity.py", "backbones.py"}
+    found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+             if path.name not in allowed
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if hashing.search(line) or comparing.search(line)]
+    assert found == []
