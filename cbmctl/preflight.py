@@ -56,7 +56,7 @@ def _flags(model, pretrained, templates=None) -> str:
     return " ".join(p for p in parts if p)
 
 
-def checked_templates(templates, where: str = "--template") -> list[str] | None:
+def checked_templates(templates, where: str = "`templates`") -> list[str] | None:
     """Class-prompt templates as a list of strings, each with one '{}' for the class name; a template that
     would fail (or give every class the same prompt) is a one-line error now rather than after the backbone
     has loaded."""
@@ -210,7 +210,7 @@ def check_run_names(run_dir, concepts=(), classes=()) -> None:
         return
     known_concepts, known_classes = names
     for name, known, message in [(n, known_concepts, "concept {!r} is not in the run's concept set") for n in concepts] + \
-            [(n, known_classes, f"--class {{!r}} is not one of the run's {len(known_classes)} classes") for n in classes]:
+            [(n, known_classes, f"`class_name` {{!r}} is not one of the run's {len(known_classes)} classes") for n in classes]:
         if name.strip().lower() not in {k.lower() for k in known}:
             raise CbmctlError(safe_text(message.format(name)) + did_you_mean(name, known))
 
@@ -241,8 +241,8 @@ def resolve_concepts(concepts: str | None, config, cache):
         if guess in builtin_sets():
             name = guess
     if name is None:
-        raise CbmctlError("no concept set: pass --concepts NAME|PATH (see `cbmctl concepts list`) or set "
-                          "`concepts:` in the dataset's cbmctl.yaml")
+        raise CbmctlError("no concept set: name one with `concepts` (a built-in set, see `cbmctl concepts list`, "
+                          "or a file) or set 'concepts:' in the dataset's cbmctl.yaml")
     return load_concept_set(str(name))
 
 

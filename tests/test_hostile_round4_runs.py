@@ -99,7 +99,7 @@ def _fifo(path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 @pytest.mark.parametrize("edit, fragment", [
     (lambda text: text.replace("lr: 0.001\n", "lr: 0.01\n", 1), "another dataset, concept set, backbone or training"),
-    (lambda text: text.replace("epochs: 3\n", "epochs: -5\n"), "epochs must be at least 1"),
+    (lambda text: text.replace("epochs: 3\n", "epochs: -5\n"), "`epochs` must be at least 1"),
     (lambda text: text.replace("epochs: 3\n", "epochs: 1e400\n"), "epochs must be a whole number"),
     (lambda text: text + "lr: 1e300\n", "duplicate key 'lr'"),
     (lambda text: text.replace("lr: 0.001\n", "lr: 1e300\n", 1), "--lr must be at most 1e+06"),

@@ -20,9 +20,9 @@ def test_the_l1_default_is_the_specs_everywhere():
 
 
 def test_min_epochs_above_epochs_is_refused_by_the_library():
-    with pytest.raises(CbmctlError, match="--min-epochs 6 is more than --epochs 5"):
+    with pytest.raises(CbmctlError, match="`min_epochs` 6 is more than `epochs` 5"):
         TrainConfig(epochs=5, min_epochs=6).validate()
-    with pytest.raises(CbmctlError, match="--min-epochs 6 is more than --epochs 5"):
+    with pytest.raises(CbmctlError, match="`min_epochs` 6 is more than `epochs` 5"):
         ExperimentSpec.from_mapping({"epochs": 5, "min_epochs": 6})
     # the default never conflicts: it is 20, or --epochs when fewer
     assert TrainConfig(epochs=5).first_stop_epoch() == 5 and TrainConfig().first_stop_epoch() == 20
@@ -36,7 +36,7 @@ def test_a_config_file_with_min_epochs_above_epochs_is_refused_in_one_line(cli, 
     result = cli("train", cache, "--config", config, "--quiet", "--out", tmp_path / "runs")
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and str(config) in errors[0] and "--min-epochs 10 is more than --epochs 3" in errors[0]
+    assert len(errors) == 1 and str(config) in errors[0] and "`min_epochs` 10 is more than `epochs` 3" in errors[0]  # a file's own key names
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
@@ -117,3 +117,27 @@ def test_no_other_module_hashes_a_name_list_or_compares_identity_fields():
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if hashing.search(line) or comparing.search(line)]
     assert found == []
+
+
+def test_library_errors_name_parameters_and_the_command_line_shows_flags(cli, tmp_path):
+    from cbmctl.cli.common import for_the_command_line
+    with pytest.raises(CbmctlError) as caught:
+        ExperimentSpec.from_mapping({"cache_path": "x.h5", "lr": -1.0})
+    assert "`lr` must be a positive number" in str(caught.value) and "--" not in str(caught.value)
+    assert for_the_command_line(caught.value).startswith("--lr must be a positive number")
+    shown = for_the_command_line(CbmctlError("`cache_path` and `class_name` differ from `red`", options=("cache_path",
+                                                                                                       "class_name")))
+    assert shown == "--cache and --class differ from `red`"  # only the parameters the error declares
+    cache = make_synthetic_cache(tmp_path / "c.h5", CONCEPTS, per_split=(40, 20, 20))
+    result = cli("train", cache, "--min-epochs", "5", "--epochs", "2", "--quiet", "--out", tmp_path / "runs")
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        "Error: --min-epochs 5 is more than --epochs 2: training could never stop early; lower --min-epochs or "
+        "raise --epochs"]
+
+
+@pytest.mark.parametrize("args", [["trian"], ["train", "x.h5", "--bogus"], ["train", "x.h5", "--epochs", "many"],
+                                  ["explain", "--set", "red"], ["embed"]])
+def test_every_usage_error_is_one_line_with_exit_status_2(cli, args):
+    result = cli(*args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and " -h')" in lines[0]
