@@ -102,7 +102,7 @@ def _fifo(path):
     (lambda text: text.replace("epochs: 3\n", "epochs: -5\n"), "`epochs` must be at least 1"),
     (lambda text: text.replace("epochs: 3\n", "epochs: 1e400\n"), "epochs must be a whole number"),
     (lambda text: text + "lr: 1e300\n", "duplicate key 'lr'"),
-    (lambda text: text.replace("lr: 0.001\n", "lr: 1e300\n", 1), "--lr must be at most 1e+06"),
+    (lambda text: text.replace("lr: 0.001\n", "lr: 1e300\n", 1), "config.yaml: `lr` must be at most 1e+06"),
     (lambda text: "a: &x [1]\nb: *x\n", "aliases"),
     (lambda text: "[" * 5000, "config.yaml"),
     (lambda text: text.replace("concepts: ", "concepts: /nonexistent/"), "concept set"),

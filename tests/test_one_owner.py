@@ -36,7 +36,7 @@ def test_a_config_file_with_min_epochs_above_epochs_is_refused_in_one_line(cli, 
     result = cli("train", cache, "--config", config, "--quiet", "--out", tmp_path / "runs")
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and str(config) in errors[0] and "`min_epochs` 10 is more than `epochs` 3" in errors[0]  # a file's own key names
+    assert len(errors) == 1 and str(config) in errors[0] and "`min_epochs` 10 is more than `epochs` 3" in errors[0]
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
