@@ -28,7 +28,6 @@ whole too; a cache copied without that folder still works (the entries are encod
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import zipfile
@@ -38,14 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl.errors import CbmctlError
-from cbmctl.names import names_sha256, validate_class_names
+from cbmctl.identity import concepts_difference, names_sha256
+from cbmctl.names import validate_class_names
 from cbmctl.sanitize import safe_text
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
-# Root attributes that must agree for a cache to be reused; anything else is informational.
-IDENTITY_KEYS = ("schema_version", "backbone_model", "backbone_pretrained", "weights_sha256", "preprocess",
-                 "dataset_fingerprint")
 REQUIRED_ATTRS = ("backbone_model", "backbone_pretrained", "weights_sha256", "embed_dim", "logit_scale",
                   "dataset_name", "dataset_root", "dataset_fingerprint")
 TEXT_STORE_SUFFIX = ".text"
@@ -77,18 +74,6 @@ def _strings(dataset) -> list[str]:
 def string_array(values) -> np.ndarray:
     import h5py
     return np.array(list(values), dtype=h5py.string_dtype())
-
-
-def identity_mismatch(existing: dict, wanted: dict) -> list[str]:
-    return [k for k in IDENTITY_KEYS if str(existing.get(k)) != str(wanted.get(k))]
-
-
-def describe_mismatch(path, existing: dict, wanted: dict, keys: list[str]) -> str:
-    key = keys[0]
-    width = 12 if key in ("weights_sha256", "dataset_fingerprint") else 200
-    old, new = str(existing.get(key))[:width], str(wanted.get(key))[:width]
-    return (f"{path} was made with {key}={old} but this run has {new}; pass --overwrite to replace it, "
-            f"or --cache another file")
 
 
 def _open_failure(path, error: OSError) -> str:
@@ -344,16 +329,6 @@ def open_cache(path) -> Cache:
     return Cache(path)
 
 
-def text_key(identity: dict, texts: list[str], templates: list[str] | None = None) -> str:
-    """Store key for a list of texts under one backbone: identical texts + model reuse the entry."""
-    digest = hashlib.sha256()
-    digest.update(identity["weights_sha256"].encode())
-    digest.update(str(identity.get("backbone_model")).encode())
-    digest.update(json.dumps(templates or []).encode())
-    digest.update("\n".join(texts).encode())
-    return digest.hexdigest()[:20]
-
-
 def write_text_group(handle, key: str, texts: list[str], embeddings: np.ndarray, attrs: dict) -> None:
     """A text entry inside an HDF5 file being written whole (a new cache); never into an existing cache."""
     group = handle.require_group("text").create_group(key)
@@ -367,7 +342,7 @@ def _usable(texts: list[str], embeddings: np.ndarray, attrs: dict):
     """The entry if it is whole and self-consistent, else None (it is then encoded and written again)."""
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts) or embeddings.dtype.kind != "f":
         return None
-    if attrs.get("content_sha256", names_sha256(texts)) != names_sha256(texts):
+    if "content_sha256" in attrs and concepts_difference({"sha256": attrs["content_sha256"]}, texts):
         return None
     if not _unit_rows(embeddings).all():  # NaN, Inf, or not a normalised text embedding
         return None

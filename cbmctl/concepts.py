@@ -9,8 +9,9 @@ from pathlib import Path
 
 from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import names_sha256
 from cbmctl.logs import sayer
-from cbmctl.names import MAX_NAME_CHARS, names_sha256, normalise, validate_class_names, validate_concept_names
+from cbmctl.names import MAX_NAME_CHARS, normalise, validate_class_names, validate_concept_names
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
@@ -354,8 +355,9 @@ def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
     """Text embeddings of a concept set (C×D float32), reused from and added to a text store: the one beside
     the given cache, or beside `$CBMCTL_HOME/text-embeddings.h5` when there is none (the cache file itself
     is never written). Returns (embeddings, key, created)."""
-    from cbmctl.cache import read_text, store_text, text_key
+    from cbmctl.cache import read_text, store_text
     from cbmctl.files import cbmctl_home
+    from cbmctl.identity import text_key
     store = Path(cache_path) if cache_path else cbmctl_home() / "text-embeddings.h5"
     identity = backbone.identity()
     key = text_key(identity, concept_set.concepts)
@@ -372,7 +374,7 @@ def encode_concepts(backbone, concept_set: ConceptSet, cache_path=None):
 def concept_vectors(cache, concept_set, device="auto"):
     """A concept set's text embeddings under the cache's backbone: from the cache's text store, or encoded
     (loading the backbone only then) and stored there for next time."""
-    from cbmctl.cache import text_key
+    from cbmctl.identity import text_key
     stored = cache.text(text_key(cache.attrs, concept_set.concepts))
     if stored is not None:
         return stored[1]

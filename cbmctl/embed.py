@@ -22,15 +22,13 @@ from cbmctl.cache import (
     SCHEMA_VERSION,
     SPLITS,
     Cache,
-    describe_mismatch,
-    identity_mismatch,
     read_attrs,
     string_array,
-    text_key,
     write_text_group,
 )
 from cbmctl.errors import CbmctlError
 from cbmctl.files import atomic_path, atomic_write, fault_point, file_lock, slug, write_text_atomic
+from cbmctl.identity import Difference, cache_difference, text_key
 from cbmctl.images import BadImage, load_rgb
 from cbmctl.sanitize import safe_text
 
@@ -93,6 +91,11 @@ def template_mismatch(path, recorded: list[str], wanted: list[str],
                       hint: str = "pass --overwrite to rebuild it, or --cache another file") -> str:
     return (f"{path} was made with class-prompt template(s) {json.dumps(recorded)[:120]} but this run asks for "
             f"{json.dumps(wanted)[:120]}; {hint}")
+
+
+def _other_embeddings(path, made: str, difference: Difference) -> str:
+    return (f"{path} {made} with {difference.field}={difference.recorded} but this run has {difference.current}; "
+            "pass --overwrite to replace it, or --cache another file")
 
 
 def _write_atomic_npz(path: Path, **arrays) -> None:
@@ -302,9 +305,9 @@ def _finished(cache: Path, header: dict, templates: list[str]) -> EmbedReport | 
         raise CbmctlError(f"{error}; pass --overwrite to replace it, or --cache another file") from None
     if "schema_version" not in existing:
         raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass --overwrite or --cache another file")
-    mismatch = identity_mismatch(existing, header)
-    if mismatch:
-        raise CbmctlError(describe_mismatch(cache, existing, header, mismatch))
+    difference = cache_difference(existing, header)
+    if difference:
+        raise CbmctlError(_other_embeddings(cache, "was made", difference))
     if templates_of(existing) != templates:
         raise CbmctlError(template_mismatch(cache, templates_of(existing), templates))
     return up_to_date_report(Cache(cache))
@@ -361,11 +364,10 @@ def embed_dataset(dataset, backbone, cache, *, batch_size: int = 64, workers: in
         sizes = {split: len(dataset.splits[split]) for split in SPLITS}
         manifest = journal.manifest()
         if manifest is not None:
-            mismatch = identity_mismatch(manifest["header"], header)
-            if mismatch and not overwrite:
-                raise CbmctlError(describe_mismatch(journal.dir, manifest["header"], header, mismatch)
-                                  .replace("was made", "is an unfinished embed made"))
-            if mismatch or manifest.get("sizes") != sizes:
+            difference = cache_difference(manifest["header"], header)
+            if difference and not overwrite:
+                raise CbmctlError(_other_embeddings(journal.dir, "is an unfinished embed made", difference))
+            if difference or manifest.get("sizes") != sizes:
                 manifest = None
         if world > 1:
             import torch.distributed as dist

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cbmctl import runs
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import backbone_difference, concepts_difference, data_difference
 from cbmctl.spec import BASELINES, TrainConfig
 from cbmctl.stats import holm, mean_interval, paired_difference
 from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, train_many
@@ -238,11 +239,11 @@ def check_resumable(run_dir: Path, data: TrainingData) -> None:
     if not path.is_file():
         raise CbmctlError(f"{run_dir} is not a cbmctl run directory (no {runs.RECORD_FILE})")
     recorded = runs.read_json(path, "record")
-    checks = [("dataset", "dataset_fingerprint", "dataset"), ("backbone", "weights_sha256", "backbone"),
-              ("concept_set", "sha256", "concept set")]
-    for section, key, label in checks:
-        old = (recorded.get(section) or {}).get(key) if isinstance(recorded, dict) else None
-        new = data.record.get(section, {}).get(key)
-        if old != new:
-            raise CbmctlError(f"{run_dir} was trained with another {label} ({str(old)[:12]} vs {str(new)[:12]}); "
+    recorded = recorded if isinstance(recorded, dict) else {}
+    checks = [("dataset", data_difference, "dataset"), ("backbone", backbone_difference, "backbone"),
+              ("concept_set", concepts_difference, "concept set")]
+    for section, difference, label in checks:
+        found = difference(recorded.get(section), data.record.get(section))
+        if found:
+            raise CbmctlError(f"{run_dir} was trained with another {label} ({found.recorded} vs {found.current}); "
                               "start a new run instead")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import BACKBONE_RECORD, data_difference
 from cbmctl.sanitize import safe_text
 from cbmctl.suggest import did_you_mean
 
@@ -90,7 +91,7 @@ class Explainer:
     def class_index(self, name: str) -> int:
         lowered = [c.lower() for c in self.classes]
         if name.lower() not in lowered:
-            raise CbmctlError(f"--class {name!r} is not one of the run's {len(self.classes)} classes"
+            raise CbmctlError(f"`class_name` {name!r} is not one of the run's {len(self.classes)} classes"
                               + did_you_mean(name, self.classes))
         return lowered.index(name.lower())
 
@@ -143,13 +144,13 @@ class Explainer:
         mean the head is centred on — 0 for the dense head): (before, after) activations and logits."""
         for concept, value in set_values.items():
             if not (math.isfinite(value) and abs(value) <= MAX_INTERVENTION):
-                raise CbmctlError(f"--set {concept}={value}: the value must be a finite number within "
+                raise CbmctlError(f"`set_values` {concept}={value}: the value must be a finite number within "
                                   f"±{MAX_INTERVENTION:g}")
         zeroed = {self.concept_index(concept): concept for concept in zero}
         for concept in set_values:
             both = zeroed.get(self.concept_index(concept))
             if both is not None:
-                raise CbmctlError(f"--set {safe_text(concept)} and --zero {safe_text(both)} name the same concept; "
+                raise CbmctlError(f"`set_values` {safe_text(concept)} and `zero` {safe_text(both)} name the same concept; "
                                   "give one intervention per concept")
         _, activations, logits = self.forward(features)
         edited = activations.clone()
@@ -181,7 +182,8 @@ def open_run_cache(metadata: dict, run_dir):
     cache = open_cache(path)
     dataset = metadata.get("dataset") if isinstance(metadata.get("dataset"), dict) else {}
     classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else []
-    if cache.attrs.get("dataset_fingerprint") != dataset.get("dataset_fingerprint") or len(cache.classes) != len(classes):
+    # the class count too: the model's head has one row per class, whatever the record says
+    if data_difference(dataset, cache.attrs) or len(cache.classes) != len(classes):
         raise CbmctlError(f"the run's cache {safe_text(path)} now holds other data than {safe_text(run_dir)} was "
                           "trained on: no images")
     return cache
@@ -208,7 +210,7 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
     probabilities = (similarity * logit_scale).softmax(dim=1)
     lowered = [c.lower() for c in classes]
     if class_name and class_name.lower() not in lowered:
-        raise CbmctlError(f"--class {class_name!r} is not one of the {len(classes)} classes"
+        raise CbmctlError(f"`class_name` {class_name!r} is not one of the {len(classes)} classes"
                           + did_you_mean(class_name, classes))
     results = []
     for i, name in enumerate(names):
@@ -254,8 +256,7 @@ def run_backbone(metadata: dict, run_dir, device="auto"):
     """The backbone a run recorded, checked by weights hash (a malformed record is a one-line error)."""
     from cbmctl.backbones import load_recorded_backbone
     record = metadata.get("backbone")
-    keys = ("backbone_model", "backbone_pretrained", "weights_sha256")
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in BACKBONE_RECORD):
         raise CbmctlError(f"{run_dir}: the model description does not say which backbone it was trained on")
     return load_recorded_backbone(record, run_dir, device)
 
@@ -299,7 +300,7 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
         concept_list = concept_set.concepts
         class_list = load_class_list(classes, log) if classes else builtin_classes(concept_set.name)
         if not class_list:
-            raise CbmctlError(f"--classes is needed: no built-in class list goes with {concept_set.name!r}")
+            raise CbmctlError(f"`classes` is needed: no built-in class list goes with {concept_set.name!r}")
         from cbmctl.embed import DEFAULT_TEMPLATES
         backbone = load_backbone(model or "demo", pretrained, device)
         concept_vectors = backbone.encode_texts(concept_list)

@@ -52,7 +52,7 @@ def gumbel_paper_loss(z: torch.Tensor, tau: float = 1.0, hard: bool = False, gen
     −log is infinite, so the hard loss is the miss rate ½ [mean_k (1 − y_batch[k,k]) + mean_k (1 −
     y_concepts[k,k])] with the soft sample's gradient (straight-through) — finite in value and gradient."""
     if tau <= 0:
-        raise CbmctlError(f"--tau must be positive, got {tau}")
+        raise CbmctlError(f"`tau` must be positive, got {tau}")
     noisy = (z + _member_noise(z, generator)) / tau
     log_batch, log_concepts = F.log_softmax(noisy, dim=-2), F.log_softmax(noisy, dim=-1)
     if not hard:
@@ -72,7 +72,7 @@ def gumbel_reference_loss(z: torch.Tensor, tau: float = 1.0, generator=None) -> 
     entries of −log GS_concepts(Z)], with fresh Gumbel noise per axis. (Its gradient pushes every row
     towards uniform; kept for comparison.)"""
     if tau <= 0:
-        raise CbmctlError(f"--tau must be positive, got {tau}")
+        raise CbmctlError(f"`tau` must be positive, got {tau}")
     down = F.log_softmax((z + _member_noise(z, generator)) / tau, dim=-2)
     across = F.log_softmax((z + _member_noise(z, generator)) / tau, dim=-1)
     return -0.5 * (down.mean((-2, -1)) + across.mean((-2, -1)))

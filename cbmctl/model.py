@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cbmctl.errors import CbmctlError
-from cbmctl.names import names_sha256
+from cbmctl.identity import concepts_difference
 from cbmctl.sanitize import safe_text
 from cbmctl.spec import HEADS
 
@@ -192,7 +192,7 @@ def model_from_tensors(state: dict[str, torch.Tensor], metadata: dict, where: st
     if not isinstance(recorded, str):
         raise CbmctlError(f"{where}: the model description lacks its concept_set hash (edited or damaged); retrain "
                           "or restore the run")
-    if recorded != names_sha256(concepts):
+    if concepts_difference(record, concepts):
         raise CbmctlError(f"{where}: the model's concept list does not match its recorded hash (edited or "
                           "damaged); retrain or restore the run")
     if "logit_scale" in metadata:

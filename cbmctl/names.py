@@ -9,7 +9,6 @@ spacing or a leading article (`normalise`, the key concept files are de-duplicat
 breaks a rule is refused in one line naming its source, the item's index and what is wrong."""
 from __future__ import annotations
 
-import hashlib
 import re
 
 from cbmctl.errors import CbmctlError
@@ -17,12 +16,6 @@ from cbmctl.sanitize import first_control, has_control, safe_text
 
 MAX_NAME_CHARS = 1000  # a concept or class name; a real one is a few words
 ARTICLES = ("a ", "an ", "the ")
-
-
-def names_sha256(names: list[str]) -> str:
-    """The identity of a list of names (a concept set, the texts of a text-store entry): SHA-256 of the
-    names joined by newlines, which no name may hold. Runs, caches and concept sets all record this one."""
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
 def normalise(text: str) -> str:

@@ -1,6 +1,8 @@
 """From what a user names (a dataset folder or name, or a cache file) to a ready cache and concept set;
 shared by `train`, `cms` and `explain`. Embeds first when the cache is missing (the same code as
-`cbmctl embed`); an existing cache is checked against the dataset and backbone instead of re-embedding."""
+`cbmctl embed`); an existing cache is checked against the dataset and backbone instead of re-embedding.
+Which cache and concept set a command uses is decided below, in cbmctl.preflight (without torch); this module
+imports it, never the other way round."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -44,51 +46,6 @@ def resolve_cache(spec: str | None, *, model=None, pretrained=None, cache_path=N
     return open_cache(plan.cache), plan.config
 
 
-def resolve_concepts(concepts: str | None, config, cache):
-    """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
-    dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
-    demo world's (clean, distractors, noisy, llm, as its world.json records them), or `concepts/NAME.txt` beside
-    its cbmctl.yaml."""
-    from cbmctl.concepts import builtin_sets, load_concept_set
-    name = concepts or config.concepts
-    if name is not None and not Path(str(name)).expanduser().is_file() and str(name) not in builtin_sets():
-        name = _dataset_concept_set(str(name), cache) or name
-    if name is None:
-        dataset_name = str(cache.attrs.get("dataset_name", "")).lower()
-        guess = {"cub_200_2011": "cub"}.get(dataset_name, dataset_name)
-        if guess in builtin_sets():
-            name = guess
-    if name is None:
-        raise CbmctlError("no concept set: pass --concepts NAME|PATH (see `cbmctl concepts list`) or set "
-                          "`concepts:` in the dataset's cbmctl.yaml")
-    return load_concept_set(str(name))
-
-
-def _dataset_concept_set(name: str, cache) -> str | None:
-    from cbmctl.concepts import builtin_sets
-    from cbmctl.data_files import load_json
-    root = Path(str(cache.attrs.get("dataset_root", "")))
-    if not root.is_dir():
-        return None
-    record = None
-    if (root / "world.json").is_file():
-        try:
-            record = load_json(root / "world.json")
-        except CbmctlError:
-            record = None
-    entry = record.get("concept_sets", {}).get(name) if isinstance(record, dict) and \
-        isinstance(record.get("concept_sets"), dict) else None
-    if isinstance(entry, dict) and isinstance(entry.get("concepts"), str):
-        named = entry["concepts"]
-        if named in builtin_sets():
-            return named
-        inside = (root / named).resolve()
-        if inside.is_relative_to(root.resolve()) and inside.is_file():  # a world's record names its own files only
-            return str(inside)
-    beside = root / "concepts" / f"{name}.txt"
-    return str(beside) if beside.is_file() else None
-
-
 def plan_train(spec):
     """The cache a training spec will use, checked without torch (cbmctl.preflight.plan_cache)."""
     from cbmctl.preflight import plan_cache
@@ -116,6 +73,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     from cbmctl.experiment import check_resumable, run_experiment
     from cbmctl.files import file_lock
     from cbmctl.logs import sayer
+    from cbmctl.preflight import resolve_concepts
     from cbmctl.resources import check_training
     from cbmctl.spec import BASELINES
     from cbmctl.train import prepare_data
@@ -172,6 +130,7 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     from cbmctl import runs
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
+    from cbmctl.identity import data_difference
     from cbmctl.logs import sayer
     from cbmctl.spec import TrainConfig
     from cbmctl.train import evaluate_splits, prepare_data
@@ -179,11 +138,11 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     model, meta = runs.load_model(run_dir)
     record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
     concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
-    cache_path, recorded = meta.get("cache"), (meta.get("dataset") or {}).get("dataset_fingerprint")
+    cache_path, recorded = meta.get("cache"), meta.get("dataset")
     if not isinstance(cache_path, str) or not Path(cache_path).is_file():
         raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
     data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
-    if data.record["dataset"]["dataset_fingerprint"] != recorded:
+    if data_difference(recorded, data.record["dataset"]):
         raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
     if precision_k > len(data.concepts):
         sayer(warn)(f"warning: --precision-k {precision_k} is more than the {len(data.concepts)} concepts: "

@@ -1,5 +1,6 @@
 """What a command will read or write, decided before torch or open_clip is imported (that import alone
-takes seconds): the dataset, the backbone, the cache file, and whether that cache is already the right one.
+takes seconds): the dataset, the backbone, the cache file, whether that cache is already the right one, and
+the concept set (resolve_concepts, which cbmctl.pipeline uses too: imports run from pipeline to here only).
 
 Every mistake found here is a one-line CbmctlError in well under a second: an unknown dataset name or
 path, a model-config file or zoo tag that does not exist, weights that are neither on disk nor reachable,
@@ -55,7 +56,7 @@ def _flags(model, pretrained, templates=None) -> str:
     return " ".join(p for p in parts if p)
 
 
-def checked_templates(templates, where: str = "--template") -> list[str] | None:
+def checked_templates(templates, where: str = "`templates`") -> list[str] | None:
     """Class-prompt templates as a list of strings, each with one '{}' for the class name; a template that
     would fail (or give every class the same prompt) is a one-line error now rather than after the backbone
     has loaded."""
@@ -123,6 +124,7 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
     from cbmctl.cache import open_cache
     from cbmctl.embed import template_mismatch, templates_of
+    from cbmctl.identity import data_difference
     embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
                                    _flags(plan.model, plan.pretrained), "--overwrite"]))
     hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else
@@ -134,10 +136,10 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
             raise
         raise CbmctlError(f"{error}; {hint}") from None
     attrs = cache.attrs
-    fingerprint = plan.dataset.fingerprint()
-    if str(attrs["dataset_fingerprint"]) != fingerprint:
-        raise CbmctlError(f"{plan.cache} was made with dataset_fingerprint={str(attrs['dataset_fingerprint'])[:12]} "
-                          f"but this run has {fingerprint[:12]} (the data changed since); {hint}")
+    other_data = data_difference(attrs, {"dataset_fingerprint": plan.dataset.fingerprint()})
+    if other_data:
+        raise CbmctlError(f"{plan.cache} was made with {other_data.field}={other_data.recorded} but this run has "
+                          f"{other_data.current} (the data changed since); {hint}")
     _refuse_conflicts(plan.cache, attrs, plan.request, hint)
     if templates_of(attrs) != plan.templates:
         raise CbmctlError(template_mismatch(plan.cache, templates_of(attrs), plan.templates, hint))
@@ -208,7 +210,7 @@ def check_run_names(run_dir, concepts=(), classes=()) -> None:
         return
     known_concepts, known_classes = names
     for name, known, message in [(n, known_concepts, "concept {!r} is not in the run's concept set") for n in concepts] + \
-            [(n, known_classes, f"--class {{!r}} is not one of the run's {len(known_classes)} classes") for n in classes]:
+            [(n, known_classes, f"`class_name` {{!r}} is not one of the run's {len(known_classes)} classes") for n in classes]:
         if name.strip().lower() not in {k.lower() for k in known}:
             raise CbmctlError(safe_text(message.format(name)) + did_you_mean(name, known))
 
@@ -224,6 +226,51 @@ def check_images_exist(images) -> None:
                           f"none of the {len(images)} images exists (first: {first}: file not found)")
 
 
+def resolve_concepts(concepts: str | None, config, cache):
+    """The concept set: --concepts, else the dataset's cbmctl.yaml, else the built-in set named like the
+    dataset. A NAME that is neither a file nor a built-in set may name one of the dataset's own sets: a
+    demo world's (clean, distractors, noisy, llm, as its world.json records them), or `concepts/NAME.txt` beside
+    its cbmctl.yaml."""
+    from cbmctl.concepts import builtin_sets, load_concept_set
+    name = concepts or config.concepts
+    if name is not None and not Path(str(name)).expanduser().is_file() and str(name) not in builtin_sets():
+        name = _dataset_concept_set(str(name), cache) or name
+    if name is None:
+        dataset_name = str(cache.attrs.get("dataset_name", "")).lower()
+        guess = {"cub_200_2011": "cub"}.get(dataset_name, dataset_name)
+        if guess in builtin_sets():
+            name = guess
+    if name is None:
+        raise CbmctlError("no concept set: name one with `concepts` (a built-in set, see `cbmctl concepts list`, "
+                          "or a file) or set 'concepts:' in the dataset's cbmctl.yaml")
+    return load_concept_set(str(name))
+
+
+def _dataset_concept_set(name: str, cache) -> str | None:
+    from cbmctl.concepts import builtin_sets
+    from cbmctl.data_files import load_json
+    root = Path(str(cache.attrs.get("dataset_root", "")))
+    if not root.is_dir():
+        return None
+    record = None
+    if (root / "world.json").is_file():
+        try:
+            record = load_json(root / "world.json")
+        except CbmctlError:
+            record = None
+    entry = record.get("concept_sets", {}).get(name) if isinstance(record, dict) and \
+        isinstance(record.get("concept_sets"), dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("concepts"), str):
+        named = entry["concepts"]
+        if named in builtin_sets():
+            return named
+        inside = (root / named).resolve()
+        if inside.is_relative_to(root.resolve()) and inside.is_file():  # a world's record names its own files only
+            return str(inside)
+    beside = root / "concepts" / f"{name}.txt"
+    return str(beside) if beside.is_file() else None
+
+
 class _Recorded:
     """What resolve_concepts reads of a cache (its attributes), for a cache that is not embedded yet."""
 
@@ -234,7 +281,6 @@ class _Recorded:
 def check_concepts(concepts, plan: CachePlan) -> None:
     """The concept set `--concepts` (or the dataset's default) names exists — a built-in set, a file, or one of
     the dataset's own — decided before torch loads and before any embedding, not after them."""
-    from cbmctl.pipeline import resolve_concepts
     if plan.cache.is_file() and plan.state != "missing":
         from cbmctl.cache import open_cache
         resolve_concepts(concepts, plan.config, open_cache(plan.cache))

@@ -35,7 +35,8 @@ def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     from cbmctl.demo.world import make_world
     from cbmctl.embed import default_cache_path, embed_dataset
     from cbmctl.explain import Explainer, embed_images
-    from cbmctl.pipeline import resolve_concepts, run_train
+    from cbmctl.pipeline import run_train
+    from cbmctl.preflight import resolve_concepts
     from cbmctl.spec import ExperimentSpec
     plan = Quickstart(Path(root))
     say("[1/5] demo world")

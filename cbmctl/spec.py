@@ -35,11 +35,11 @@ DEFAULT_MIN_EPOCHS = 20
 
 def check_loss_options(name: str, gumbel_form: str = "paper", hard: bool = False) -> None:
     if name not in LOSSES:
-        raise CbmctlError(f"unknown --loss {name!r} ({', '.join(LOSSES)})" + did_you_mean(name, LOSSES))
+        raise CbmctlError(f"unknown `loss` {name!r} ({', '.join(LOSSES)})" + did_you_mean(name, LOSSES))
     if gumbel_form not in GUMBEL_FORMS:
-        raise CbmctlError(f"unknown --gumbel-form {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
+        raise CbmctlError(f"unknown `gumbel_form` {gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
     if hard and not (name == "gumbel" and gumbel_form == "paper"):
-        raise CbmctlError("--hard applies only to --loss gumbel --gumbel-form paper (the reference form's "
+        raise CbmctlError("`hard` applies only to `loss` gumbel with `gumbel_form` paper (the reference form's "
                           "−log of a hard sample is infinite)")
 
 
@@ -60,7 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"
     epochs: int = 1000
-    min_epochs: int | None = None  # None: DEFAULT_MIN_EPOCHS, or --epochs when that is fewer
+    min_epochs: int | None = None  # None: DEFAULT_MIN_EPOCHS, or `epochs` when that is fewer
     patience: int = 30
     batch_size: int = 128
     seed: int = 0
@@ -83,46 +83,46 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.loss not in METHODS:
-            raise CbmctlError(f"unknown --loss {self.loss!r} (choose from {', '.join(METHODS)})"
+            raise CbmctlError(f"unknown `loss` {self.loss!r} (choose from {', '.join(METHODS)})"
                               + did_you_mean(self.loss, METHODS))
         if self.loss in LOSSES:
             check_loss_options(self.loss, self.gumbel_form, self.hard)
         elif self.gumbel_form not in GUMBEL_FORMS:
-            raise CbmctlError(f"unknown --gumbel-form {self.gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
+            raise CbmctlError(f"unknown `gumbel_form` {self.gumbel_form!r} ({', '.join(GUMBEL_FORMS)})")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "head": HEADS, "cbl_init": CBL_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise CbmctlError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r} "
+                raise CbmctlError(f"unknown `{name}` {getattr(self, name)!r} "
                                   f"({', '.join(allowed)})" + did_you_mean(str(getattr(self, name)), allowed))
-        positive = {"tau": self.tau, "lr": self.lr, "cbl-lr": self.cbl_lr}
+        positive = {"tau": self.tau, "lr": self.lr, "cbl_lr": self.cbl_lr}
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
-                raise CbmctlError(f"--{name} must be a positive number, got {value}")
+                raise CbmctlError(f"`{name}` must be a positive number, got {value}")
         for name in ("l1_lambda", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise CbmctlError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+                raise CbmctlError(f"`{name}` must be a non-negative number, got {value}")
         for name in ("tau", "lr", "cbl_lr", "l1_lambda", "weight_decay"):
             # the optimizers turn these into float32 factors: beyond MAX_RATE a step overflows
             if getattr(self, name) > MAX_RATE:
-                raise CbmctlError(f"--{name.replace('_', '-')} must be at most {MAX_RATE:g}, got {getattr(self, name)}")
+                raise CbmctlError(f"`{name}` must be at most {MAX_RATE:g}, got {getattr(self, name)}")
         for name in ("batch_size", "epochs", "patience", "nec", "precision_k"):
             if getattr(self, name) < 1:
-                raise CbmctlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise CbmctlError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.seed < SEED_LIMIT:
-            raise CbmctlError(f"--seed must be in [0, 2^32) (the random generators take 32-bit seeds), got {self.seed}")
+            raise CbmctlError(f"`seed` must be in [0, 2^32) (the random generators take 32-bit seeds), got {self.seed}")
         if self.min_epochs is not None and self.min_epochs < 0:
-            raise CbmctlError(f"--min-epochs must be at least 0, got {self.min_epochs}")
+            raise CbmctlError(f"`min_epochs` must be at least 0, got {self.min_epochs}")
         if self.min_epochs is not None and self.min_epochs > self.epochs:
-            raise CbmctlError(f"--min-epochs {self.min_epochs} is more than --epochs {self.epochs}: training could "
-                              "never stop early; lower --min-epochs or raise --epochs")
+            raise CbmctlError(f"`min_epochs` {self.min_epochs} is more than `epochs` {self.epochs}: training could "
+                              "never stop early; lower `min_epochs` or raise `epochs`")
         if self.threads < 0:
-            raise CbmctlError(f"--threads must be at least 0 (0: chosen from the CPUs this process may use), "
+            raise CbmctlError(f"`threads` must be at least 0 (0: chosen from the CPUs this process may use), "
                               f"got {self.threads}")
         if not 0 < self.sparse_alpha <= 1:
-            raise CbmctlError(f"--sparse-alpha must be in (0, 1], got {self.sparse_alpha}")
+            raise CbmctlError(f"`sparse_alpha` must be in (0, 1], got {self.sparse_alpha}")
         if not -1 <= self.faithfulness_cutoff <= 1:
-            raise CbmctlError(f"--faithfulness-cutoff must be a correlation in [-1, 1], got {self.faithfulness_cutoff}")
+            raise CbmctlError(f"`faithfulness_cutoff` must be a correlation in [-1, 1], got {self.faithfulness_cutoff}")
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> TrainConfig:
@@ -143,13 +143,15 @@ class TrainConfig:
         try:
             config.validate()
         except CbmctlError as error:
-            raise CbmctlError(f"{where}: {error}" if where else str(error)) from None
+            # a file's keys are the names it spells: not rewritten as flags
+            raise CbmctlError(f"{where}: {error}", options=()) if where else error from None
         return config
 
 
 def option_label(where: str, name: str) -> str:
-    """How an error names an option: `--cbl-lr` on the command line, `file.yaml: cbl_lr` in a file."""
-    return f"{where}: {name}" if where else f"--{name.replace('_', '-')}"
+    """How an error names an option: `cbl_lr` as a parameter (the command line shows --cbl-lr), `file.yaml:
+    cbl_lr` in a file."""
+    return f"{where}: {name}" if where else f"`{name}`"
 
 
 def _convert(value, kind: str, label: str):
@@ -247,7 +249,7 @@ class ExperimentSpec:
         return {**data, "methods": list(self.methods), "seeds": list(self.seeds), **train}
 
 
-def parse_methods(value, where: str = "--compare") -> list[str]:
+def parse_methods(value, where: str = "`compare`") -> list[str]:
     if isinstance(value, str):
         value = list(METHODS) if value.strip() == "all" else [m.strip() for m in value.split(",") if m.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
@@ -261,7 +263,7 @@ def parse_methods(value, where: str = "--compare") -> list[str]:
     return value
 
 
-def parse_seeds(value, seed=0, where: str = "--seeds") -> list[int]:
+def parse_seeds(value, seed=0, where: str = "`seeds`") -> list[int]:
     """A list of seeds, a comma list ('0,1,2'), or a count ('10' = seeds 0..9); None: the single `seed`.
     At most MAX_SEEDS seeds, each in [0, SEED_LIMIT), every number read exactly."""
     if value is None:

@@ -51,7 +51,8 @@ def make_synthetic_cache(path: Path, concepts: list[str], per_split=(400, 80, 80
     demo world's, so that the concept phrases map onto them."""
     import h5py
 
-    from cbmctl.cache import store_text, text_key
+    from cbmctl.cache import store_text
+    from cbmctl.identity import text_key
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(size=(classes, dim))
     concept_vectors = rng.normal(size=(len(concepts), dim))

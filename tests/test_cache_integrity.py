@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from makers import make_cub, make_imagefolder, make_synthetic_cache, write_bad_images
 
-from cbmctl.cache import open_cache, store_text, text_key, text_store_dir, write_text_group
+from cbmctl.cache import open_cache, store_text, text_store_dir, write_text_group
+from cbmctl.identity import text_key
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "examples" / "configs" / "tiny-clip.json")
@@ -162,7 +163,8 @@ def test_old_in_cache_text_groups_still_read_and_a_half_written_one_is_ignored(s
 
 STORE_ONE = """
 import sys, numpy as np
-from cbmctl.cache import open_cache, store_text, text_key
+from cbmctl.cache import open_cache, store_text
+from cbmctl.identity import text_key
 cache, texts = sys.argv[1], ["a long beak", "webbed feet"]
 print(store_text(cache, text_key(open_cache(cache).attrs, texts), texts, np.full((2, 16), 0.25, np.float32), {"kind": "c"}))
 """

@@ -7,7 +7,7 @@ import pytest
 import torch
 from makers import make_synthetic_cache
 
-from cbmctl.cache import open_cache, text_key
+from cbmctl.cache import open_cache
 from cbmctl.cms import (
     ALL_VARIANTS,
     CENTRED,
@@ -22,6 +22,7 @@ from cbmctl.cms import (
     zero_shot_predict,
 )
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import text_key
 
 # With the concepts as the standard basis, V is the normalised image embeddings and T the normalised class ones.
 CONCEPTS = torch.eye(3)

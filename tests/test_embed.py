@@ -125,7 +125,8 @@ def test_cifar_batches_embed(cli, tmp_path, tiny_model):
 
 def test_library_api_roundtrip(tmp_path, tiny_backbone):
     import cbmctl
-    from cbmctl.cache import store_text, text_key
+    from cbmctl.cache import store_text
+    from cbmctl.identity import text_key
     dataset = cbmctl.load_dataset(make_cub(tmp_path / "data"))
     report = cbmctl.embed_dataset(dataset, tiny_backbone, tmp_path / "c.h5", progress=False)
     cache = cbmctl.open_cache(report.cache)

@@ -96,7 +96,8 @@ def test_non_finite_logits_are_refused_at_explain_time_and_never_reach_json(imag
 
 @pytest.mark.parametrize("key", ["classes", "concepts"])
 def test_names_longer_than_the_bound_are_refused(cli, run, key):
-    from cbmctl.names import MAX_NAME_CHARS, names_sha256
+    from cbmctl.identity import names_sha256
+    from cbmctl.names import MAX_NAME_CHARS
 
     def lengthen(meta):
         meta[key][0] = "x" * (MAX_NAME_CHARS + 1)

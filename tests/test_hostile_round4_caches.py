@@ -66,7 +66,8 @@ def test_a_scaled_split_is_refused_by_train_too(cli, synthetic, tmp_path):
 
 
 def test_text_embeddings_that_are_not_unit_vectors_read_as_absent(synthetic):
-    from cbmctl.cache import TextStore, text_key
+    from cbmctl.cache import TextStore
+    from cbmctl.identity import text_key
     cache = open_cache(synthetic["cache"])
     key = text_key(cache.attrs, CONCEPTS)
     store = TextStore.beside(cache.path)

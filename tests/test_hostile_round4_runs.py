@@ -66,7 +66,7 @@ def test_editing_any_part_of_a_run_is_refused(cli, run, tensors, meta, fragment)
 
 
 def test_a_concept_renamed_with_its_hash_recomputed_is_still_refused(cli, run):
-    from cbmctl.names import names_sha256
+    from cbmctl.identity import names_sha256
 
     def rename(meta):
         meta["concepts"][0] = "blue"
@@ -99,10 +99,10 @@ def _fifo(path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 @pytest.mark.parametrize("edit, fragment", [
     (lambda text: text.replace("lr: 0.001\n", "lr: 0.01\n", 1), "another dataset, concept set, backbone or training"),
-    (lambda text: text.replace("epochs: 3\n", "epochs: -5\n"), "epochs must be at least 1"),
+    (lambda text: text.replace("epochs: 3\n", "epochs: -5\n"), "`epochs` must be at least 1"),
     (lambda text: text.replace("epochs: 3\n", "epochs: 1e400\n"), "epochs must be a whole number"),
     (lambda text: text + "lr: 1e300\n", "duplicate key 'lr'"),
-    (lambda text: text.replace("lr: 0.001\n", "lr: 1e300\n", 1), "--lr must be at most 1e+06"),
+    (lambda text: text.replace("lr: 0.001\n", "lr: 1e300\n", 1), "config.yaml: `lr` must be at most 1e+06"),
     (lambda text: "a: &x [1]\nb: *x\n", "aliases"),
     (lambda text: "[" * 5000, "config.yaml"),
     (lambda text: text.replace("concepts: ", "concepts: /nonexistent/"), "concept set"),

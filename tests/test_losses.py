@@ -87,7 +87,7 @@ def test_cos3_by_hand():
 
 def test_none_is_zero_and_unknown_is_refused():
     assert float(cbl_loss("none", z=Z, scores=Z, cbl_weight=torch.eye(3))) == 0.0
-    with pytest.raises(CbmctlError, match="unknown --loss"):
+    with pytest.raises(CbmctlError, match="unknown `loss`"):
         cbl_loss("nope", z=Z, scores=Z, cbl_weight=torch.eye(3))
 
 
@@ -101,7 +101,7 @@ def test_hard_samples_are_finite_and_only_for_the_paper_form():
     assert float(loss.detach()) == pytest.approx(0.5 * (sum(down) / 2 + sum(across) / 2))
     loss.backward()
     assert torch.isfinite(z.grad).all()
-    with pytest.raises(CbmctlError, match="--hard applies only"):
+    with pytest.raises(CbmctlError, match="`hard` applies only"):
         cbl_loss("gumbel", z=Z, scores=Z, cbl_weight=torch.eye(3), gumbel_form="reference", hard=True)
 
 
@@ -112,5 +112,5 @@ def test_tiny_tau_and_extreme_logits_stay_finite(form):
                     generator=torch.Generator().manual_seed(1))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
-    with pytest.raises(CbmctlError, match="--tau must be positive"):
+    with pytest.raises(CbmctlError, match="`tau` must be positive"):
         cbl_loss("gumbel", z=z, scores=z, cbl_weight=torch.eye(3), gumbel_form=form, tau=0.0)

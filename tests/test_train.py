@@ -57,7 +57,7 @@ def test_every_loss_trains_and_reports_every_metric(data, loss):
 def test_reference_form_and_hard_samples_train(data):
     assert np.isfinite(train_cbm(data, quick(gumbel_form="reference", epochs=2)).metrics["test"]["top1"])
     assert np.isfinite(train_cbm(data, quick(hard=True, tau=0.1, epochs=2)).metrics["test"]["top1"])
-    with pytest.raises(CbmctlError, match="--hard applies only"):
+    with pytest.raises(CbmctlError, match="`hard` applies only"):
         train_cbm(data, quick(gumbel_form="reference", hard=True))
 
 

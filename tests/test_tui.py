@@ -27,8 +27,8 @@ from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
 from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
+from cbmctl.identity import names_sha256
 from cbmctl.model import model_identity
-from cbmctl.names import names_sha256
 from cbmctl.train import TrainConfig, prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load

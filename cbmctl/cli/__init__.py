@@ -1,4 +1,8 @@
-"""The click root group. Subcommands are imported only when invoked, so `--help` stays instant."""
+"""The click root group. Subcommands are imported only when invoked, so `--help` stays instant.
+
+Every error, whoever finds it, is printed here in one style: a single line `Error: ...` on stderr, escaped
+(cbmctl.sanitize.safe_text), with exit status 1, or 2 for a usage error (an unknown option or command, a
+missing argument, a bad option value, options that do not go together), which also names the command's help."""
 from __future__ import annotations
 
 import importlib
@@ -52,8 +56,8 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CbmctlError as error:
-            from cbmctl.sanitize import safe_text  # messages quote names from files and servers
-            click.echo(f"Error: {safe_text(error)}", err=True)
+            from cbmctl.cli.common import for_the_command_line  # messages quote names from files and servers
+            click.echo(f"Error: {for_the_command_line(error)}", err=True)
             ctx.exit(error.exit_code)
         except OSError as error:
             # the last resort for a file the commands did not expect to be unwritable or missing (a full disk, a
@@ -68,6 +72,27 @@ class LazyGroup(click.Group):
             from cbmctl.sanitize import safe_text
             click.echo(safe_text(interrupt_line()), err=True)
             ctx.exit(130)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's own errors (usage, bad parameters) in the one style instead of click's usage block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as error:  # `cbmctl` alone: the help, as click shows it
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            from cbmctl.sanitize import safe_text
+            line = error.format_message()
+            if isinstance(error, click.UsageError) and error.ctx is not None:
+                line += f" (see '{error.ctx.command_path} -h')"
+            click.echo(f"Error: {safe_text(line)}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -38,7 +38,8 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     check_concepts(concepts, plan)
     from cbmctl.backbones import resolve_device
     from cbmctl.cms import cms_report
-    from cbmctl.pipeline import resolve_cache, resolve_concepts
+    from cbmctl.pipeline import resolve_cache
+    from cbmctl.preflight import resolve_concepts
     resolved = resolve_device(device)
     cache, config = resolve_cache(data or dataset_option, device=resolved, log=log, plan=plan,
                                   warn=lambda line: click.echo(line, err=True))

@@ -58,6 +58,25 @@ def dataset_options(func):
     return wrapper
 
 
+# a library parameter whose flag is not --NAME-WITH-DASHES
+FLAG_OF = {"cache_path": "--cache", "templates": "--template", "class_name": "--class", "set_values": "--set",
+           "dataset_format": "--format", "spec": "DATA"}
+
+
+def flag_of(parameter: str) -> str:
+    return FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def for_the_command_line(error) -> str:
+    """A library error's message with each parameter it names (CbmctlError.options, written `name`) shown as
+    the flag a user types, escaped for the terminal: the one way every command prints an error."""
+    from cbmctl.sanitize import safe_text
+    message = str(error)
+    for name in getattr(error, "options", ()):
+        message = message.replace(f"`{name}`", flag_of(name))
+    return safe_text(message)
+
+
 # what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)
 _INTERRUPT_HINT: list[str] = []
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cbmctl.cli.common import backbone_options, print_json
+from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
 
@@ -116,7 +117,7 @@ def filter_command(concept_set, classes, out, force, model, pretrained, device, 
     from cbmctl.concepts import ConceptSet, FilterThresholds, encode_concepts, filter_concepts, load_concept_set
     out = Path(out)
     if out.exists() and not force:
-        raise click.ClickException(f"{safe_text(out)} exists; pass --force to replace it")
+        raise CbmctlError(f"{out} exists; pass --force to replace it")
     loaded = load_concept_set(concept_set)
     class_names = _classes_for(classes, loaded.name)
     backbone, cache = _backbone(model, pretrained, device, cache_path, loaded.name)
@@ -126,7 +127,7 @@ def filter_command(concept_set, classes, out, force, model, pretrained, device, 
     images = cache.split(split).embeddings.astype("float32") if cache is not None and activation_cutoff is not None \
         else None
     if activation_cutoff is not None and images is None:
-        raise click.ClickException("--activation-cutoff needs --cache (the images to score concepts on)")
+        raise click.UsageError("--activation-cutoff needs --cache (the images to score concepts on)")
     thresholds = FilterThresholds(max_chars, class_similarity, duplicate_similarity, activation_cutoff)
     kept, dropped = filter_concepts(loaded.concepts, class_names, concept_vectors, class_vectors, thresholds, images)
     _write_lines(out, kept, f"filtered from {loaded.source} ({loaded.sha256[:12]}) with {backbone.name}")
@@ -150,8 +151,7 @@ def _backbone(model, pretrained, device, cache_path, set_name):
         from cbmctl.cache import open_cache
         cache = open_cache(cache_path)
         if model and model != cache.attrs["backbone_model"]:
-            raise click.ClickException(safe_text(f"--model {model} differs from the cache's "
-                                                 f"{cache.attrs['backbone_model']}"))
+            raise CbmctlError(f"--model {model} differs from the cache's {cache.attrs['backbone_model']}")
         return load_backbone_of_cache(cache, device), cache
     return load_backbone(model or ("demo" if set_name == "demo" else DEFAULT_MODEL), pretrained, device), None
 
@@ -198,7 +198,7 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
     from cbmctl.concepts import ConceptSet, FilterThresholds, encode_concepts, filter_concepts, load_class_list
     out = Path(out)
     if out.exists() and not force:
-        raise click.ClickException(f"{safe_text(out)} exists; pass --force to replace it")
+        raise CbmctlError(f"{out} exists; pass --force to replace it")
     endpoint = Endpoint.from_options(base_url, api_key, llm_model, timeout, retries)
     classes = load_class_list(classes_spec, log=lambda line: _say(line, err=True))
     if endpoint.sends_key_in_clear():

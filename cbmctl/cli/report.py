@@ -29,12 +29,12 @@ def report(source, runs_root, out, split, unit_images, examples, weights_csv, qu
     × concept weights, each used concept unit's top images, and explanations of a few correct and wrong
     images. Images are embedded; the page fetches nothing, so it opens offline and can be mailed."""
     from cbmctl import runs
+    from cbmctl.errors import CbmctlError
     from cbmctl.html_page import check_output
     from cbmctl.sanitize import safe_text
     run_dir = runs.resolve_run(source, Path(runs_root))  # before torch loads: a missing run answers at once
     if not (run_dir / runs.META_FILE).is_file():
-        raise click.ClickException(safe_text(f"{run_dir} holds no trained model ({runs.META_FILE}); train or resume "
-                                             "it first"))
+        raise CbmctlError(f"{run_dir} holds no trained model ({runs.META_FILE}); train or resume it first")
     target = check_output(Path(out) if out else run_dir / runs.REPORT_FILE)
     if weights_csv:
         check_output(Path(weights_csv))

@@ -224,10 +224,11 @@ def _embed(world: _World, backbone: _Backbone, progress: bool) -> bool:
 
 def _training_data(world: _World, backbone: _Backbone, config: TrainConfig):
     """(cache, the world's default concept set, TrainingData)."""
-    from cbmctl.cache import open_cache, text_key
+    from cbmctl.cache import open_cache
     from cbmctl.concepts import encode_concepts
     from cbmctl.datasets import load_config
-    from cbmctl.pipeline import resolve_concepts
+    from cbmctl.identity import text_key
+    from cbmctl.preflight import resolve_concepts
     from cbmctl.train import prepare_data
     cache = open_cache(world.cache)
     concept_set = resolve_concepts(None, load_config(world.data), cache)

@@ -122,13 +122,13 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
     """A cache without a run: the CMS view (T = cos(class, concept); per image V = cos(image, concept))."""
     from cbmctl.cache import open_cache
     from cbmctl.datasets import load_config
-    from cbmctl.pipeline import resolve_concepts
+    from cbmctl.preflight import resolve_concepts
     cache = open_cache(path)
     root = Path(cache.attrs["dataset_root"])
     config = load_config(root) if root.is_dir() else None
     from cbmctl.datasets import DatasetConfig
     concept_set = resolve_concepts(concepts, config or DatasetConfig(), cache)
-    from cbmctl.cache import text_key
+    from cbmctl.identity import BACKBONE_RECORD, DATA_RECORD, text_key
     stored = cache.text(text_key(cache.attrs, concept_set.concepts))
     if stored is None:
         raise CbmctlError(f"{path} has no text embeddings for concept set {concept_set.name!r}; run "
@@ -140,9 +140,9 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
     t, v, similarity = cms.t.numpy(), cms.v, cms.scores
     probabilities = (similarity * float(cache.attrs["logit_scale"])).softmax(dim=1)
     summary = {"cache": str(path), "mode": "no run: Concept Matrix Search view (T and V are cosines)",
-               "backbone": {k: cache.attrs[k] for k in ("backbone_model", "backbone_pretrained", "weights_sha256")},
+               "backbone": {k: cache.attrs[k] for k in BACKBONE_RECORD},
                "concept_set": concept_set.record(),
-               "dataset": {k: cache.attrs[k] for k in ("dataset_name", "dataset_root", "dataset_fingerprint")}}
+               "dataset": {k: cache.attrs[k] for k in DATA_RECORD}}
     return InspectData(f"{path.name} — CMS", path, "cache", concept_set.concepts, cache.classes,
                        {"T = cos(class, concept)": t}, split=split, paths=images.paths, labels=images.labels,
                        predicted=similarity.argmax(dim=1).numpy(), confidence=probabilities.max(dim=1).values.numpy(),
