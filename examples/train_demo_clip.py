@@ -183,7 +183,7 @@ def main(argv=None):
     import torch
     from safetensors.torch import save_file
 
-    from cbmctl.demo.compact import IDS_KEY
+    from cbmctl.backbones.weights import IDS_KEY
     torch.manual_seed(args.seed)
     open_clip.add_model_config(str(HERE / "cbmctl-demo.json"))
     model = open_clip.create_model("cbmctl-demo").to(memory_format=torch.channels_last)

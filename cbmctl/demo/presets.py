@@ -15,6 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from cbmctl.demo.species import FIDELITY, SPECIES_SETS, max_confusable
+from cbmctl.demo.vocabulary import FAMILIES
+from cbmctl.demo.world_concepts import distractor_pool
 from cbmctl.errors import CbmctlError
 
 WORLD_FILE = "world.json"
@@ -27,7 +30,6 @@ MAX_PER_CLASS = 5000
 
 
 def _default_fidelity() -> dict[str, float]:
-    from cbmctl.demo.world import FIDELITY
     return dict(FIDELITY)
 
 
@@ -99,7 +101,6 @@ def _as_int(name: str, value) -> int:
 
 def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
     """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
-    from cbmctl.demo.world import FAMILIES, SPECIES_SETS, max_confusable
     if preset not in PRESETS:
         raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
@@ -149,7 +150,6 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
     if not 0 <= _as_int("--confusable", spec.confusable) <= most:
         raise CbmctlError(f"--confusable {spec.confusable}: between 0 and {most} (pairs that can be made to "
                           "differ in one attribute without touching any other pair)")
-    from cbmctl.demo.world_concepts import distractor_pool
     pool = len(distractor_pool())
     if not 0 <= _as_int("--distractors", spec.distractors) <= pool:
         raise CbmctlError(f"--distractors {spec.distractors}: between 0 and {pool} (the phrases the demo CLIP "
