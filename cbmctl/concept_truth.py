@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl import plugins
 from cbmctl.errors import CbmctlError
 from cbmctl.names import normalise
+from cbmctl.plugins import GROUND_TRUTH, load_group
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def vocabulary_of(attribute_names) -> AttributeVocabulary | None:
     names = [str(name) for name in attribute_names]
     found = _claiming(names)
     if found is None:
-        plugins.load_group(plugins.GROUND_TRUTH)
+        load_group(GROUND_TRUTH)
         found = _claiming(names)
     return found
 

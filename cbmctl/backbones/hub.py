@@ -55,7 +55,7 @@ def _hub_files(hub: str) -> tuple[str, list[str]]:
 
 def _tag_index_paths() -> list[Path]:
     from cbmctl.files import cbmctl_home
-    return [cbmctl_home() / "open_clip-tags.json", Path(__file__).parent / "open_clip_tags.json"]
+    return [cbmctl_home() / "open_clip-tags.json", Path(__file__).parent.parent / "open_clip_tags.json"]  # the shipped one
 
 
 def write_tag_index(path: Path) -> None:

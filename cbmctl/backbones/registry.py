@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cbmctl import plugins
 from cbmctl.errors import CbmctlError
+from cbmctl.plugins import BACKBONES, failures, load_group
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,16 @@ def find_provider(model: str) -> BackboneProvider | None:
     """The provider serving a model name; the plug-ins are loaded the first time a name is not registered."""
     found = _registered(model)
     if found is None:
-        plugins.load_group(plugins.BACKBONES)
+        load_group(BACKBONES)
         found = _registered(model)
     return found
 
 
 def providers() -> list[BackboneProvider]:
     """Every provider, the plug-ins loaded."""
-    plugins.load_group(plugins.BACKBONES)
+    load_group(BACKBONES)
     return sorted(_PROVIDERS.values(), key=lambda p: p.name)
 
 
 def plugin_failures() -> str:
-    return plugins.failures(plugins.BACKBONES)
+    return failures(BACKBONES)
