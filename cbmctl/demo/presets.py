@@ -99,18 +99,11 @@ def _as_int(name: str, value) -> int:
     return int(value)
 
 
-def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
-    """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
-    if preset not in PRESETS:
-        raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
-    if unknown:
-        raise CbmctlError(f"unknown world knob {unknown[0]!r}")
-    spec = replace(WorldSpec(), preset=preset, **PRESETS[preset])
-    given = {k: v for k, v in overrides.items() if v is not None and k != "preset"}
-    fidelity = dict(spec.fidelity)
-    if "fidelity" in given:
-        value = parse_fidelity(given.pop("fidelity"))
+def _fidelity(preset: dict[str, float], given) -> dict[str, float]:
+    """The preset's fidelity with the given one (a number for every family, or some families) laid over it."""
+    fidelity = dict(preset)
+    if given is not None:
+        value = parse_fidelity(given)
         if isinstance(value, dict):
             for family in value:
                 if family not in FAMILIES:
@@ -123,6 +116,19 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
             raise CbmctlError(f"--fidelity {family}={value!r}: must be between 0 and 1")
     if set(fidelity) != set(FAMILIES):
         raise CbmctlError(f"fidelity must give every family ({', '.join(FAMILIES)})")
+    return fidelity
+
+
+def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
+    """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
+    if preset not in PRESETS:
+        raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
+    if unknown:
+        raise CbmctlError(f"unknown world knob {unknown[0]!r}")
+    spec = replace(WorldSpec(), preset=preset, **PRESETS[preset])
+    given = {k: v for k, v in overrides.items() if v is not None and k != "preset"}
+    fidelity = _fidelity(spec.fidelity, given.pop("fidelity", None))
     if "concept_sets" in given:
         sets = given.pop("concept_sets")
         sets = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
