@@ -11,7 +11,13 @@ from cbmctl.data_files import load_structured, read_bytes_capped
 from cbmctl.errors import CbmctlError
 from cbmctl.identity import names_sha256
 from cbmctl.logs import sayer
-from cbmctl.names import MAX_NAME_CHARS, normalise, validate_class_names, validate_concept_names
+from cbmctl.names import (
+    MAX_NAME_CHARS,
+    normalise,
+    numbered_class_names,
+    validate_class_names,
+    validate_concept_names,
+)
 from cbmctl.sanitize import first_control, has_control, safe_text
 
 BUILTIN_DIR = Path(__file__).parent / "concept_sets"
@@ -188,19 +194,6 @@ def _load_associated(path: Path, name: str, source: str) -> ConceptSet:
     if not concepts:
         raise CbmctlError(f"{shown}: the concept set is empty")
     return ConceptSet(name, validate_concept_names(concepts, shown), source, [], associations)
-
-
-NUMBERED_LINE = re.compile(r"(\d+)\s+(\S+)")
-
-
-def numbered_class_names(lines: list[str]) -> list[str] | None:
-    """The names of a CUB-style classes.txt ('1 001.Black_footed_Albatross', numbered 1..K in order) as the
-    CUB reader names its classes ('black footed albatross'); None for any other list."""
-    from cbmctl.datasets.base import clean_class_name
-    matches = [NUMBERED_LINE.fullmatch(line) for line in lines]
-    if not lines or not all(matches) or [int(m.group(1)) for m in matches] != list(range(1, len(lines) + 1)):
-        return None
-    return [clean_class_name(m.group(2)) for m in matches]
 
 
 def load_class_list(spec: str, log=None) -> list[str]:

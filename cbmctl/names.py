@@ -6,7 +6,9 @@ non-empty plain text (no control, format or separator character: cbmctl.sanitize
 MAX_NAME_CHARS long, and unambiguous within its list: two class names may not differ only by case or
 spacing (ImageNet's `Cardigan` the corgi and `cardigan` the sweater), two concepts not only by case,
 spacing or a leading article (`normalise`, the key concept files are de-duplicated by). A list that
-breaks a rule is refused in one line naming its source, the item's index and what is wrong."""
+breaks a rule is refused in one line naming its source, the item's index and what is wrong. How a raw
+label becomes a class name (a CUB folder, a Places path, a numbered classes.txt) is decided here too, for the
+dataset readers and the class lists of `concepts` alike."""
 from __future__ import annotations
 
 import re
@@ -30,6 +32,37 @@ def normalise(text: str) -> str:
 def class_key(name: str) -> str:
     """The comparison key of a class name: case and spacing do not make a new class."""
     return " ".join(name.split()).casefold()
+
+
+def clean_class_name(raw: str) -> str:
+    """'001.Black_footed_Albatross' -> 'black footed albatross'; '/a/apartment_building/outdoor' ->
+    'apartment building outdoor'."""
+    name = raw.strip()
+    name = re.sub(r"^\d+[._\s-]+", "", name)
+    name = re.sub(r"^/[a-z]/", "", name)
+    name = name.replace("/", " ").replace("_", " ")
+    return re.sub(r"\s+", " ", name).strip().lower()
+
+
+def disambiguate(names: list[str], keys: list[str]) -> list[str]:
+    """Keep label order; where two classes share a name, also one differing only by case (ImageNet's
+    'Cardigan' the corgi and 'cardigan' the sweater: `class_key`), suffix each with its key (e.g. a WordNet id)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[class_key(name)] = counts.get(class_key(name), 0) + 1
+    return [f"{name} ({key})" if counts[class_key(name)] > 1 else name for name, key in zip(names, keys)]
+
+
+NUMBERED_LINE = re.compile(r"(\d+)\s+(\S+)")
+
+
+def numbered_class_names(lines: list[str]) -> list[str] | None:
+    """The names of a CUB-style classes.txt ('1 001.Black_footed_Albatross', numbered 1..K in order) as the
+    CUB reader names its classes ('black footed albatross'); None for any other list."""
+    matches = [NUMBERED_LINE.fullmatch(line) for line in lines]
+    if not lines or not all(matches) or [int(m.group(1)) for m in matches] != list(range(1, len(lines) + 1)):
+        return None
+    return [clean_class_name(m.group(2)) for m in matches]
 
 
 def _check_each(names, kind: str, source) -> None:

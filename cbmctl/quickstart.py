@@ -28,10 +28,11 @@ def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     from cbmctl import runs
     from cbmctl.logs import sayer
     say = sayer(say)
-    from cbmctl.backbones import DEMO_MODEL, load_backbone
+    from cbmctl.backbones import load_backbone
     from cbmctl.cache import open_cache
     from cbmctl.cms import cms_report
     from cbmctl.datasets import load_config, load_dataset
+    from cbmctl.demo.backbone import DEMO_MODEL
     from cbmctl.demo.world import make_world
     from cbmctl.embed import default_cache_path, embed_dataset
     from cbmctl.explain import Explainer, embed_images
@@ -45,7 +46,7 @@ def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     else:
         make_world(plan.world, seed=0, preset=QUICKSTART_PRESET)
         from cbmctl.demo.presets import resolve_spec
-        from cbmctl.demo.world import world_species
+        from cbmctl.demo.species import world_species
         spec = resolve_spec(QUICKSTART_PRESET)
         say(f"      made {plan.world} ({QUICKSTART_PRESET} preset: {len(world_species(0, spec.species)[0])} species × "
             f"{spec.train_per_class + spec.test_per_class} images, CUB layout, ground-truth attributes, "

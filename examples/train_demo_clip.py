@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cbmctl.demo import species as demo_species
 from cbmctl.demo import world
+from cbmctl.demo.vocabulary import DISTRACTORS, FAMILIES
 
 HERE = Path(__file__).parent
 CLASS_TEMPLATE = "a photo of a {}."
@@ -28,16 +30,16 @@ CLASS_TEMPLATE = "a photo of a {}."
 
 def value_phrases():
     """(family, value, phrasing) for every phrasing of every value; distractors have value None."""
-    rows = [(f, v, p) for f, values in world.FAMILIES.items() for v, phrases in values.items() for p in phrases]
-    rows += [(f, None, p) for f, phrases in world.DISTRACTORS.items() for p in phrases]
+    rows = [(f, v, p) for f, values in FAMILIES.items() for v, phrases in values.items() for p in phrases]
+    rows += [(f, None, p) for f, phrases in DISTRACTORS.items() for p in phrases]
     return rows
 
 
 def compose_caption(attributes: dict, species_name: str | None, rng) -> tuple[str, dict, str | None]:
     """A caption naming a random subset of the attributes (and maybe the species), in varied wording."""
-    families = [f for f in world.FAMILIES if rng.random() < 0.6] or [list(world.FAMILIES)[int(rng.integers(5))]]
+    families = [f for f in FAMILIES if rng.random() < 0.6] or [list(FAMILIES)[int(rng.integers(5))]]
     said = {f: attributes[f] for f in families}
-    phrase = {f: world.FAMILIES[f][attributes[f]][int(rng.integers(len(world.FAMILIES[f][attributes[f]])))]
+    phrase = {f: FAMILIES[f][attributes[f]][int(rng.integers(len(FAMILIES[f][attributes[f]])))]
               for f in families}
     words = []
     if "size" in said:
@@ -70,10 +72,10 @@ def draw_batch(size: int, rng, all_species):
     for _ in range(size):
         if rng.random() < 0.5:
             k = int(rng.integers(len(all_species)))
-            drawn = world.sample_attributes(all_species[k].profile, rng)
+            drawn = demo_species.sample_attributes(all_species[k].profile, rng)
         else:
             k = -1
-            drawn = {f: list(v)[int(rng.integers(len(v)))] for f, v in world.FAMILIES.items()}
+            drawn = {f: list(v)[int(rng.integers(len(v)))] for f, v in FAMILIES.items()}
         images.append(np.asarray(world.render(drawn, rng)))
         attrs.append(drawn)
         labels.append(k)
@@ -82,7 +84,7 @@ def draw_batch(size: int, rng, all_species):
 
 def encode_attributes(attrs) -> np.ndarray:
     """(B, families) value indices."""
-    return np.array([[list(values).index(a[f]) for f, values in world.FAMILIES.items()] for a in attrs])
+    return np.array([[list(values).index(a[f]) for f, values in FAMILIES.items()] for a in attrs])
 
 
 def caption_targets(attrs, labels, captions, phrase_index, num_species):
@@ -96,13 +98,13 @@ def caption_targets(attrs, labels, captions, phrase_index, num_species):
     has_species = labels >= 0
     species_pos[np.flatnonzero(has_species), labels[has_species]] = True
     species_pos[np.flatnonzero(has_species), num_species + labels[has_species]] = True
-    families = list(world.FAMILIES)
+    families = list(FAMILIES)
     required = np.full((len(captions), len(families)), -1)
     named = np.full(len(captions), -2)
-    names = [s.name for s in world.species()]
+    names = [s.name for s in demo_species.species()]
     for j, (_, said, who) in enumerate(captions):
         for f, v in said.items():
-            required[j, families.index(f)] = list(world.FAMILIES[f]).index(v)
+            required[j, families.index(f)] = list(FAMILIES[f]).index(v)
         if who is not None:
             named[j] = names.index(who)
     fits = ((required[None, :, :] < 0) | (codes[:, None, :] == required[None, :, :])).all(axis=2)
@@ -125,7 +127,7 @@ class _Batches(__import__("torch").utils.data.IterableDataset):
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
-        all_species = world.species()
+        all_species = demo_species.species()
         while True:
             images, attrs, labels = draw_batch(self.batch_size, rng, all_species)
             captions = [compose_caption(a, all_species[k].name if k >= 0 else None, rng)
@@ -161,7 +163,7 @@ def family_accuracy(model, tokenizer, images, attrs, mean, std) -> dict:
     with torch.no_grad():
         feats = F.normalize(model.encode_image(to_tensor(images, mean, std)).float(), dim=-1)
         out = {}
-        for family, values in world.FAMILIES.items():
+        for family, values in FAMILIES.items():
             names = list(values)
             text = F.normalize(model.encode_text(tokenizer([values[v][0] for v in names])).float(), dim=-1)
             pred = (feats @ text.t()).argmax(1).numpy()
@@ -183,14 +185,14 @@ def main(argv=None):
     import torch
     from safetensors.torch import save_file
 
-    from cbmctl.demo.compact import IDS_KEY
+    from cbmctl.backbones.weights import IDS_KEY
     torch.manual_seed(args.seed)
     open_clip.add_model_config(str(HERE / "cbmctl-demo.json"))
     model = open_clip.create_model("cbmctl-demo").to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer("cbmctl-demo")
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
-    all_species = world.species()
-    families = list(world.FAMILIES)
+    all_species = demo_species.species()
+    families = list(FAMILIES)
     phrases = value_phrases()
     phrase_texts = [p for _, _, p in phrases]
     class_texts = [CLASS_TEMPLATE.format(s.name) for s in all_species] + [s.name for s in all_species]
@@ -203,7 +205,7 @@ def main(argv=None):
     words = set()
     for _ in range(20000):  # captions are made of a small closed set of words; collect them all
         k = int(sample_rng.integers(len(all_species)))
-        drawn = world.sample_attributes(all_species[k].profile, sample_rng)
+        drawn = demo_species.sample_attributes(all_species[k].profile, sample_rng)
         words.update(compose_caption(drawn, all_species[k].name, sample_rng)[0].replace(",", " , ").split())
     vocabulary.update(torch.unique(tokenizer(sorted(words))).tolist())
     token_ids = torch.tensor(sorted(vocabulary))
@@ -215,7 +217,7 @@ def main(argv=None):
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    phrase_index = np.array([[families.index(f), -1 if v is None else list(world.FAMILIES[f]).index(v)]
+    phrase_index = np.array([[families.index(f), -1 if v is None else list(FAMILIES[f]).index(v)]
                              for f, v, _ in phrases])
     batches = iter(torch.utils.data.DataLoader(_Batches(args.batch_size, args.seed), batch_size=None,
                                                collate_fn=_as_is, num_workers=1, prefetch_factor=4))

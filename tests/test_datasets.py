@@ -14,8 +14,9 @@ from makers import (
 )
 
 from cbmctl.datasets import detect_format, load_dataset, stratified_split
-from cbmctl.datasets.base import ImageRecord, clean_class_name
+from cbmctl.datasets.base import ImageRecord
 from cbmctl.errors import CbmctlError
+from cbmctl.names import clean_class_name
 
 
 def test_clean_class_name():

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cbmctl.datasets import load_dataset
-from cbmctl.demo import world
+from cbmctl.demo import species as demo_species
+from cbmctl.demo import vocabulary, world
 
 # The shipped CLIP's embedding of one fixed rendered image (first 8 of 128 dimensions). A change means the
 # weights file, the architecture config or the preprocessing changed.
@@ -42,22 +43,22 @@ def test_refuses_a_non_empty_directory(tmp_path):
 
 def test_the_cub_reader_loads_the_world_with_splits_and_attributes(small_world):
     dataset = load_dataset(small_world)
-    assert dataset.format == "cub" and dataset.classes[0] == world.SPECIES_NAMES[0]
+    assert dataset.format == "cub" and dataset.classes[0] == demo_species.SPECIES_NAMES[0]
     assert len(dataset.classes) == 30
     sizes = {split: len(records) for split, records in dataset.splits.items()}
     assert sizes["test"] == 30 * 4 and sizes["train"] + sizes["val"] == 30 * 4
-    families = world.attribute_list()
+    families = vocabulary.attribute_list()
     assert [name for name in dataset.attribute_names] == [f"has_{f}::{v}" for f, v in families]
     for split in ("train", "val", "test"):
         attributes = dataset.attributes[split]
         # exactly one value per family for every image
-        for family in world.FAMILIES:
+        for family in vocabulary.FAMILIES:
             columns = [j for j, (f, _) in enumerate(families) if f == family]
             assert (attributes[:, columns].sum(axis=1) == 1).all()
     # a species' own profile is the most common value among its images (fidelity ≥ 0.8)
     train = dataset.attributes["train"]
     labels = np.array([r.label for r in dataset.splits["train"]])
-    sp = world.species()[0]
+    sp = demo_species.species()[0]
     column = families.index(("color", sp.profile["color"]))
     assert train[labels == 0, column].mean() >= 0.5
     assert (small_world / "cbmctl.yaml").read_text().count("model: demo") == 1
@@ -83,7 +84,7 @@ def test_demo_eval_schema(cli, small_world, tmp_path, monkeypatch):
     report = json.loads(result.stdout)
     assert set(report) >= {"world", "split", "images", "families", "zero_shot_class", "linear_probe_class",
                            "class_ceiling"}
-    assert set(report["families"]) == set(world.FAMILIES)
+    assert set(report["families"]) == set(vocabulary.FAMILIES)
     assert report["families"]["color"]["chance"] == pytest.approx(1 / 8, abs=1e-3)
     assert report["families"]["shape"]["values"] == 6 and report["zero_shot_class"]["chance"] == pytest.approx(1 / 30, abs=1e-3)
     assert 0.7 < report["class_ceiling"]["expected"] < 0.9
@@ -125,8 +126,8 @@ def test_train_needs_no_flag_on_the_demo_world(demo_run):
 def test_explanations_of_correct_demo_images_name_their_true_attributes(demo_run):
     root, world_dir, _ = demo_run
     from cbmctl.backbones import load_backbone
-    from cbmctl.concept_truth import demo_mapping
     from cbmctl.concepts import normalise
+    from cbmctl.demo.truth import demo_mapping
     from cbmctl.explain import Explainer, embed_images
     explainer = Explainer.from_run((root / "runs" / "latest").resolve())
     dataset = load_dataset(world_dir)

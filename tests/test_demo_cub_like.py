@@ -9,25 +9,26 @@ import pytest
 from cbmctl.concept_truth import truth_matrix
 from cbmctl.concepts import load_concept_set
 from cbmctl.datasets import load_config, load_dataset
-from cbmctl.demo import cub_like, presets, world, world_concepts
+from cbmctl.demo import presets, vocabulary, world, world_concepts
+from cbmctl.demo import species as demo_species
 from cbmctl.demo.evaluate import evaluate_world
 from cbmctl.errors import CbmctlError
 
 
 def test_species_are_distinct_and_named_after_colour_pattern_and_shape():
-    species = cub_like.cub_like_species()
-    assert len(species) == cub_like.SPECIES_COUNT == 50
+    species = demo_species.cub_like_species()
+    assert len(species) == demo_species.SPECIES_COUNT == 50
     assert len({tuple(s.profile.values()) for s in species}) == 50 and len({s.name for s in species}) == 50
     for sp in species:
         *features, noun = sp.name.split()
-        assert features == [sp.profile["color"], sp.profile["pattern"], cub_like.SHAPE_NOUN[sp.profile["shape"]]]
-        assert noun in cub_like.NOUNS
+        assert features == [sp.profile["color"], sp.profile["pattern"], demo_species.SHAPE_NOUN[sp.profile["shape"]]]
+        assert noun in demo_species.NOUNS
     # the nouns carry nothing: the demo CLIP has no embedding row for any of them
-    assert world_concepts.outside_vocabulary(list(cub_like.NOUNS)) == list(cub_like.NOUNS)
+    assert world_concepts.outside_vocabulary(list(demo_species.NOUNS)) == list(demo_species.NOUNS)
 
 
 def test_phrase_meaning_reads_compositions_and_refuses_unknown_words():
-    meaning = world_concepts.phrase_meaning
+    meaning = vocabulary.phrase_meaning
     assert meaning("small red striped star on grass") == {"size": "small", "color": "red", "pattern": "striped",
                                                           "shape": "star", "background": "grass"}
     assert meaning("with dots") == {"pattern": "dotted"} and meaning("plain surface") == {"pattern": "plain"}
@@ -45,7 +46,7 @@ def test_truth_of_a_composite_is_the_conjunction_of_its_values():
 
 
 def test_llm_answer_describes_each_species_with_true_and_some_wrong_phrases():
-    species = cub_like.cub_like_species()
+    species = demo_species.cub_like_species()
     answer, wrong = world_concepts.llm_answer(species)
     assert list(answer) == [s.name for s in species]
     phrases = {c for items in answer.values() for c in items}
@@ -57,7 +58,7 @@ def test_llm_answer_describes_each_species_with_true_and_some_wrong_phrases():
     for name, items in answer.items():
         mistaken = set(wrong[name])
         for phrase in items:
-            holds = by_name[name].profile.items() >= world_concepts.phrase_meaning(phrase).items()
+            holds = by_name[name].profile.items() >= vocabulary.phrase_meaning(phrase).items()
             assert holds != (phrase in mistaken), (name, phrase)
     assert 0.05 < sum(map(len, wrong.values())) / sum(map(len, answer.values())) < 0.3
 

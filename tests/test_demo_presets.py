@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from cbmctl.concept_truth import demo_mapping, truth_matrix
+from cbmctl.concept_truth import truth_matrix
 from cbmctl.concepts import load_concept_set, normalise
 from cbmctl.datasets import load_config, load_dataset
-from cbmctl.demo import presets, world, world_concepts
+from cbmctl.demo import presets, vocabulary, world, world_concepts
+from cbmctl.demo import species as demo_species
 from cbmctl.demo.evaluate import bayes_ceiling, pair_ceiling, value_probabilities
+from cbmctl.demo.truth import demo_mapping
 from cbmctl.errors import CbmctlError
 
 # sha256 over (relative path, bytes) of every file but the images and world.json of
@@ -59,7 +61,7 @@ def test_each_preset_records_its_knobs_and_default_concept_set(tmp_path, preset)
     default_set = record["concept_sets"][spec.concept_sets[0]]["concepts"]
     assert f"concepts: {default_set}\n" in (root / "cbmctl.yaml").read_text()
     # the profiles recorded are the ones the images were drawn from
-    assert [s["profile"] for s in record["species"]] == [s.profile for s in world.world_species(spec.confusable)[0]]
+    assert [s["profile"] for s in record["species"]] == [s.profile for s in demo_species.world_species(spec.confusable)[0]]
 
 
 def test_knob_flags_override_the_preset_and_keep_its_other_knobs(cli, tmp_path):
@@ -69,14 +71,14 @@ def test_knob_flags_override_the_preset_and_keep_its_other_knobs(cli, tmp_path):
     assert result.exit_code == 0, result.output
     _, spec = presets.read_world_spec(tmp_path / "w")
     assert (spec.preset, spec.confusable, spec.train_per_class, spec.test_per_class) == ("hard", 2, 3, 2)
-    assert spec.fidelity == {**world.FIDELITY, "color": 0.6}
+    assert spec.fidelity == {**demo_species.FIDELITY, "color": 0.6}
     assert spec.concept_sets == ("noisy", "clean") and spec.concept_noise == 0.5
     assert spec.distractors == presets.WorldSpec().distractors  # not given: the preset's value
     assert (tmp_path / "w" / "concepts" / "noisy.txt").is_file()
     assert not (tmp_path / "w" / "concepts" / "distractors.txt").exists()
     assert "preset hard: 3 train + 2 test" in result.output  # the decided knobs, said on stderr
     one_value = presets.resolve_spec("fewshot", fidelity="0.9")
-    assert one_value.fidelity == {family: 0.9 for family in world.FAMILIES}
+    assert one_value.fidelity == {family: 0.9 for family in vocabulary.FAMILIES}
 
 
 def test_fewshot_has_the_requested_counts(cli, tmp_path):
@@ -91,59 +93,60 @@ def test_fewshot_has_the_requested_counts(cli, tmp_path):
 
 
 def test_confusable_pairs_differ_in_exactly_one_family():
-    base = world.species()
-    natural = world.single_attribute_pairs(base)
+    base = demo_species.species()
+    natural = demo_species.single_attribute_pairs(base)
     assert len(natural) == 3
-    edited, edits = world.world_species(4)
-    pairs = world.single_attribute_pairs(edited)
+    edited, edits = demo_species.world_species(4)
+    pairs = demo_species.single_attribute_pairs(edited)
     assert len(pairs) == 3 + 4 and len(edits) == 4
     members = [k for i, j, _ in pairs for k in (i, j)]
     assert len(members) == len(set(members))  # no species is in two pairs
     names = [s.name for s in base]
     for edit in edits:
         k = names.index(edit["species"])
-        assert world.profile_distance(base[k].profile, edited[k].profile) == [edit["family"]]
+        assert demo_species.profile_distance(base[k].profile, edited[k].profile) == [edit["family"]]
         assert edited[k].profile[edit["family"]] == edit["to"] == base[names.index(edit["like"])].profile[edit["family"]]
     profiles = [tuple(s.profile.values()) for s in edited]
     assert len(set(profiles)) == 30
 
 
 def test_the_ceiling_is_one_when_every_attribute_is_faithful_and_profiles_differ():
-    faithful = {family: 1.0 for family in world.FAMILIES}
-    assert bayes_ceiling([s.profile for s in world.species()], faithful) == pytest.approx(1.0)
-    assert bayes_ceiling([s.profile for s in world.world_species(world.max_confusable())[0]], faithful) == \
+    faithful = {family: 1.0 for family in vocabulary.FAMILIES}
+    assert bayes_ceiling([s.profile for s in demo_species.species()], faithful) == pytest.approx(1.0)
+    assert bayes_ceiling([s.profile for s in demo_species.world_species(demo_species.max_confusable())[0]], faithful) == \
         pytest.approx(1.0)
 
 
 def test_the_ceiling_of_a_pair_differing_in_one_attribute_is_that_attributes_confusion():
     a = {"color": "red", "shape": "star", "pattern": "plain", "size": "small", "background": "snow"}
     f = 0.7
-    fidelity = {**world.FIDELITY, "size": f}
+    fidelity = {**demo_species.FIDELITY, "size": f}
     # size has two values: the pair is told apart exactly when the image shows its own size
     assert pair_ceiling(a, {**a, "size": "large"}, fidelity) == pytest.approx(f)
     # colour has eight: its own colour (f) wins; one of the six others (1-f)·6/7 is a coin toss
-    fidelity = {**world.FIDELITY, "color": f}
+    fidelity = {**demo_species.FIDELITY, "color": f}
     assert pair_ceiling(a, {**a, "color": "blue"}, fidelity) == pytest.approx(f + 0.5 * (1 - f) * 6 / 7)
     # in the world: only colour is noisy, so only the two base pairs that differ in colour alone are confused
-    only_color = {**{family: 1.0 for family in world.FAMILIES}, "color": f}
-    color_pairs = [p for p in world.single_attribute_pairs(world.species()) if p[2] == "color"]
+    only_color = {**{family: 1.0 for family in vocabulary.FAMILIES}, "color": f}
+    color_pairs = [p for p in demo_species.single_attribute_pairs(demo_species.species()) if p[2] == "color"]
     assert len(color_pairs) == 2
     expected = 1 - 2 * len(color_pairs) / 30 * (1 - (f + 0.5 * (1 - f) * 6 / 7))
-    assert bayes_ceiling([s.profile for s in world.species()], only_color) == pytest.approx(expected)
+    assert bayes_ceiling([s.profile for s in demo_species.species()], only_color) == pytest.approx(expected)
 
 
 def test_the_exact_ceiling_matches_the_worlds_own_sampling_process():
-    """The Bayes rule applied to attributes drawn by world.sample_attributes scores the exact ceiling."""
+    """The Bayes rule applied to attributes drawn by demo_species.sample_attributes scores the exact ceiling."""
     spec = presets.resolve_spec("hard", fidelity="color=0.6")
-    profiles = [s.profile for s in world.world_species(spec.confusable)[0]]
+    profiles = [s.profile for s in demo_species.world_species(spec.confusable)[0]]
     rng = np.random.default_rng(0)
     draws = 6000
     labels = rng.integers(30, size=draws)
     likelihood = np.ones((draws, 30))
     for n, k in enumerate(labels):
-        drawn = world.sample_attributes(profiles[k], rng, spec.fidelity)
+        drawn = demo_species.sample_attributes(profiles[k], rng, spec.fidelity)
         for family, value in drawn.items():
-            likelihood[n] *= value_probabilities(family, profiles, spec.fidelity)[:, list(world.FAMILIES[family]).index(value)]
+            column = list(vocabulary.FAMILIES[family]).index(value)
+            likelihood[n] *= value_probabilities(family, profiles, spec.fidelity)[:, column]
     sampled = float((likelihood.argmax(1) == labels).mean())
     assert abs(sampled - bayes_ceiling(profiles, spec.fidelity)) < 0.02  # 3 standard errors at 6000 draws
 
@@ -153,7 +156,7 @@ def test_shipped_concept_sets_load_and_map_to_ground_truth(tmp_path, monkeypatch
     record = json.loads((root / presets.WORLD_FILE).read_text())
     dataset = load_dataset(root)
     attributes, names = dataset.attributes["test"], dataset.attribute_names
-    attribute_concepts = [phrases[0] for values in world.FAMILIES.values() for phrases in values.values()]
+    attribute_concepts = [phrases[0] for values in vocabulary.FAMILIES.values() for phrases in values.values()]
     assert load_concept_set("demo").concepts == world_concepts.clean_concepts()
 
     distractors = load_concept_set(str(root / record["concept_sets"]["distractors"]["concepts"])).concepts
@@ -172,7 +175,7 @@ def test_shipped_concept_sets_load_and_map_to_ground_truth(tmp_path, monkeypatch
     touched = round(0.25 * 22)
     assert len(info["removed"]) + len(info["replaced"]) == touched and len(noisy) == 33 - len(info["removed"])
     for old, new in info["replaced"].items():
-        assert old not in noisy and new in noisy and world_concepts._word(old) in new.split()
+        assert old not in noisy and new in noisy and vocabulary.bare_word(old) in new.split()
     truth = truth_matrix(names, attributes, noisy)
     kept = [c for c in attribute_concepts if c in noisy]
     assert len(kept) == 22 - touched
@@ -193,7 +196,7 @@ def test_demo_eval_reports_the_worlds_ceiling_pairs_and_concept_sets(cli, tmp_pa
     report = json.loads(result.stdout)
     _, spec = presets.read_world_spec(root)
     assert report["preset"] == "hard" and report["seed"] == 4 and report["knobs"] == spec.knobs()
-    profiles = [s.profile for s in world.world_species(2)[0]]
+    profiles = [s.profile for s in demo_species.world_species(2)[0]]
     assert report["class_ceiling"]["expected"] == round(bayes_ceiling(profiles, spec.fidelity), 4)
     assert len(report["confusable_pairs"]) == 3 + 2
     sets = report["concept_sets"]
@@ -204,7 +207,7 @@ def test_demo_eval_reports_the_worlds_ceiling_pairs_and_concept_sets(cli, tmp_pa
     info = json.loads((root / presets.WORLD_FILE).read_text())["concept_sets"]["noisy"]
     gone = set(info["removed"]) | set(info["replaced"])
     attributes = load_dataset(root).attributes["test"]
-    attribute_concepts = [phrases[0] for values in world.FAMILIES.values() for phrases in values.values()]
+    attribute_concepts = [phrases[0] for values in vocabulary.FAMILIES.values() for phrases in values.values()]
     keep = [j for j, c in enumerate(attribute_concepts) if c not in gone]
     assert sets["noisy"]["best_precision@5"] == round(float(attributes[:, keep].sum(1).mean() / 5), 4)
     for row in sets.values():

@@ -51,7 +51,8 @@ def demo():
 def make(directory, seed, preset, images_per_class, **knobs):
     """Generate a demo world in DIRECTORY (CUB_200_2011 layout + attributes + cbmctl.yaml + world.json)."""
     from cbmctl.demo.presets import read_world_spec
-    from cbmctl.demo.world import make_world, world_species
+    from cbmctl.demo.species import world_species
+    from cbmctl.demo.world import make_world
     root = make_world(directory, seed=seed, images_per_class=images_per_class, preset=preset, **knobs)
     _, spec = read_world_spec(root)
     default_set = spec.concept_sets[0]
@@ -85,9 +86,10 @@ MAX_PAIR_ROWS = 8  # a cub-like world has dozens of single-attribute pairs: the 
 def evaluate(directory, split, cache_path, device, as_json):
     """Zero-shot accuracy of the demo CLIP per attribute family and per species, a linear probe, and the
     best species accuracy the world allows, on DIRECTORY's split."""
-    from cbmctl.backbones import DEMO_MODEL, load_backbone
+    from cbmctl.backbones import load_backbone
     from cbmctl.cache import open_cache
     from cbmctl.datasets import load_dataset
+    from cbmctl.demo.backbone import DEMO_MODEL
     from cbmctl.demo.evaluate import evaluate_world
     from cbmctl.embed import default_cache_path, embed_dataset
     dataset = load_dataset(directory)

@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 from cbmctl.datasets import cifar, cub, imagefolder, manifest, places365
-from cbmctl.datasets.base import Dataset, FileImages, ImageRecord, clean_class_name, disambiguate, leaves_root
+from cbmctl.datasets.base import Dataset, FileImages, ImageRecord, leaves_root
 from cbmctl.datasets.config import DatasetConfig, apply_class_names, load_config
 from cbmctl.datasets.splits import carve, stratified_split
 from cbmctl.errors import CbmctlError
-from cbmctl.names import validate_class_names
+from cbmctl.names import clean_class_name, disambiguate, validate_class_names
 from cbmctl.sanitize import safe_text
 from cbmctl.suggest import did_you_mean
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -129,22 +128,3 @@ class Dataset:
         """One line for a terminal (the name comes from a folder, so it is shown escaped)."""
         sizes = ", ".join(f"{split} {len(records)}" for split, records in self.splits.items())
         return safe_text(f"{self.name} ({self.format}): {self.num_classes} classes; {sizes}")
-
-
-def clean_class_name(raw: str) -> str:
-    """'001.Black_footed_Albatross' -> 'black footed albatross'; '/a/apartment_building/outdoor' ->
-    'apartment building outdoor'."""
-    name = raw.strip()
-    name = re.sub(r"^\d+[._\s-]+", "", name)
-    name = re.sub(r"^/[a-z]/", "", name)
-    name = name.replace("/", " ").replace("_", " ")
-    return re.sub(r"\s+", " ", name).strip().lower()
-
-
-def disambiguate(names: list[str], keys: list[str]) -> list[str]:
-    """Keep label order; where two classes share a name, also one differing only by case (ImageNet's
-    'Cardigan' the corgi and 'cardigan' the sweater), suffix each with its key (e.g. a WordNet id)."""
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
-    return [f"{name} ({key})" if counts[name.casefold()] > 1 else name for name, key in zip(names, keys)]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from cbmctl.data_files import open_regular
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, listed_path, parse_index, read_list_file
+from cbmctl.datasets.base import Dataset, ImageRecord, listed_path, parse_index, read_list_file
 from cbmctl.errors import CbmctlError
-from cbmctl.names import validate_class_names
+from cbmctl.names import clean_class_name, validate_class_names
 from cbmctl.sanitize import safe_text
 
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cbmctl.datasets.base import IMAGE_EXTENSIONS, Dataset, ImageRecord, disambiguate, read_list_file
+from cbmctl.datasets.base import IMAGE_EXTENSIONS, Dataset, ImageRecord, read_list_file
 from cbmctl.errors import CbmctlError
-from cbmctl.names import validate_class_names
+from cbmctl.names import disambiguate, validate_class_names
 
 # Files that map ImageNet synset folder names (n01440764) to readable names, "wnid name[, synonym...]".
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "synsets.txt", "words.txt")

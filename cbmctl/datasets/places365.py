@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cbmctl.datasets.base import Dataset, ImageRecord, clean_class_name, listed_path, parse_index, read_list_file
+from cbmctl.datasets.base import Dataset, ImageRecord, listed_path, parse_index, read_list_file
 from cbmctl.errors import CbmctlError
-from cbmctl.names import validate_class_names
+from cbmctl.names import clean_class_name, validate_class_names
 from cbmctl.sanitize import safe_text
 
 CATEGORIES = "categories_places365.txt"

@@ -130,7 +130,8 @@ class _Backbone:
 
     def get(self):
         if self.loaded is None:
-            from cbmctl.backbones import DEMO_MODEL, load_backbone
+            from cbmctl.backbones import load_backbone
+            from cbmctl.demo.backbone import DEMO_MODEL
             self.loaded = load_backbone(DEMO_MODEL, None, self.device)
         return self.loaded
 

@@ -1,69 +1,23 @@
-"""The `cub-like` species set and the image nuisances that make the demo CLIP see attributes the way real
-CLIP sees CUB's: imperfectly.
+"""The image nuisances of the cub-like worlds, which make the demo CLIP see attributes the way real CLIP
+sees CUB's: imperfectly (the cub-like species themselves are in cbmctl.demo.species; the calibration
+targets are in docs/method.md, "Benchmark worlds", and issue 18; `cbmctl demo eval` measures them).
 
-What it changes against the classic 30 species (the calibration targets are in docs/method.md, "Benchmark
-worlds", and issue 18; `cbmctl demo eval` measures them):
-  - 50 species with profiles drawn over the same five families (the CLIP knows every value word), so that
-    an LLM-like concept set of well over a batch of concepts can be built from their features;
-  - bird-like names that carry part of a species' profile, as "red-winged blackbird" does: the species'
-    colour, pattern and shape words, then a bird noun the demo CLIP has never read (its token embeds as
-    zeros, so it carries nothing). Zero-shot from the names therefore sees three of the five families
-    and cannot tell apart species that share them, which leaves headroom between zero-shot and a model
-    that learns from the images;
-  - nuisances drawn per image (haze that washes colours out, clutter of small objects of other colours
-    and shapes, an occluding band of background, a second background type mixed in, a shrunken object,
-    a colour cast of the light, blur):
-    the attribute is still there (ground truth unchanged) but faint, occluded or in clutter, so the
-    CLIP's attribute zero-shot falls from 1.00 to 0.6-0.9 per family and a CBL has something to learn.
-
-Everything is drawn from fixed seeds: the species are the same in every cub-like world; a world's seed
-only decides its images."""
+Nuisances are drawn per image (haze that washes colours out, clutter of small objects of other colours
+and shapes, an occluding band of background, a second background type mixed in, a shrunken object, a
+colour cast of the light, blur): the attribute is still there (ground truth unchanged) but faint,
+occluded or in clutter, so the CLIP's attribute zero-shot falls from 1.00 to 0.6-0.9 per family and a CBL
+has something to learn. A world's seed decides them, with its images."""
 from __future__ import annotations
 
 import numpy as np
 
-SPECIES_SEED = 20261205  # fixed: the cub-like species are the same in every world
-SPECIES_COUNT = 50
-# Bird nouns outside the demo CLIP's vocabulary (tests/test_demo_cub_like.py checks it): a name's noun
-# carries no visual information, only its feature words do.
-NOUNS = ("warbler", "sparrow", "tern", "gull", "wren", "vireo", "jay", "flycatcher", "grebe", "kingfisher",
-         "tanager", "oriole", "thrush", "swallow", "shrike", "cuckoo", "plover", "bunting")
-# the families a cub-like name carries, in the word order of the CLIP's captions ("red striped star")
-NAME_FAMILIES = ("color", "pattern", "shape")
-SHAPE_NOUN = {"circle": "circle", "square": "square", "triangle": "triangle", "star": "star", "cross": "cross",
-              "diamond": "diamond"}
+from cbmctl.demo.vocabulary import BACKGROUND_RGB, COLOR_RGB, FAMILIES
 
 # Nuisance strengths at --nuisance 1 (the cub-like preset), measured with the shipped demo CLIP to put
 # every family's attribute zero-shot between 0.6 and 0.9 (`cbmctl demo eval`).
 NUISANCE = {"haze": 0.5, "clutter": 0.25, "occlusion": 0.3, "mixed_background": 1.0, "shrink": 0.2,
             "color_cast": 0.1, "blur": 0.2}
 HAZE_RGB = (150.0, 150.0, 150.0)
-
-
-def cub_like_species():
-    """The 50 cub-like species: distinct profiles, named from their colour, pattern and shape."""
-    from cbmctl.demo.world import FAMILIES, Species
-    rng = np.random.default_rng(SPECIES_SEED)
-    values = {family: list(options) for family, options in FAMILIES.items()}
-    seen, result = set(), []
-    while len(result) < SPECIES_COUNT:
-        profile = {family: options[int(rng.integers(len(options)))] for family, options in values.items()}
-        key = tuple(profile.values())
-        if key in seen:
-            continue
-        seen.add(key)
-        result.append(profile)
-    names, used = [], set()
-    for k, profile in enumerate(result):
-        words = [profile["color"], profile["pattern"], SHAPE_NOUN[profile["shape"]]]
-        # the k-th species takes the first noun (from its own offset) that keeps every name distinct
-        for step in range(len(NOUNS)):
-            name = " ".join(words + [NOUNS[(k + step) % len(NOUNS)]])
-            if name not in used:
-                break
-        used.add(name)
-        names.append(name)
-    return [Species(name, profile) for name, profile in zip(names, result)]
 
 
 def _band(rng, size: int, width_share: float) -> tuple[slice, slice]:
@@ -75,7 +29,6 @@ def _band(rng, size: int, width_share: float) -> tuple[slice, slice]:
 def mix_background(canvas: np.ndarray, attributes: dict, rng, strength: float) -> np.ndarray:
     """With probability mixed_background·strength, part of the canvas (beyond a random line) shows another
     background type: the image's true background is still the larger share."""
-    from cbmctl.demo.world import BACKGROUND_RGB
     if rng.random() >= NUISANCE["mixed_background"] * strength:
         return canvas
     size = canvas.shape[0]
@@ -98,7 +51,6 @@ def add_clutter_and_haze(pixels: np.ndarray, attributes: dict, rng, strength: fl
     """Clutter (1-2 small objects of random colour and shape), an occluding band of background, haze, a
     colour cast and blur, each drawn with its own probability; `mask_of(shape, cx, cy, radius, angle)`
     rasterises a shape."""
-    from cbmctl.demo.world import BACKGROUND_RGB, COLOR_RGB, FAMILIES
     size = pixels.shape[0]
     if rng.random() < NUISANCE["clutter"] * strength:
         for _ in range(int(rng.integers(1, 3))):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl.demo import world
+from cbmctl.demo.species import single_attribute_pairs, world_species
+from cbmctl.demo.vocabulary import FAMILIES
 from cbmctl.errors import CbmctlError
 
 PRECISION_K = 5
@@ -24,8 +25,8 @@ def family_columns(attribute_names: list[str]) -> dict[str, list[tuple[str, int]
 
 def value_probabilities(family: str, profiles: list[dict], fidelity: dict[str, float]) -> np.ndarray:
     """(species, values) p(value | species) for one family: the profile's value with the family's fidelity,
-    every other value equally likely otherwise (world.sample_attributes)."""
-    names = list(world.FAMILIES[family])
+    every other value equally likely otherwise (sample_attributes)."""
+    names = list(FAMILIES[family])
     keep = fidelity[family]
     table = np.full((len(profiles), len(names)), (1 - keep) / (len(names) - 1))
     table[np.arange(len(profiles)), [names.index(p[family]) for p in profiles]] = keep
@@ -35,7 +36,7 @@ def value_probabilities(family: str, profiles: list[dict], fidelity: dict[str, f
 def profile_likelihood(codes: np.ndarray, profiles: list[dict], fidelity: dict[str, float]) -> np.ndarray:
     """p(attributes | species) for (N, families) value codes -> (N, species)."""
     total = np.ones((len(codes), len(profiles)))
-    for f, family in enumerate(world.FAMILIES):
+    for f, family in enumerate(FAMILIES):
         total *= value_probabilities(family, profiles, fidelity)[:, codes[:, f]].T
     return total
 
@@ -45,7 +46,7 @@ def bayes_ceiling(profiles: list[dict], fidelity: dict[str, float]) -> float:
     likely (every world draws as many images of each): (1/K) Σ_attributes max_species p(attributes | species),
     summed over all value combinations (8·6·3·2·3 = 864). No image-based model can beat it."""
     joint = np.ones((len(profiles), 1))
-    for family in world.FAMILIES:
+    for family in FAMILIES:
         table = value_probabilities(family, profiles, fidelity)
         joint = (joint[:, :, None] * table[:, None, :]).reshape(len(profiles), -1)
     return float(joint.max(axis=0).sum() / len(profiles))
@@ -57,7 +58,7 @@ def pair_ceiling(a: dict, b: dict, fidelity: dict[str, float]) -> float:
 
 
 def world_profiles(spec) -> list[dict]:
-    return [s.profile for s in world.world_species(spec.confusable, spec.species)[0]]
+    return [s.profile for s in world_species(spec.confusable, spec.species)[0]]
 
 
 def _concept_set_report(root: Path, spec, backbone, features, attribute_names, attributes, labels, classes) -> dict:
@@ -109,14 +110,14 @@ def evaluate_world(cache, backbone, split: str = "test", world_root=None) -> dic
     names = cache.attribute_names
     if names is None or data.attributes is None:
         raise CbmctlError(f"{cache.path} has no attribute annotations: is it a demo world?")
-    all_species = world.world_species(spec.confusable, spec.species)[0]
+    all_species = world_species(spec.confusable, spec.species)[0]
     if list(cache.classes) != [s.name for s in all_species]:
         raise CbmctlError(f"{cache.path}: its classes are not the demo world's species: is it a demo world?")
     report = {"split": split, "images": int(len(features)), "preset": spec.preset, "seed": seed,
               "knobs": spec.knobs(), "families": {}}
     codes = []
     for family, columns in family_columns(names).items():
-        phrases = [world.FAMILIES.get(family, {}).get(value, [value])[0] for value, _ in columns]
+        phrases = [FAMILIES.get(family, {}).get(value, [value])[0] for value, _ in columns]
         text = backbone.encode_texts(phrases).numpy()
         truth = data.attributes[:, [c for _, c in columns]].argmax(1)
         codes.append(truth)
@@ -142,7 +143,7 @@ def evaluate_world(cache, backbone, split: str = "test", world_root=None) -> dic
     report["confusable_pairs"] = [
         {"species": [species_names[i], species_names[j]], "family": family,
          "pair_ceiling": round(pair_ceiling(profiles[i], profiles[j], spec.fidelity), 4)}
-        for i, j, family in world.single_attribute_pairs(all_species)]
+        for i, j, family in single_attribute_pairs(all_species)]
     report["concept_sets"] = _concept_set_report(root, spec, backbone, features, names, data.attributes, data.labels,
                                                  list(cache.classes))
     return report

@@ -15,6 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from cbmctl.demo.species import FIDELITY, SPECIES_SETS, max_confusable
+from cbmctl.demo.vocabulary import FAMILIES
+from cbmctl.demo.world_concepts import distractor_pool
 from cbmctl.errors import CbmctlError
 
 WORLD_FILE = "world.json"
@@ -27,7 +30,6 @@ MAX_PER_CLASS = 5000
 
 
 def _default_fidelity() -> dict[str, float]:
-    from cbmctl.demo.world import FIDELITY
     return dict(FIDELITY)
 
 
@@ -97,19 +99,11 @@ def _as_int(name: str, value) -> int:
     return int(value)
 
 
-def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
-    """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
-    from cbmctl.demo.world import FAMILIES, SPECIES_SETS, max_confusable
-    if preset not in PRESETS:
-        raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
-    if unknown:
-        raise CbmctlError(f"unknown world knob {unknown[0]!r}")
-    spec = replace(WorldSpec(), preset=preset, **PRESETS[preset])
-    given = {k: v for k, v in overrides.items() if v is not None and k != "preset"}
-    fidelity = dict(spec.fidelity)
-    if "fidelity" in given:
-        value = parse_fidelity(given.pop("fidelity"))
+def _fidelity(preset: dict[str, float], given) -> dict[str, float]:
+    """The preset's fidelity with the given one (a number for every family, or some families) laid over it."""
+    fidelity = dict(preset)
+    if given is not None:
+        value = parse_fidelity(given)
         if isinstance(value, dict):
             for family in value:
                 if family not in FAMILIES:
@@ -122,6 +116,19 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
             raise CbmctlError(f"--fidelity {family}={value!r}: must be between 0 and 1")
     if set(fidelity) != set(FAMILIES):
         raise CbmctlError(f"fidelity must give every family ({', '.join(FAMILIES)})")
+    return fidelity
+
+
+def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
+    """The preset's knobs with the given ones (None = keep the preset's) laid over them, checked."""
+    if preset not in PRESETS:
+        raise CbmctlError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    unknown = sorted(set(overrides) - set(WorldSpec.__dataclass_fields__) - {"preset"})
+    if unknown:
+        raise CbmctlError(f"unknown world knob {unknown[0]!r}")
+    spec = replace(WorldSpec(), preset=preset, **PRESETS[preset])
+    given = {k: v for k, v in overrides.items() if v is not None and k != "preset"}
+    fidelity = _fidelity(spec.fidelity, given.pop("fidelity", None))
     if "concept_sets" in given:
         sets = given.pop("concept_sets")
         sets = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
@@ -149,7 +156,6 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
     if not 0 <= _as_int("--confusable", spec.confusable) <= most:
         raise CbmctlError(f"--confusable {spec.confusable}: between 0 and {most} (pairs that can be made to "
                           "differ in one attribute without touching any other pair)")
-    from cbmctl.demo.world_concepts import distractor_pool
     pool = len(distractor_pool())
     if not 0 <= _as_int("--distractors", spec.distractors) <= pool:
         raise CbmctlError(f"--distractors {spec.distractors}: between 0 and {pool} (the phrases the demo CLIP "

@@ -1,4 +1,5 @@
-"""A generated, CUB-like world: made-up species, each a noisy profile over visual attributes.
+"""A generated, CUB-like world on disk: images of made-up species (cbmctl.demo.species), each drawn from a
+noisy copy of its species' profile over the vocabulary's attributes (cbmctl.demo.vocabulary).
 
 The species and their profiles are fixed (the same in every world, so the shipped CLIP knows their
 names); a world's seed only decides which images are drawn. Same seed and knobs -> byte-identical files.
@@ -13,175 +14,20 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cbmctl.demo import cub_like, presets
+from cbmctl.demo.species import sample_attributes, single_attribute_pairs, world_species
+from cbmctl.demo.vocabulary import BACKGROUND_RGB, COLOR_RGB, SIZE_RADIUS, attribute_list, attribute_name
+from cbmctl.demo.world_concepts import write_concept_sets
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 3
 
-# family -> values that images have; the first phrase of each value is its canonical concept text
-FAMILIES: dict[str, dict[str, list[str]]] = {
-    "color": {
-        "red": ["red"], "orange": ["orange"], "yellow": ["yellow"], "green": ["green"],
-        "blue": ["blue"], "purple": ["purple"], "pink": ["pink"], "black": ["black"],
-    },
-    "shape": {
-        "circle": ["circle shape", "round", "circle"], "square": ["square shape", "square", "boxy"],
-        "triangle": ["triangle shape", "triangle", "triangular"], "star": ["star shape", "star", "star-shaped"],
-        "cross": ["cross shape", "cross", "plus sign"], "diamond": ["diamond shape", "diamond", "rhombus"],
-    },
-    "pattern": {
-        "plain": ["plain surface", "plain", "solid colored"], "striped": ["striped pattern", "striped", "with stripes"],
-        "dotted": ["dotted pattern", "dotted", "with dots"],
-    },
-    "size": {"small": ["small size", "small", "tiny"], "large": ["large size", "large", "big"]},
-    "background": {
-        "grass": ["grass background", "on grass", "grassy"], "sand": ["sand background", "on sand", "sandy"],
-        "snow": ["snow background", "on snow", "snowy"],
-    },
-}
-# Phrases no image has: the CLIP is taught that they match nothing, and the concept set carries them.
-DISTRACTORS: dict[str, list[str]] = {
-    "color": ["brown", "gray"],
-    "shape": ["hexagon shape", "oval shape", "heart shape"],
-    "pattern": ["checkered pattern", "wavy pattern"],
-    "size": ["medium size"],
-    "background": ["forest background", "road background", "water background"],
-}
-
-COLOR_RGB = {"red": (205, 35, 35), "orange": (240, 135, 25), "yellow": (240, 215, 35), "green": (70, 200, 90),
-             "blue": (40, 75, 215), "purple": (125, 45, 170), "pink": (245, 135, 185), "black": (25, 25, 28)}
-BACKGROUND_RGB = {"grass": (55, 115, 40), "sand": (212, 190, 140), "snow": (232, 236, 242)}
-SIZE_RADIUS = {"small": (10.0, 13.0), "large": (19.0, 23.0)}
-
-SPECIES_NAMES = [
-    "azure glimmerwing", "crimson thornback", "golden dapplefin", "violet moonhopper", "scarlet pebblecrest",
-    "amber sandstrider", "jade whistler", "rose mistdancer", "onyx burrowtail", "cobalt frostbeak",
-    "saffron reedhopper", "emerald gladewing", "coral duneskipper", "ebony starling", "lilac snowfinch",
-    "ruby spiketail", "citrine marshwing", "teal bramblehop", "magenta sunchaser", "sable crestling",
-    "tangerine pipit", "indigo shellback", "blush meadowlark", "charcoal glider", "lemon hollowtail",
-    "plum ridgecrest", "cerulean drifter", "vermilion sprite", "olive dunehopper", "orchid frostling",
-]
-# how often an image shows its species' value, per family (otherwise another value, uniformly)
-FIDELITY = {"color": 0.85, "shape": 0.85, "pattern": 0.8, "size": 0.8, "background": 0.8}
-PROFILE_SEED = 20240404  # fixed: the species are the same in every world
-
-
-@dataclass(frozen=True)
-class Species:
-    name: str
-    profile: dict[str, str]
-
-
-def species() -> list[Species]:
-    """The 30 species: distinct (colour, shape) pairs, pattern/size/background spread across them."""
-    rng = np.random.default_rng(PROFILE_SEED)
-    colors, shapes = list(FAMILIES["color"]), list(FAMILIES["shape"])
-    pairs = [(c, s) for c in colors for s in shapes]
-    chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), size=len(SPECIES_NAMES), replace=False))]
-    result = []
-    for k, (name, (color, shape)) in enumerate(zip(SPECIES_NAMES, chosen)):
-        result.append(Species(name, {
-            "color": color, "shape": shape,
-            "pattern": list(FAMILIES["pattern"])[int(rng.integers(3))],
-            "size": list(FAMILIES["size"])[k % 2],
-            "background": list(FAMILIES["background"])[int(rng.integers(3))],
-        }))
-    return result
-
-
-def attribute_list() -> list[tuple[str, str]]:
-    """(family, value) in the fixed column order of the attribute annotations."""
-    return [(family, value) for family, values in FAMILIES.items() for value in values]
-
-
-def profile_distance(a: dict[str, str], b: dict[str, str]) -> list[str]:
-    """The families in which two profiles differ."""
-    return [family for family in FAMILIES if a[family] != b[family]]
-
-
-def single_attribute_pairs(all_species: list[Species]) -> list[tuple[int, int, str]]:
-    """(i, j, family) for every pair of species whose profiles differ in exactly one family."""
-    pairs = []
-    for i in range(len(all_species)):
-        for j in range(i + 1, len(all_species)):
-            differ = profile_distance(all_species[i].profile, all_species[j].profile)
-            if len(differ) == 1:
-                pairs.append((i, j, differ[0]))
-    return pairs
-
-
-# Which family a confusable pair is made to share first: pattern, background and size keep every species'
-# (colour, shape) pair distinct, as the base profiles are.
-EDIT_ORDER = ("pattern", "background", "size", "shape", "color")
-
-
-def _confusable_edits(all_species: list[Species]) -> list[dict]:
-    """Every edit, in order, that turns a pair two families apart into a pair one family apart by giving
-    the later species the earlier one's value in one family, so that no other pair comes within one
-    family of each other and no species is in two confusable pairs."""
-    profiles = [dict(s.profile) for s in all_species]
-    used = {k for i, j, _ in single_attribute_pairs(all_species) for k in (i, j)}
-    edits = []
-    for i in range(len(profiles)):
-        for j in range(i + 1, len(profiles)):
-            differ = profile_distance(profiles[i], profiles[j])
-            if i in used or j in used or len(differ) != 2:
-                continue
-            for family in sorted(differ, key=EDIT_ORDER.index):
-                edited = {**profiles[j], family: profiles[i][family]}
-                if all(len(profile_distance(edited, profiles[k])) >= 2 for k in range(len(profiles)) if k not in (i, j)):
-                    edits.append({"species": all_species[j].name, "family": family, "from": profiles[j][family],
-                                  "to": profiles[i][family], "like": all_species[i].name})
-                    profiles[j] = edited
-                    used.update((i, j))
-                    break
-    return edits
-
-
-def max_confusable(species_set: str = "classic") -> int:
-    return len(_confusable_edits(base_species(species_set)))
-
-
-SPECIES_SETS = ("classic", "cub-like")
-
-
-def base_species(species_set: str = "classic") -> list[Species]:
-    """The species before confusable edits: the classic 30 the CLIP learnt by name, or the 50 cub-like
-    ones whose names carry only part of their profile (cbmctl.demo.cub_like)."""
-    if species_set == "cub-like":
-        from cbmctl.demo.cub_like import cub_like_species
-        return cub_like_species()
-    return species()
-
-
-def world_species(confusable: int = 0, species_set: str = "classic") -> tuple[list[Species], list[dict]]:
-    """The species of a world with `confusable` extra single-attribute pairs, and the profile edits made.
-    The CLIP learnt each classic name with its base profile, so an edited species' name still describes the
-    base profile: zero-shot and CMS (which use names) see that species one family off."""
-    base = base_species(species_set)
-    edits = _confusable_edits(base)[:confusable]
-    by_name = {edit["species"]: edit for edit in edits}
-    result = [Species(s.name, {**s.profile, by_name[s.name]["family"]: by_name[s.name]["to"]}) if s.name in by_name
-              else s for s in base]
-    return result, edits
-
-
-def sample_attributes(profile: dict[str, str], rng: np.random.Generator,
-                      fidelity: dict[str, float] = FIDELITY) -> dict[str, str]:
-    attributes = {}
-    for family, values in FAMILIES.items():
-        if rng.random() < fidelity[family]:
-            attributes[family] = profile[family]
-        else:
-            others = [v for v in values if v != profile[family]]
-            attributes[family] = others[int(rng.integers(len(others)))]
-    return attributes
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -221,8 +67,6 @@ def render(attributes: dict[str, str], rng: np.random.Generator, size: int = IMA
     background, each with a probability scaled by it (cbmctl.demo.cub_like); at 0 the draws, and so the
     images of every other world, are exactly what they always were."""
     from PIL import Image
-
-    from cbmctl.demo import cub_like
     background = np.array(BACKGROUND_RGB[attributes["background"]], dtype=np.float32)
     texture = rng.normal(0, 14 if attributes["background"] == "grass" else 7, (size, size, 1)).astype(np.float32)
     canvas = np.clip(background + texture + rng.normal(0, 6, 3), 0, 255)
@@ -285,7 +129,6 @@ def make_world(directory, seed: int = 0, images_per_class: int | None = None, pr
     train_per_class = test_per_class = half of it; knobs are those of cbmctl.demo.presets.WorldSpec.
     The world is written into a temporary directory beside `directory` and moved into place when complete,
     so a failure (or an interrupt) leaves nothing behind."""
-    from cbmctl.demo import presets
     root = Path(directory)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise CbmctlError(f"--seed {seed!r}: a whole number between 0 and {MAX_SEED}")
@@ -345,8 +188,6 @@ def _make_in_place(root: Path, seed: int, spec) -> Path:
 
 
 def _write_world(root: Path, seed: int, spec) -> None:
-    from cbmctl.demo import presets
-    from cbmctl.demo.world_concepts import write_concept_sets
     all_species, edits = world_species(spec.confusable, spec.species)
     attributes = attribute_list()
     column = {pair: j for j, pair in enumerate(attributes)}
@@ -373,7 +214,7 @@ def _write_world(root: Path, seed: int, spec) -> None:
     files = {
         "images.txt": images, "image_class_labels.txt": labels, "train_test_split.txt": splits,
         "classes.txt": [f"{k + 1} {_folder_name(k, sp.name)}" for k, sp in enumerate(all_species)],
-        "attributes.txt": [f"{j + 1} has_{family}::{value}" for j, (family, value) in enumerate(attributes)],
+        "attributes.txt": [f"{j + 1} {attribute_name(family, value)}" for j, (family, value) in enumerate(attributes)],
     }
     for name, lines in files.items():
         (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")

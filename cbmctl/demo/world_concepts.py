@@ -25,19 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmctl.demo.world import DISTRACTORS, FAMILIES
+from cbmctl.demo.backbone import DEMO_MODEL, DEMO_WEIGHTS
+from cbmctl.demo.species import world_species
+from cbmctl.demo.vocabulary import DISTRACTORS, FAMILIES, bare_word, phrase_meaning
 
 FOLDER = "concepts"
 BUILTIN_CLEAN = "demo"
 POOL_SEED = 13  # fixed: the same N distractors in every world
-SUFFIXES = (" shape", " pattern", " size", " background", " surface")
-
-
-def _word(phrase: str) -> str:
-    for suffix in SUFFIXES:
-        phrase = phrase.removesuffix(suffix)
-    return phrase
-
 
 def clean_concepts() -> list[str]:
     """The canonical phrase of every attribute value, then the distractor words (= the built-in set)."""
@@ -47,7 +41,7 @@ def clean_concepts() -> list[str]:
 
 def vocabulary_words() -> dict[str, tuple[list[str], list[str]]]:
     """family -> (value words images have, distractor words no image has)."""
-    return {family: ([_word(p[0]) for p in FAMILIES[family].values()], [_word(p) for p in DISTRACTORS[family]])
+    return {family: ([bare_word(p[0]) for p in FAMILIES[family].values()], [bare_word(p) for p in DISTRACTORS[family]])
             for family in FAMILIES}
 
 
@@ -96,7 +90,7 @@ def noisy_concepts(share: float, seed: int) -> tuple[list[str], list[str], dict[
     replaced, removed = {}, []
     for concept in touched:
         if concept in replaced_names:
-            candidates = [row["phrase"] for row in pool if _word(concept) in row["shares"]]
+            candidates = [row["phrase"] for row in pool if bare_word(concept) in row["shares"]]
             replaced[concept] = candidates[int(rng.integers(len(candidates)))]
         else:
             removed.append(concept)
@@ -149,54 +143,14 @@ def write_concept_sets(root: Path, spec, seed: int) -> dict[str, dict]:
 def outside_vocabulary(phrases: list[str]) -> list[str]:
     """The phrases with a token whose embedding row the shipped demo CLIP does not keep (such a token
     embeds as zeros, so the phrase's embedding would mean nothing)."""
-    import open_clip
     from safetensors import safe_open
 
-    from cbmctl.backbones import DEMO_CONFIG, DEMO_WEIGHTS, _register_config
-    from cbmctl.demo.compact import IDS_KEY
+    from cbmctl.backbones import load_tokenizer
+    from cbmctl.backbones.weights import IDS_KEY
     with safe_open(str(DEMO_WEIGHTS), "pt") as weights:
         known = set(weights.get_tensor(IDS_KEY).tolist())
-    tokens = open_clip.get_tokenizer(_register_config(DEMO_CONFIG))(phrases)
+    tokens = load_tokenizer(DEMO_MODEL)[0](phrases)
     return [phrase for phrase, row in zip(phrases, tokens) if not set(row[row > 0].tolist()) <= known]
-
-
-FILLER_WORDS = frozenset({"a", "an", "on", "with", "shape", "pattern", "background", "size", "surface"})
-
-
-def _lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
-    """Every phrasing of every value (and its bare word, "striped" for "striped pattern"), as a token tuple."""
-    lexicon = {}
-    for family, values in FAMILIES.items():
-        for value, phrases in values.items():
-            for phrase in [*phrases, _word(phrases[0])]:
-                lexicon[tuple(phrase.lower().split())] = (family, value)
-    return lexicon
-
-
-def phrase_meaning(phrase: str) -> dict[str, str] | None:
-    """family -> value for a phrase made only of value phrasings and filler words ("small red star on
-    sand"); None when a word names no value, or two values of one family, or nothing at all."""
-    lexicon = _lexicon()
-    longest = max(len(key) for key in lexicon)
-    tokens = phrase.lower().replace(",", " ").split()
-    meaning: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        for length in range(min(longest, len(tokens) - i), 0, -1):
-            found = lexicon.get(tuple(tokens[i:i + length]))
-            if found:
-                break
-        if found:
-            family, value = found
-            if meaning.get(family, value) != value:
-                return None
-            meaning[family] = value
-            i += length
-        elif tokens[i] in FILLER_WORDS:
-            i += 1
-        else:
-            return None
-    return meaning or None
 
 
 # How an LLM describes a species, as (template, families), in the word order of the CLIP's captions.
@@ -220,7 +174,7 @@ def _phrasing(family: str, value: str, rng) -> str:
 
 
 def _composite(template: str, families, profile: dict) -> str:
-    return template.format(**{family: _word(FAMILIES[family][profile[family]][0]) for family in families})
+    return template.format(**{family: bare_word(FAMILIES[family][profile[family]][0]) for family in families})
 
 
 def llm_answer(all_species) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -256,7 +210,7 @@ def true_of_species(phrase: str, all_species) -> list[str]:
 def filter_llm_answer(answer: dict[str, list[str]]) -> tuple[list[str], list[tuple[str, str]]]:
     """What `cbmctl concepts filter` keeps of the answer (Label-free CBM rules, default thresholds, the demo
     CLIP's text encoder, the species names as classes): (kept, [(concept, reason)])."""
-    from cbmctl.backbones import DEMO_MODEL, load_backbone
+    from cbmctl.backbones import load_backbone
     from cbmctl.concepts import FilterThresholds, filter_concepts, normalise
     concepts = list(dict.fromkeys(c for phrases in answer.values() for c in phrases))
     assert len({normalise(c) for c in concepts}) == len(concepts)
@@ -271,7 +225,6 @@ def write_llm_set(root: Path, spec) -> dict:
     llm-filter.json (every drop with its reason); the record for world.json."""
     import json
 
-    from cbmctl.demo.world import world_species
     all_species, _ = world_species(spec.confusable, spec.species)
     answer, wrong = llm_answer(all_species)
     kept, dropped = filter_llm_answer(answer)
