@@ -2,7 +2,7 @@
 validation loss (the criterion every model of a comparison is selected by; with a few validation images per
 class, accuracy moves in steps and favours strengths so strong that the probe's probabilities are near
 uniform — ECE 0.67 on the hard demo preset). Every strength of the grid is fitted at once, as one stacked
-problem of the sparse head's solver (cbmctl.sparse.proximal_gradient without an l1 term): deterministic and
+problem of the sparse head's solver (cbmctl.proximal.proximal_gradient without an l1 term): deterministic and
 full-batch."""
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=D
     import torch
 
     from cbmctl.logs import Progress
-    from cbmctl.sparse import Design, cross_entropy, lipschitz_estimate, proximal_gradient, validation_loss
+    from cbmctl.proximal import proximal_gradient
+    from cbmctl.sparse import Design, cross_entropy, lipschitz_estimate, validation_loss
     grid = sorted(l2_grid, reverse=True)
     s = len(grid)
     x = torch.as_tensor(np.asarray(train_x, np.float32))

@@ -1,20 +1,17 @@
-"""The sparse final layer of LF-CBM / VLG-CBM (docs/method.md, "The final layer and the NEC protocol"), for S models at once.
+"""The sparse final layer of LF-CBM / VLG-CBM (docs/method.md, "The final layer and the NEC protocol"),
+for S models at once.
 
 Multinomial logistic regression with a bias on standardised concept activations x (train mean and std),
 penalised by the elastic net λ [α‖F‖₁ + ½(1 − α)‖F‖₂²], solved by accelerated proximal gradient (FISTA
 with adaptive restart; the proximal step soft-thresholds F, the bias is not penalised) along a path of λ
 from λ_max, where every weight is zero, downwards, each point warm-started from the previous one.
 
-Every path point is solved to a stated tolerance, certified at the weights returned: no optimality
-condition is violated by more than max(tolerance·λα, tolerance_floor·λ_max·α) (defaults 5 % of the l1
-strength, and 0.5 % of the largest one, which rules from λ < 0.1·λ_max on: solving the far end of the
-path to 5 % of its tiny λ costs 4–10× the whole path's time and moves no NEC head's accuracy beyond seed
-noise, as measured in docs/method.md) — |∇ + λα·sign F| where F ≠ 0, |∇| − λα where F = 0, |∇_b|
-(optimality_violation). Each point records its violation (in units of λα) and whether it converged; a
-point stopped by the iteration cap (max_iterations) instead is reported (SparsePath.points_at_cap), never
-passed off as solved. A model's path ends at the first point with max_nec weights per class or that
-explains 99.9 % of its null deviance (glmnet's rule: beyond it the training data are fitted and a point
-only costs iterations), else at λ_max·lambda_min_ratio.
+Every path point is certified at the weights returned: no optimality condition (optimality_violation) is
+violated by more than max(tolerance·λα, tolerance_floor·λ_max·α) — 5 % of the l1 strength, or 0.5 % of
+the largest one from λ < 0.1·λ_max on (what that floor costs and changes: docs/method.md). A point the
+iteration cap stopped first is reported (SparsePath.points_at_cap), never passed off as solved. A model's
+path ends at the first point with max_nec weights per class or 99.9 % of its null deviance explained
+(glmnet's rule), else at λ_max·lambda_min_ratio.
 
 A budget of N effective concepts per class (NEC = N): the first path point with at least N·K non-zero
 weights is truncated globally to its N·K largest |F| (as VLG-CBM's code does), then — unlike VLG-CBM,
@@ -31,14 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from cbmctl.errors import CbmctlError
+from cbmctl.proximal import Solution, proximal_gradient
 
-STEP_SHRINK = 0.8     # the step search tries a 1/0.8 longer step every iteration ...
-MAX_BACKTRACKS = 60   # ... and halves it until the bound holds (2^60: from any start to any curvature)
 HEARTBEAT_ITERATIONS = 25  # a path point reports progress this often while it is solved
 
 
@@ -149,141 +144,6 @@ def lipschitz_estimate(design: Design, iterations: int = 20) -> torch.Tensor:
         estimate = (product * vector).sum(1)
         vector = product
     return (estimate.clamp_min(1e-12) / 2).float()
-
-
-def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    return values.sign() * (values.abs() - threshold).clamp_min(0)
-
-
-class Solution(NamedTuple):
-    """What proximal_gradient returns, per model (the leading dimension S)."""
-    weight: torch.Tensor      # S×K×C
-    bias: torch.Tensor        # S×K
-    iterations: torch.Tensor  # iterations run
-    curvature: torch.Tensor   # the local curvature L (step 1/L) the step search ended on
-    violation: torch.Tensor   # optimality_violation at (weight, bias)
-    converged: torch.Tensor   # violation ≤ tolerance; False where the iteration cap stopped the model
-
-
-def optimality_violation(weight: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor, l1: torch.Tensor,
-                         support: torch.Tensor | None = None) -> torch.Tensor:
-    """Per model, how far (F, b) is from the optimality conditions of min f + l1·‖F‖₁ given the gradient of
-    the smooth part f (its l2 term included): the largest entry of the smallest subgradient — ∇ + l1·sign(F)
-    where F ≠ 0, max(|∇| − l1, 0) where F = 0, ∇ for the bias. It is 0 exactly at the solution and is
-    measured at the point itself, so a bound on it certifies the point whatever the step size was."""
-    l1 = l1[:, None, None]
-    entries = torch.where(weight != 0, (grad_w + l1 * weight.sign()).abs(), (grad_w.abs() - l1).clamp_min(0))
-    if support is not None:
-        entries = entries * support  # weights a fixed support holds at zero are not free to move
-    return torch.maximum(entries.amax((1, 2)), grad_b.abs().amax(1))
-
-
-def _backtrack(value: Callable, y_w, y_b, f_y, grad_w, grad_b, curvature, l1, support, active):
-    """The proximal step from y of every active model, its curvature doubled until the quadratic upper bound
-    holds at the new point (Beck & Teboulle). Returns (x⁺ weight, x⁺ bias, curvature)."""
-    new_w, new_b = y_w.clone(), y_b.clone()
-    pending = active.clone()
-    for _ in range(MAX_BACKTRACKS):
-        step = 1.0 / curvature
-        candidate_w = soft_threshold(y_w - step[:, None, None] * grad_w, (step * l1)[:, None, None])
-        if support is not None:
-            candidate_w = candidate_w * support
-        candidate_b = y_b - step[:, None] * grad_b
-        d_w, d_b = candidate_w - y_w, candidate_b - y_b
-        bound = f_y + (grad_w * d_w).sum((1, 2)) + (grad_b * d_b).sum(1) + \
-            curvature / 2 * ((d_w * d_w).sum((1, 2)) + (d_b * d_b).sum(1))
-        f_x = value(candidate_w, candidate_b, False, pending.nonzero().flatten())
-        # rounding in f itself must not reject the true step (or accept a far too long one)
-        fits = f_x <= bound + 8 * torch.finfo(f_x.dtype).eps * torch.maximum(f_x.abs(), f_y.abs())
-        accept = pending & fits
-        new_w = torch.where(accept[:, None, None], candidate_w, new_w)
-        new_b = torch.where(accept[:, None], candidate_b, new_b)
-        pending = pending & ~fits
-        if not bool(pending.any()):
-            break
-        curvature = torch.where(pending, curvature * 2, curvature)
-    return new_w, new_b, curvature
-
-
-def proximal_gradient(smooth: Callable, weight: torch.Tensor, bias: torch.Tensor, curvature: torch.Tensor,
-                      l1: torch.Tensor, l2: torch.Tensor, max_iterations: int, tolerance,
-                      support: torch.Tensor | None = None, on_check: Callable | None = None,
-                      check_every: int = 0) -> Solution:
-    """FISTA for min_F,b f(F, b) + l1·‖F‖₁ + ½ l2·‖F‖² (weight S×K×C, bias S×K, not penalised; curvature, l1,
-    l2 are S-vectors), with a backtracking step per model and gradient-based adaptive restart.
-
-    `smooth(F, b, gradient, members)` gives f per model and, when `gradient`, its gradients, for the models
-    `members` (indices; F and b hold just those), so models that have stopped cost nothing. The step 1/L starts
-    from `curvature`, shrinks a little every iteration and is halved until the quadratic upper bound holds, so
-    it follows the local curvature, which for a softmax is far below the global bound once the classes
-    separate. `support` (S×K×C booleans) fixes the non-zero pattern.
-    A model stops once its optimality_violation at the current iterate is at most `tolerance` (a number, or
-    one per model): the gradient there is computed only for models whose last step was already that small
-    (L·|y − x⁺| ≤ tolerance), so the check costs one pass now and then. Stopped models stay frozen, so each
-    model's iterates are the ones it would have alone. `on_check(iteration, F, b)` is called every
-    `check_every` iterations and once at the end."""
-    s = weight.shape[0]
-    tolerance = torch.as_tensor(tolerance, dtype=weight.dtype, device=weight.device).expand(s)
-    x_w, x_b = weight.clone(), bias.clone()
-    y_w, y_b = weight.clone(), bias.clone()
-    t = torch.ones(s, device=weight.device, dtype=weight.dtype)
-    curvature = curvature.clone().to(weight.dtype)
-    active = torch.ones(s, dtype=torch.bool, device=weight.device)
-    iterations = torch.zeros(s, dtype=torch.long, device=weight.device)
-    violation = torch.full((s,), math.inf, dtype=weight.dtype, device=weight.device)
-    value = _penalised(smooth, l2)
-
-    def violation_at(w, b, which):
-        _, grad_w, grad_b = value(w, b, True, which.nonzero().flatten())
-        return torch.where(which, optimality_violation(w, grad_w, grad_b, l1, support), violation)
-
-    iteration = 0
-    for iteration in range(1, max_iterations + 1):
-        f_y, grad_w, grad_b = value(y_w, y_b, True, active.nonzero().flatten())
-        curvature = torch.where(active, curvature * STEP_SHRINK, curvature)
-        new_w, new_b, curvature = _backtrack(value, y_w, y_b, f_y, grad_w, grad_b, curvature, l1, support, active)
-        # the gradient mapping L·(y − x⁺) vanishes at a solution: a small one says the check is worth a pass
-        mapping = torch.maximum((y_w - new_w).abs().amax((1, 2)), (y_b - new_b).abs().amax(1)) * curvature
-        # restart the momentum where the step went against it (O'Donoghue & Candès)
-        against = ((y_w - new_w) * (new_w - x_w)).sum((1, 2)) + ((y_b - new_b) * (new_b - x_b)).sum(1) > 0
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        momentum = torch.where(against, torch.zeros_like(t), (t - 1) / t_next)
-        t = torch.where(active, torch.where(against, torch.ones_like(t), t_next), t)
-        moved_w = new_w + momentum[:, None, None] * (new_w - x_w)
-        moved_b = new_b + momentum[:, None] * (new_b - x_b)
-        y_w, y_b = torch.where(active[:, None, None], moved_w, y_w), torch.where(active[:, None], moved_b, y_b)
-        x_w, x_b = torch.where(active[:, None, None], new_w, x_w), torch.where(active[:, None], new_b, x_b)
-        iterations += active.long()
-        candidates = active & (mapping <= tolerance)
-        if bool(candidates.any()):
-            violation = violation_at(x_w, x_b, candidates)
-            active = active & ~(candidates & (violation <= tolerance))
-        if not bool(active.any()):
-            break
-        if on_check is not None and check_every and iteration % check_every == 0:
-            on_check(iteration, x_w, x_b)
-    if bool(active.any()):  # stopped by the cap: certify what is returned all the same
-        violation = violation_at(x_w, x_b, active)
-    if on_check is not None:
-        on_check(iteration, x_w, x_b)
-    return Solution(x_w, x_b, iterations, curvature, violation, violation <= tolerance)
-
-
-def _penalised(smooth: Callable, l2: torch.Tensor) -> Callable:
-    """f + ½ l2‖F‖² of the models `members` (and its gradients), computed for those only; the other models'
-    entries are zero."""
-    def value(w, b, grad, members):
-        s = w.shape[0]
-        sub_w, sub_b, sub_l2 = w[members], b[members], l2[members]
-        penalty = 0.5 * sub_l2 * (sub_w * sub_w).sum((1, 2))
-        full = torch.zeros(s, dtype=w.dtype, device=w.device)
-        if not grad:
-            return full.index_copy(0, members, (smooth(sub_w, sub_b, False, members) + penalty).to(w.dtype))
-        f, grad_w, grad_b = smooth(sub_w, sub_b, True, members)
-        return (full.index_copy(0, members, (f + penalty).to(w.dtype)),
-                torch.zeros_like(w).index_copy(0, members, grad_w + sub_l2[:, None, None] * sub_w),
-                torch.zeros_like(b).index_copy(0, members, grad_b))
-    return value
 
 
 def cross_entropy(design: Design) -> Callable:

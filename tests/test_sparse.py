@@ -4,16 +4,8 @@ import math
 import pytest
 import torch
 
-from cbmctl.sparse import (
-    Design,
-    SparseConfig,
-    cross_entropy,
-    fit_path,
-    lambda_max,
-    lipschitz_estimate,
-    proximal_gradient,
-    truncate,
-)
+from cbmctl.proximal import proximal_gradient
+from cbmctl.sparse import Design, SparseConfig, cross_entropy, fit_path, lambda_max, lipschitz_estimate, truncate
 
 
 def design_of(x: torch.Tensor, y: torch.Tensor, chunk: int = 1000, materialise: bool = True) -> Design:
