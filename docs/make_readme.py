@@ -290,7 +290,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=None, help="Keep the worlds and runs in this folder (default: a temporary one).")
     args = parser.parse_args(argv)
     names = ["quickstart", "demo-eval", "compare", "defaults", "gumbel-forms", "init", "faithfulness", "l1", "cms",
-             "explain", "explain-unit"]  # and "claims" (the 5-world benchmark), once its block is in the README
+             "explain", "explain-unit", "claims"]
     wanted = args.only.split(",") if args.only else names
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")
