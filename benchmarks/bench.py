@@ -3,7 +3,11 @@ the plain CBM with a random CBL init, CMS), and what it concludes. The target of
 --worlds 3 --seeds 5` within 20 minutes on an idle 2-core machine.
 
     python benchmarks/bench.py [--preset cub-like] [--worlds 3] [--seeds 5] [--world-seed 1800]
-                               [--extra "--train-per-class 24"] [--threads N] [--json out.json]
+                               [--extra "--train-per-class 24"] [--threads N] [--folder DIR] [--json out.json]
+
+--folder keeps the bench folder (default: a temporary one); the bench resumes from it, so a folder whose
+worlds are all finished reports at once — its per-world seconds are those measured when each world ran,
+and the total wall time is then the report's, not the bench's.
 
 --threads sets OMP_NUM_THREADS for the bench (default: inherited). On a machine shared with other jobs, torch's
 two threads per process spin against them: on a 2-core machine at load average 7, `cbmctl demo bench --preset
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cbmctl, machine, report
 
-from cbmctl.demo.bench_render import STAGES
+from cbmctl.demo.bench_render import STAGES, claims_markdown
 
 
 def default_preset() -> str:
@@ -30,7 +34,7 @@ def default_preset() -> str:
     return "cub-like" if "cub-like" in PRESETS else "default"
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, claims: bool = True) -> str:
     bench = result["bench"]
     lines = [f"`{result['command']}`: {result['seconds']:.0f} s wall in all ({result['seconds'] / 60:.1f} min), "
              f"{bench['worlds']} worlds × {len(bench['seeds'])} seeds of preset `{bench['preset']}`.\n",
@@ -46,8 +50,8 @@ def markdown(result: dict) -> str:
     lines.append("\nSeconds of wall time per stage, in brackets the process's CPU seconds (all its threads; on a "
                  "busy machine the better guide to an idle one). The rest of the wall time is starting Python and "
                  "torch, loading the demo CLIP, and the report (tables, bench.json, forest plot).\n")
-    lines.append("| claim | verdict |\n|---|---|")
-    lines += [f"| ({c['id']}) {c['statement']} | {c['verdict']} |" for c in bench["claims"]]
+    if claims:
+        lines.append(claims_markdown(bench))
     return "\n".join(lines) + "\n"
 
 
@@ -58,14 +62,16 @@ def main(argv=None) -> dict:
         parser.add_argument(option, type=int, default=default)
     parser.add_argument("--extra", default="", help="More `demo bench` options (world knobs, --epochs ...).")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the bench process.")
+    parser.add_argument("--folder", type=Path, default=None, help="Keep (and resume from) this bench folder.")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     options = ["--preset", args.preset, "--worlds", args.worlds, "--seeds", args.seeds, "--world-seed",
                args.world_seed, *shlex.split(args.extra)]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = (args.folder or Path(scratch) / "bench").resolve()
         env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
-        _, _, seconds = cbmctl(["demo", "bench", *options, "--out", "bench", "-q"], Path(folder), env)
-        bench = json.loads((Path(folder) / "bench" / "bench.json").read_text())
+        _, _, seconds = cbmctl(["demo", "bench", *options, "--out", out, "-q"], Path(scratch), env)
+        bench = json.loads((out / "bench.json").read_text())
     prefix = f"OMP_NUM_THREADS={args.threads} " if args.threads else ""
     result = {"benchmark": "bench", "command": prefix + "cbmctl demo bench " + " ".join(map(str, options)),
               "seconds": seconds, "bench": bench, "machine": machine()}

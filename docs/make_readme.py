@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import cbmctl, cbmctl_json  # noqa: E402
 
-from cbmctl.demo.bench_report import effect_text  # noqa: E402
+from cbmctl.demo.bench_render import claims_markdown  # noqa: E402
 from cbmctl.render import compare_cells, markdown_table, significance_sentence  # noqa: E402
 
 WORLD_SEED = 4242
@@ -243,19 +243,13 @@ class Blocks:
                    "--out", "bench"]
         report = cbmctl_json([*command, "--json"], self.work)
         shutil.copyfile(self.work / "bench" / "forest.png", FOREST)
-        body = []
-        for claim in report["claims"]:
-            effects = "; ".join(f"{c['label']}: {effect_text(c['metric'], c['pooled'])}"
-                                + (f" ({c['verdict']})" if claim["mode"] == "each" else "")
-                                for c in claim["contrasts"] if c["pooled"])
-            body.append([f"({claim['id']}) {claim['statement']}", f"**{claim['verdict']}**", effects])
         methods = "\n\n".join(report["conclusions"][:len(report["methods"])])
         worlds = ", ".join(map(str, report["world_seeds"]))
         return (commands_line(["cbmctl " + " ".join(command)])
                 + f"{BENCH_WORLDS} cub-like worlds (seeds {worlds}, from the bench's own base seed) × "
                   f"{self.seeds} training seeds; every effect in points of test accuracy unless it is an entropy "
                   "or Hoyer value, with its pooled 95 % interval.\n\n"
-                + markdown_table(["claim", "verdict", "pooled effect [95 %]"], body) + "\n"
+                + claims_markdown(report) + "\n"
                 + methods + "\n\n" + f"Estimator: {report['estimator']}\n\n"
                 + f"![forest plot: every method's and every claim's effect per world and pooled]({FOREST.name})\n")
 

@@ -59,6 +59,18 @@ def bench_footer(report: dict, out) -> list[str]:
     return [safe_text(line) for line in lines]
 
 
+def claims_markdown(report: dict) -> str:
+    """The claims as a markdown table (claim, verdict, every contrast's pooled effect with its 95 % interval
+    and, for claims judged contrast by contrast, its own verdict), for the README and BENCHMARKS.md."""
+    rows = ["| claim | verdict | pooled effect [95 %] |", "|---|---|---|"]
+    for claim in report["claims"]:
+        effects = "; ".join(f"{c['label']}: {effect_text(c['metric'], c['pooled'])}"
+                            + (f" ({c['verdict']})" if claim["mode"] == "each" else "")
+                            for c in claim["contrasts"] if c["pooled"]) or "not measured"
+        rows.append(f"| ({claim['id']}) {claim['statement']} | **{claim['verdict']}** | {effects} |")
+    return safe_text("\n".join(rows), keep_newlines=True) + "\n"
+
+
 STAGES = ("make", "embed", "train", "random_init", "cms")
 
 
