@@ -468,6 +468,6 @@ def _forest_panel(axis, panel: dict) -> None:
     axis.set_yticks(range(len(rows)))
     axis.set_yticklabels([_plain(row["label"]) for row in rows], fontsize=7)
     axis.set_ylim(len(rows) - 0.5, -0.5)
-    axis.set_title(_plain(textwrap.fill(panel["title"], 110)), fontsize=8, loc="left")
+    axis.set_title(textwrap.fill(_plain(panel["title"]), 110), fontsize=8, loc="left")  # wrap after escaping
     axis.set_xlabel(f"effect ({panel['unit']})" if panel["unit"] else "effect", fontsize=7)
     axis.tick_params(axis="x", labelsize=7)
