@@ -252,3 +252,40 @@ def check_resumable(run_dir: Path, data: TrainingData) -> None:
         if found:
             raise CbmctlError(f"{run_dir} was trained with another {label} ({found.recorded} vs {found.current}); "
                               "start a new run instead")
+
+
+def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dict:
+    """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
+    and record the result in the run's evaluation.json (metrics.json is what training wrote, and stays).
+    A run that cannot be written to is still scored: `warn` says that nothing was written."""
+    from cbmctl import runs
+    from cbmctl.backbones import resolve_device
+    from cbmctl.cache import open_cache
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.identity import data_difference
+    from cbmctl.logs import sayer
+    from cbmctl.spec import TrainConfig
+    from cbmctl.training import evaluate_splits, prepare_data
+    run_dir = Path(run_dir)
+    model, meta = runs.load_model(run_dir)
+    record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
+    concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
+    cache_path, recorded = meta.get("cache"), meta.get("dataset")
+    if not isinstance(cache_path, str) or not Path(cache_path).is_file():
+        raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
+    device = resolve_device(device)  # once: the concept encoder (when needed) and the scoring share it
+    data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
+    if data_difference(recorded, data.record["dataset"]):
+        raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
+    if precision_k > len(data.concepts):
+        sayer(warn)(f"warning: `precision_k` {precision_k} is more than the {len(data.concepts)} concepts: "
+                    f"precision@{len(data.concepts)} is reported instead")
+        precision_k = len(data.concepts)
+    metrics = evaluate_splits(model, data, TrainConfig(precision_k=precision_k), splits=("val", "test"), device=device)
+    metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
+    try:
+        runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
+    except OSError as error:
+        sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
+                    f"({error.strerror or error})")
+    return metrics

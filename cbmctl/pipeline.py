@@ -98,10 +98,10 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
                    _absolute(concept_set.source))
     train_images = int(data.labels["train"].shape[0])
     if spec.train.batch_size > train_images:
-        warn(f"note: --batch-size {spec.train.batch_size} is more than the {train_images} train images: every epoch "
+        warn(f"note: `batch_size` {spec.train.batch_size} is more than the {train_images} train images: every epoch "
              "is one batch of all of them")
     if spec.train.precision_k > len(data.concepts):
-        warn(f"warning: --precision-k {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
+        warn(f"warning: `precision_k` {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
              f"precision@{len(data.concepts)} is reported instead")
         spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
     if resume is not None:
@@ -121,40 +121,3 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
                                 warn=warn, started=started, device=device)
     runs.point_latest(run_dir.parent, run_dir)
     return result
-
-
-def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dict:
-    """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
-    and record the result in the run's evaluation.json (metrics.json is what training wrote, and stays).
-    A run that cannot be written to is still scored: `warn` says that nothing was written."""
-    from cbmctl import runs
-    from cbmctl.backbones import resolve_device
-    from cbmctl.cache import open_cache
-    from cbmctl.concepts import ConceptSet
-    from cbmctl.identity import data_difference
-    from cbmctl.logs import sayer
-    from cbmctl.spec import TrainConfig
-    from cbmctl.training import evaluate_splits, prepare_data
-    run_dir = Path(run_dir)
-    model, meta = runs.load_model(run_dir)
-    record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
-    concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
-    cache_path, recorded = meta.get("cache"), meta.get("dataset")
-    if not isinstance(cache_path, str) or not Path(cache_path).is_file():
-        raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
-    device = resolve_device(device)  # once: the concept encoder (when needed) and the scoring share it
-    data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
-    if data_difference(recorded, data.record["dataset"]):
-        raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
-    if precision_k > len(data.concepts):
-        sayer(warn)(f"warning: --precision-k {precision_k} is more than the {len(data.concepts)} concepts: "
-                    f"precision@{len(data.concepts)} is reported instead")
-        precision_k = len(data.concepts)
-    metrics = evaluate_splits(model, data, TrainConfig(precision_k=precision_k), splits=("val", "test"), device=device)
-    metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
-    try:
-        runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
-    except OSError as error:
-        sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
-                    f"({error.strerror or error})")
-    return metrics

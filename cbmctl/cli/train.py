@@ -174,7 +174,7 @@ def _nec_text(spec, rows: list[dict]) -> str:
 
 
 def _evaluate(run_dir, given, as_json):
-    from cbmctl.pipeline import evaluate_run
+    from cbmctl.experiment import evaluate_run
     unknown = sorted(set(given) - {"device", "precision_k"})
     if unknown:
         raise click.UsageError(f"--evaluate scores a saved model; it takes only --device and --precision-k, not "
