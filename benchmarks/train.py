@@ -29,7 +29,7 @@ from common import machine, report  # noqa: E402
 
 
 def synthetic_data(n, concepts, classes, dim, seed=0):
-    from cbmctl.train import TrainingData
+    from cbmctl.training import TrainingData
     generator = torch.Generator().manual_seed(seed)
 
     def unit(rows):
@@ -49,7 +49,9 @@ def epoch_seconds(data, device, batch_size, loss="gumbel") -> float:
     both after an untimed warm-up run (allocator and kernel selection would otherwise count once). The
     sparse head fitted after training is timed by benchmarks/sparse_head.py."""
     from cbmctl.backbones import resolve_device
-    from cbmctl.train import TrainConfig, member_configs, train_stack
+    from cbmctl.spec import TrainConfig
+    from cbmctl.training import member_configs
+    from cbmctl.training.epochs import train_stack
 
     def run(epochs):
         started = time.perf_counter()
@@ -106,11 +108,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from cbmctl import train as train_module
+    from cbmctl import resources
     from cbmctl.backbones import resolve_device
     device = str(resolve_device(args.device))
     rows = []
-    budget = train_module.PRECOMPUTE_BYTES
+    budget = resources.PRECOMPUTE_BYTES
     for name in args.sizes.split(","):
         n, concepts, classes = SIZES[name]
         fraction = 1.0
@@ -118,11 +120,11 @@ def main(argv=None) -> dict:
             fraction = args.imagenet_fraction or (1.0 if device.startswith("cuda") else 0.02)
         used = max(classes * 2, int(n * fraction))
         # keep the full-size decision between precomputed and per-batch concept scores
-        train_module.PRECOMPUTE_BYTES = int(budget * used / n)
+        resources.PRECOMPUTE_BYTES = int(budget * used / n)
         data = synthetic_data(used, concepts, classes, DIM)
         repeats = 1 if name == "imagenet" else args.repeats
         seconds = float(np.median([epoch_seconds(data, device, args.batch_size) for _ in range(repeats)])) * n / used
-        train_module.PRECOMPUTE_BYTES = budget
+        resources.PRECOMPUTE_BYTES = budget
         row = {"size": name, "images": n, "concepts": concepts, "classes": classes, "device": device,
                "trained_on": used, "epoch_seconds": round(seconds, 3), "repeats": repeats}
         if not args.skip_paper:

@@ -58,6 +58,14 @@ _KEY = re.compile(r"[0-9a-f]{1,64}")
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
 
 
+class CacheLocked(CbmctlError):
+    """Another program has the cache open for writing: waiting for it helps, rebuilding the cache would not."""
+
+
+class CacheNeedsRebuild(CbmctlError):
+    """The cache cannot be used as it is, and the message already says to re-embed it."""
+
+
 @dataclass
 class SplitData:
     embeddings: np.ndarray
@@ -76,20 +84,21 @@ def string_array(values) -> np.ndarray:
     return np.array(list(values), dtype=h5py.string_dtype())
 
 
-def _open_failure(path, error: OSError) -> str:
+def _open_failure(path, error: OSError) -> CbmctlError:
     text = str(error)
     if getattr(error, "errno", None) == 11 or "unable to lock file" in text:
-        return (f"{path} is locked: another program has it open for writing; close that program (or wait "
-                f"for it) and retry")
+        return CacheLocked(f"{path} is locked: another program has it open for writing; close that program (or "
+                           f"wait for it) and retry")
     reason = re.search(r"\((.*)\)\s*$", text.splitlines()[0] if text else "")
     reason = reason.group(1) if reason else (text.splitlines()[0] if text else type(error).__name__)
     if "truncated file" in reason:
         found = re.search(r"eof = (\d+).*stored_eof = (\d+)", reason)
         reason = f"truncated: {found.group(1)} of {found.group(2)} bytes" if found else "truncated"
-        return f"{path} is not a readable HDF5 cache ({reason}); re-embed it with `cbmctl embed DATA --overwrite`"
+        return CacheNeedsRebuild(f"{path} is not a readable HDF5 cache ({reason}); re-embed it with "
+                                 "`cbmctl embed DATA --overwrite`")
     if "signature not found" in reason:
         reason = "not an HDF5 file"
-    return f"{path} is not a readable HDF5 cache ({reason[:100]})"
+    return CbmctlError(f"{path} is not a readable HDF5 cache ({reason[:100]})")
 
 
 def open_h5(path):
@@ -105,12 +114,12 @@ def open_h5(path):
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise CbmctlError(_open_failure(path, error)) from None
+        raise _open_failure(path, error) from None
 
 
 def _damaged(path, what: str, error: Exception | str) -> CbmctlError:
     detail = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
-    return CbmctlError(f"{path} is damaged ({what}: {detail}); re-embed it with `cbmctl embed DATA --overwrite`")
+    return CacheNeedsRebuild(f"{path} is damaged ({what}: {detail}); re-embed it with `cbmctl embed DATA --overwrite`")
 
 
 def _plain(value):
@@ -178,14 +187,14 @@ def check_unit_rows(matrix: np.ndarray, what: str, name_of_row) -> None:
     norms = row_norms(matrix)
     bad = np.flatnonzero(~np.isfinite(norms))
     if len(bad):
-        raise CbmctlError(f"{what} has {len(bad)} embedding(s) with NaN or infinite values (first: "
-                          f"{safe_text(name_of_row(bad[0]))}); the cache is damaged: re-embed it with "
-                          "`cbmctl embed DATA --overwrite`")
+        raise CacheNeedsRebuild(f"{what} has {len(bad)} embedding(s) with NaN or infinite values (first: "
+                                f"{safe_text(name_of_row(bad[0]))}); the cache is damaged: re-embed it with "
+                                "`cbmctl embed DATA --overwrite`")
     bad = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
     if len(bad):
-        raise CbmctlError(f"{what} has {len(bad)} embedding(s) that are not unit vectors (first: "
-                          f"{safe_text(name_of_row(bad[0]))}, norm {norms[bad[0]]:.4g}; cbmctl stores them "
-                          "L2-normalised); the cache is damaged: re-embed it with `cbmctl embed DATA --overwrite`")
+        raise CacheNeedsRebuild(f"{what} has {len(bad)} embedding(s) that are not unit vectors (first: "
+                                f"{safe_text(name_of_row(bad[0]))}, norm {norms[bad[0]]:.4g}; cbmctl stores them "
+                                "L2-normalised); the cache is damaged: re-embed it with `cbmctl embed DATA --overwrite`")
 
 
 def uncovered_classes(labels: np.ndarray, classes: list[str]) -> list[str]:
@@ -211,8 +220,8 @@ class Cache:
             if "schema_version" not in self.attrs:
                 raise CbmctlError(f"{self.path} is an HDF5 file but not a cbmctl cache")
             if int(self.attrs["schema_version"]) != SCHEMA_VERSION:
-                raise CbmctlError(f"{self.path} has cache schema {self.attrs['schema_version']}, this cbmctl "
-                                  f"reads {SCHEMA_VERSION}: re-embed with --overwrite")
+                raise CacheNeedsRebuild(f"{self.path} has cache schema {self.attrs['schema_version']}, this cbmctl "
+                                        f"reads {SCHEMA_VERSION}: re-embed with --overwrite")
             self.num_classes, self.embed_dim = _check_layout(handle, self.path, self.attrs)
             # class names from a cache are names from a file like any other (cbmctl.names)
             validate_class_names(_strings(handle["classes/names"]), f"{self.path}: classes/names")
@@ -280,9 +289,9 @@ class Cache:
         outside = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
         if len(outside):
             first = outside[0]
-            raise CbmctlError(f"{self.path}: the {split} split has {len(outside)} label(s) outside 0..."
-                              f"{self.num_classes - 1} (first: {safe_text(name_of_row(first))} labelled "
-                              f"{labels[first]}); fix the dataset's labels and re-embed with --overwrite")
+            raise CacheNeedsRebuild(f"{self.path}: the {split} split has {len(outside)} label(s) outside 0..."
+                                    f"{self.num_classes - 1} (first: {safe_text(name_of_row(first))} labelled "
+                                    f"{labels[first]}); fix the dataset's labels and re-embed with --overwrite")
 
     def embedding_chunks(self, split: str, chunk: int = 4096):
         """A split's image embeddings as float32, `chunk` rows at a time (a train split may not fit in memory),

@@ -220,8 +220,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
     control, on one split of a cache. The centred variant centres V with the train split's mean. `log`
     gets a progress line every few seconds of a long pass over the images (None: silent)."""
     from cbmctl.backbones import resolve_device
-    from cbmctl.cache import name_some, uncovered_classes
-    from cbmctl.concepts import concept_vectors, random_concept_set
+    from cbmctl.concepts import concept_vectors
     from cbmctl.logs import Progress
     from cbmctl.resources import cms_bytes, cms_chunk, require
     device = resolve_device(str(device))
@@ -234,13 +233,35 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
     concept_embeddings = concept_vectors(cache, concept_set, device)
     class_embeddings = cache.class_embeddings()
     features = torch.from_numpy(data.embeddings.astype(np.float32))
-    rows, notes = [], []
+    rows = []
 
     def add_row(method, predicted, transductive=False):
         rows.append({"method": method, "transductive": transductive,
                      **accuracy_report(predicted, data.labels, len(classes), per_class)})
 
-    variants, v_train_mean, warnings = PAPER_VARIANTS, None, []
+    variants, v_train_mean, notes, warnings = _centring(cache, classes, concept_embeddings, class_embeddings, split,
+                                                        chunk, device, log)
+    scoring = Progress(log, len(features), f"CMS: {len(variants)} variants on the {split} split")
+    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean,
+                          scoring)
+    for variant, predicted in predictions.items():
+        add_row(variant.name, predicted, variant.transductive)
+    add_row("zero-shot CLIP", zero_shot_predict(features, class_embeddings, chunk, device))
+    notes += _control_rows(add_row, cache, concept_set, classes, features, concept_embeddings, class_embeddings, chunk,
+                           device, random_control)
+    if any(r["transductive"] for r in rows):
+        notes.append("col-normalised variants divide by column sums over the evaluated images: transductive")
+    return {"split": split, "images": int(len(features)), "classes": len(classes),
+            "concept_set": concept_set.record(), "backbone": backbone_record(cache), "cache": str(cache.path),
+            "device": str(device), "rows": rows, "notes": notes, "warnings": warnings}
+
+
+def _centring(cache, classes: list[str], concept_embeddings, class_embeddings, split: str, chunk: int, device, log):
+    """(variants to score, the train split's mean concept scores or None, notes, warnings): the centred
+    variant joins the paper's when the cache has train images to centre V with."""
+    from cbmctl.cache import name_some, uncovered_classes
+    from cbmctl.logs import Progress
+    variants, v_train_mean, notes, warnings = PAPER_VARIANTS, None, [], []
     if "train" in cache.splits:
         search = ConceptMatrixSearch(concept_embeddings, class_embeddings, device)
         counts = cache.counts()
@@ -259,12 +280,15 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
                                 f"({name_some(missing)}): {CENTRED.name}'s centring mean leans towards the others")
     if v_train_mean is None:
         notes.append(f"{CENTRED.name} skipped: the cache has no train images to centre V with")
-    scoring = Progress(log, len(features), f"CMS: {len(variants)} variants on the {split} split")
-    predictions = predict(features, concept_embeddings, class_embeddings, variants, chunk, device, v_train_mean,
-                          scoring)
-    for variant, predicted in predictions.items():
-        add_row(variant.name, predicted, variant.transductive)
-    add_row("zero-shot CLIP", zero_shot_predict(features, class_embeddings, chunk, device))
+    return variants, v_train_mean, notes, warnings
+
+
+def _control_rows(add_row, cache, concept_set, classes: list[str], features, concept_embeddings, class_embeddings,
+                  chunk: int, device, random_control: bool) -> list[str]:
+    """The description baseline and the random-concept control, each a row through `add_row` where it can be
+    computed; the notes for those that cannot."""
+    from cbmctl.concepts import concept_vectors, random_concept_set
+    notes = []
     if concept_set.associations:
         add_row("description (class concepts)",
                 description_predict(features, concept_embeddings, concept_set.concepts, classes,
@@ -279,11 +303,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
             add_row(f"CMS cos, {len(concept_set.concepts)} random words", predicted)
         except CbmctlError as error:
             notes.append(f"random-concept control skipped: {error}")
-    if any(r["transductive"] for r in rows):
-        notes.append("col-normalised variants divide by column sums over the evaluated images: transductive")
-    return {"split": split, "images": int(len(features)), "classes": len(classes),
-            "concept_set": concept_set.record(), "backbone": backbone_record(cache), "cache": str(cache.path),
-            "device": str(device), "rows": rows, "notes": notes, "warnings": warnings}
+    return notes
 
 
 def backbone_record(cache) -> dict:

@@ -3,7 +3,10 @@
 Progress is journalled as atomic shard files in `<cache>.parts/`; the cache file itself is only ever
 replaced whole (written beside it, then renamed), so after a kill at any moment the cache path holds
 either nothing or the previous complete cache, and rerunning the command continues from the last shard.
-One process at a time embeds into a cache (a lock beside it); a second one waits, then finds it done."""
+One process at a time embeds into a cache (a lock beside it); a second one waits, then finds it done.
+
+This module imports the package root upward for `__version__` alone (recorded in every cache): the root's
+lazy public API hands out embed_dataset on first use, never at import time, so no import loop follows."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +25,7 @@ from cbmctl.cache import (
     SCHEMA_VERSION,
     SPLITS,
     Cache,
+    CacheLocked,
     read_attrs,
     string_array,
     write_text_group,
@@ -299,9 +303,9 @@ def _finished(cache: Path, header: dict, templates: list[str]) -> EmbedReport | 
         return None
     try:
         existing = read_attrs(cache)
+    except CacheLocked:
+        raise  # waiting helps; overwriting would not
     except CbmctlError as error:
-        if "is locked" in str(error):
-            raise
         raise CbmctlError(f"{error}; pass --overwrite to replace it, or --cache another file") from None
     if "schema_version" not in existing:
         raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass --overwrite or --cache another file")

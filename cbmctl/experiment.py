@@ -1,6 +1,8 @@
 """One `cbmctl train` invocation: one or more methods × one or more seeds on the same TrainingData, every
-CBM of it trained together (cbmctl.train.train_many), the seed-independent baselines once, written to a
-run directory (cbmctl.runs) with a comparison that says which differences are larger than the seed noise."""
+CBM of it trained together (cbmctl.training.train_many), the seed-independent baselines once, written to a
+run directory (cbmctl.runs) with a comparison that says which differences are larger than the seed noise.
+The one module that joins training and the run directory: training keeps its checkpoint in the store it is
+handed here (runs.CheckpointFiles), and everything it returns is written here."""
 from __future__ import annotations
 
 import shutil
@@ -12,7 +14,7 @@ from cbmctl.errors import CbmctlError
 from cbmctl.identity import backbone_difference, concepts_difference, data_difference
 from cbmctl.spec import BASELINES, TrainConfig
 from cbmctl.stats import holm, mean_interval, paired_difference
-from cbmctl.train import TrainingData, TrainResult, describe, run_baseline, train_many
+from cbmctl.training import TrainingData, TrainResult, describe, run_baseline, train_many
 
 # the metrics a comparison summarises, in table order (percentages first); absent ones are skipped
 SUMMARY_KEYS = ("top1", "dense_top1", "nec5_top1", "anec", "top5", "mean_per_class", "ece", "nec",
@@ -44,19 +46,22 @@ def model_metadata(data: TrainingData, config: TrainConfig, result: TrainResult)
 
 
 def run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                   spec: dict, log=None, warn=None, started=None, figures: bool = True) -> ExperimentResult:
+                   spec: dict, log=None, warn=None, started=None, figures: bool = True, device=None
+                   ) -> ExperimentResult:
     """Train every method with every seed (resuming from the run's checkpoint when one is there). `log`
     gets progress lines, `warn` (`log` when not given) the warnings; train.log gets both. `started(run_dir)`
     is called once the run directory can be resumed (its config and record are written). Without `figures`
-    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them). torch uses
+    no curves.png and sparsity.png are drawn (a benchmark of many runs has no use for them). `device`: the
+    torch.device to train on (`base.device` resolved when not given). torch uses
     `base.threads` threads meanwhile, as the record says (cbmctl.threads); the caller's count is restored."""
     from cbmctl.threads import torch_threads
     with torch_threads(base.threads) as threads:
-        return _run_experiment(data, base, methods, seeds, Path(run_dir), spec, log, warn, started, threads, figures)
+        return _run_experiment(data, base, methods, seeds, Path(run_dir), spec, log, warn, started, threads, figures,
+                               device)
 
 
 def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], seeds: list[int], run_dir: Path,
-                    spec: dict, log, warn, started, threads, figures) -> ExperimentResult:
+                    spec: dict, log, warn, started, threads, figures, device) -> ExperimentResult:
     from cbmctl.logs import sayer
     log = sayer(log)
     warn = warn or log
@@ -83,8 +88,8 @@ def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], s
             say(f"== training {len(members)} model{'s' * (len(members) > 1)}: "
                 + ", ".join(sorted({describe(base.for_method(m, 0)) for m, _ in members}))
                 + f"; seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
-            for (method, _), result in zip(members, train_many(data, base, members, run_dir, say,
-                                                                      warn=say_warning)):
+            trained = train_many(data, base, members, runs.CheckpointFiles(run_dir), say, say_warning, device)
+            for (method, _), result in zip(members, trained):
                 results[method].append(result)
         for method in methods:
             if method in BASELINES:
@@ -247,3 +252,40 @@ def check_resumable(run_dir: Path, data: TrainingData) -> None:
         if found:
             raise CbmctlError(f"{run_dir} was trained with another {label} ({found.recorded} vs {found.current}); "
                               "start a new run instead")
+
+
+def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dict:
+    """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
+    and record the result in the run's evaluation.json (metrics.json is what training wrote, and stays).
+    A run that cannot be written to is still scored: `warn` says that nothing was written."""
+    from cbmctl import runs
+    from cbmctl.backbones import resolve_device
+    from cbmctl.cache import open_cache
+    from cbmctl.concepts import ConceptSet
+    from cbmctl.identity import data_difference
+    from cbmctl.logs import sayer
+    from cbmctl.spec import TrainConfig
+    from cbmctl.training import evaluate_splits, prepare_data
+    run_dir = Path(run_dir)
+    model, meta = runs.load_model(run_dir)
+    record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
+    concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
+    cache_path, recorded = meta.get("cache"), meta.get("dataset")
+    if not isinstance(cache_path, str) or not Path(cache_path).is_file():
+        raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
+    device = resolve_device(device)  # once: the concept encoder (when needed) and the scoring share it
+    data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
+    if data_difference(recorded, data.record["dataset"]):
+        raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
+    if precision_k > len(data.concepts):
+        sayer(warn)(f"warning: `precision_k` {precision_k} is more than the {len(data.concepts)} concepts: "
+                    f"precision@{len(data.concepts)} is reported instead")
+        precision_k = len(data.concepts)
+    metrics = evaluate_splits(model, data, TrainConfig(precision_k=precision_k), splits=("val", "test"), device=device)
+    metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
+    try:
+        runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
+    except OSError as error:
+        sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
+                    f"({error.strerror or error})")
+    return metrics

@@ -76,7 +76,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     from cbmctl.preflight import resolve_concepts
     from cbmctl.resources import check_training
     from cbmctl.spec import BASELINES
-    from cbmctl.train import prepare_data
+    from cbmctl.training import prepare_data
     warn = warn or sayer(log)
     device = resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded
     # an unwritable destination is found before minutes of embedding and training, not after them
@@ -84,24 +84,24 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
         runs.check_writable(Path(resume), "the resumed run")
     else:
         runs.check_writable(Path(run_dir) if run_dir is not None else Path(spec.out))
-    cache, dataset_config = resolve_cache(spec.data, device=spec.train.device, log=log, warn=warn,
+    cache, dataset_config = resolve_cache(spec.data, device=device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
     models = sum(method not in BASELINES for method in spec.methods) * len(spec.seeds)
     if models:  # before a concept is encoded or a tensor allocated
         check_training(models, len(concept_set.concepts), cache.num_classes, cache.counts(), spec.train.batch_size,
                        cache.embed_dim, device)
-    data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, spec.train.device, warn)
+    data = prepare_data(cache, concept_set, spec.random_concepts, spec.concept_map, device, warn)
     spec = replace(spec, cache_path=str(Path(cache.path).resolve()), data=_absolute(spec.data),
                    data_root=_absolute(spec.data_root), concept_map=_absolute(spec.concept_map),
                    concepts=concept_set.name if concept_set.source.startswith("builtin:") else
                    _absolute(concept_set.source))
     train_images = int(data.labels["train"].shape[0])
     if spec.train.batch_size > train_images:
-        warn(f"note: --batch-size {spec.train.batch_size} is more than the {train_images} train images: every epoch "
+        warn(f"note: `batch_size` {spec.train.batch_size} is more than the {train_images} train images: every epoch "
              "is one batch of all of them")
     if spec.train.precision_k > len(data.concepts):
-        warn(f"warning: --precision-k {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
+        warn(f"warning: `precision_k` {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
              f"precision@{len(data.concepts)} is reported instead")
         spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
     if resume is not None:
@@ -118,41 +118,6 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
             if runs.is_finished(run_dir):
                 raise CbmctlError(f"{run_dir} already finished; nothing to resume (start a new run instead)")
         result = run_experiment(data, spec.train, spec.methods, spec.seeds, run_dir, spec.as_mapping(), log=log,
-                                warn=warn, started=started)
+                                warn=warn, started=started, device=device)
     runs.point_latest(run_dir.parent, run_dir)
     return result
-
-
-def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dict:
-    """Score a saved model (e.g. one edited by `explain --save-edited`) on its cache's val and test splits,
-    and record the result in the run's evaluation.json (metrics.json is what training wrote, and stays).
-    A run that cannot be written to is still scored: `warn` says that nothing was written."""
-    from cbmctl import runs
-    from cbmctl.cache import open_cache
-    from cbmctl.concepts import ConceptSet
-    from cbmctl.identity import data_difference
-    from cbmctl.logs import sayer
-    from cbmctl.spec import TrainConfig
-    from cbmctl.train import evaluate_splits, prepare_data
-    run_dir = Path(run_dir)
-    model, meta = runs.load_model(run_dir)
-    record = meta.get("concept_set") if isinstance(meta.get("concept_set"), dict) else {}
-    concept_set = ConceptSet(str(record.get("name", "concepts")), meta["concepts"], str(record.get("source", "")))
-    cache_path, recorded = meta.get("cache"), meta.get("dataset")
-    if not isinstance(cache_path, str) or not Path(cache_path).is_file():
-        raise CbmctlError(f"{run_dir}: its cache {cache_path!r} is missing; cannot evaluate")
-    data = prepare_data(open_cache(cache_path), concept_set, device=device, warn=warn)
-    if data_difference(recorded, data.record["dataset"]):
-        raise CbmctlError(f"{cache_path} no longer holds the data {run_dir} was trained on")
-    if precision_k > len(data.concepts):
-        sayer(warn)(f"warning: --precision-k {precision_k} is more than the {len(data.concepts)} concepts: "
-                    f"precision@{len(data.concepts)} is reported instead")
-        precision_k = len(data.concepts)
-    metrics = evaluate_splits(model, data, TrainConfig(device=device, precision_k=precision_k), splits=("val", "test"))
-    metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
-    try:
-        runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
-    except OSError as error:
-        sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
-                    f"({error.strerror or error})")
-    return metrics

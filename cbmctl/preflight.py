@@ -122,7 +122,7 @@ def _plan_given(cache_file, model, pretrained, templates) -> CachePlan:
 def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     """Compare DATA's existing cache with the plan's dataset, backbone and templates: a contradiction is an
     error that says how to proceed; otherwise the plan's state becomes "up-to-date" or "usable"."""
-    from cbmctl.cache import open_cache
+    from cbmctl.cache import CacheLocked, CacheNeedsRebuild, open_cache
     from cbmctl.embed import template_mismatch, templates_of
     from cbmctl.identity import data_difference
     embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
@@ -131,9 +131,9 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
             f"rebuild it with `{embed}`, or pass --cache another file")
     try:
         cache = open_cache(plan.cache)
+    except (CacheLocked, CacheNeedsRebuild):
+        raise  # its message says what to do already
     except CbmctlError as error:
-        if "is locked" in str(error) or "--overwrite" in str(error):
-            raise
         raise CbmctlError(f"{error}; {hint}") from None
     attrs = cache.attrs
     other_data = data_difference(attrs, {"dataset_fingerprint": plan.dataset.fingerprint()})

@@ -23,7 +23,12 @@ FLOAT = 4  # bytes of a float32
 # What training keeps of every CBL and dense head: the parameter, its gradient, Adam's two moments, the best
 # epoch's copy and the initial CBL.
 COPIES_PER_PARAMETER = 6
-SPARSE_CHUNK = 8192  # rows of the sparse head's design handled at once (cbmctl.train._design)
+SPARSE_CHUNK = 8192  # rows of the sparse head's design handled at once (cbmctl.training.heads)
+# What training decides by size, here beside the estimate that counts it (cbmctl.training reads both at call
+# time): concept scores of every split are precomputed when they take at most PRECOMPUTE_BYTES; the sparse
+# head's design matrix (models × train images × concepts) stays on the device up to SPARSE_MATERIALISE_BYTES.
+PRECOMPUTE_BYTES = 2 << 30
+SPARSE_MATERIALISE_BYTES = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -78,7 +83,6 @@ def require(need: int, what: str, device, advice: str) -> None:
 
 def training_bytes(models: int, concepts: int, classes: int, sizes: dict[str, int], batch: int, dim: int) -> dict:
     """The dominant allocations of training `models` stacked CBMs and fitting their sparse heads, by part."""
-    from cbmctl.train import PRECOMPUTE_BYTES, SPARSE_MATERIALISE_BYTES
     s, c, k = models, concepts, classes
     n = sizes.get("train", 0)
     b = max(1, min(batch, n))

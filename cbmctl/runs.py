@@ -252,6 +252,21 @@ def load_checkpoint(run_dir: Path) -> tuple[dict, dict] | None:
     return read_tensors(base.with_suffix(".safetensors")), plain
 
 
+class CheckpointFiles:
+    """The checkpoint store a run hands training (cbmctl.training.checkpoint.CheckpointStore): the pair of
+    files above in `run_dir`."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.where = str(self.run_dir / f"{CHECKPOINT}.json")
+
+    def load(self) -> tuple[dict, dict] | None:
+        return load_checkpoint(self.run_dir)
+
+    def save(self, tensors: dict, plain: dict) -> None:
+        save_checkpoint(self.run_dir, tensors, plain)
+
+
 def remove_checkpoint(run_dir: Path) -> None:
     base = Path(run_dir) / CHECKPOINT
     base.with_suffix(".json").unlink(missing_ok=True)

@@ -67,7 +67,8 @@ def unit_runs(tmp_path_factory):
     from cbmctl.cache import open_cache
     from cbmctl.concepts import ConceptSet
     from cbmctl.experiment import run_experiment
-    from cbmctl.train import TrainConfig, prepare_data
+    from cbmctl.spec import TrainConfig
+    from cbmctl.training import prepare_data
     root = tmp_path_factory.mktemp("units")
     cache = make_synthetic_cache(root / "c.h5", UNIT_CONCEPTS)
     labels = open_cache(cache).split("test").labels

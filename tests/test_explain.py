@@ -8,7 +8,8 @@ from makers import make_cub, make_synthetic_cache
 
 from cbmctl.errors import CbmctlError
 from cbmctl.explain import Explainer, cms_explain
-from cbmctl.train import TrainConfig, prepare_data, train_cbm
+from cbmctl.spec import TrainConfig
+from cbmctl.training import prepare_data, train_cbm
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
 

@@ -176,7 +176,7 @@ def test_the_library_refuses_before_the_stack_is_allocated(synthetic, monkeypatc
     from cbmctl.concepts import load_concept_set
     from cbmctl.errors import CbmctlError
     from cbmctl.spec import TrainConfig
-    from cbmctl.train import prepare_data, train_many
+    from cbmctl.training import prepare_data, train_many
     data = prepare_data(open_cache(synthetic["cache"]), load_concept_set(str(synthetic["concepts"])))
     monkeypatch.setenv("CBMCTL_MEMORY_LIMIT", "1M")
     with pytest.raises(CbmctlError, match=r"training 40 models × 6 concepts × 4 classes .* more than the 1.0 MB"):

@@ -27,14 +27,15 @@ def _interrupt(run):
     training writes (by the library's own training loop, on the run's own config)."""
     from cbmctl.cache import open_cache
     from cbmctl.concepts import load_concept_set
-    from cbmctl.runs import read_yaml
+    from cbmctl.runs import CheckpointFiles, read_yaml
     from cbmctl.spec import ExperimentSpec
-    from cbmctl.train import member_configs, prepare_data, train_stack
+    from cbmctl.training import member_configs, prepare_data
+    from cbmctl.training.epochs import train_stack
     (run / "metrics.json").unlink()
     spec = ExperimentSpec.from_mapping(read_yaml(run / "config.yaml"))
     data = prepare_data(open_cache(spec.cache_path), load_concept_set(spec.concepts))
     configs = member_configs(spec.train, [(m, s) for m in spec.methods for s in spec.seeds])
-    train_stack(data, configs, torch.device("cpu"), run)
+    train_stack(data, configs, torch.device("cpu"), CheckpointFiles(run))
     assert (run / "checkpoint.json").is_file()
     return run
 

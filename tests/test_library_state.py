@@ -10,8 +10,9 @@ from makers import make_synthetic_cache
 
 from cbmctl.cache import open_cache
 from cbmctl.concepts import ConceptSet
+from cbmctl.spec import TrainConfig
 from cbmctl.threads import choose_threads, torch_threads, usable_cpus
-from cbmctl.train import TrainConfig, prepare_data, train_cbm
+from cbmctl.training import prepare_data, train_cbm
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size"]
 

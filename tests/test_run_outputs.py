@@ -105,11 +105,11 @@ def test_comparison_curves_show_every_method_with_a_band(unit_runs, monkeypatch)
 
 
 def test_ctrl_c_names_the_command_that_continues(cli, unit_runs, tmp_path, monkeypatch):
-    import cbmctl.train
+    import cbmctl.training.trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cbmctl.train, "train_stack", interrupted)
+    monkeypatch.setattr(cbmctl.training.trainer, "train_stack", interrupted)
     concepts = tmp_path / "concepts.txt"
     concepts.write_text("\n".join(json.loads((unit_runs["single"] / "model.json").read_text())["concepts"]) + "\n")
     result = cli("train", unit_runs["cache"], "--concepts", concepts, "--out", tmp_path / "runs", "--epochs", "2",

@@ -15,7 +15,8 @@ from makers import make_synthetic_cache
 from cbmctl.cache import open_cache
 from cbmctl.concepts import ConceptSet
 from cbmctl.errors import CbmctlError
-from cbmctl.train import TrainConfig, prepare_data, train_cbm
+from cbmctl.spec import TrainConfig
+from cbmctl.training import prepare_data, train_cbm
 
 CONCEPTS = ["red", "green", "striped pattern", "star shape", "grass background", "small size", "wavy pattern",
             "hexagon shape"]
@@ -70,7 +71,7 @@ def test_deterministic_for_a_seed(data):
 
 def test_precomputed_scores_equal_scores_per_batch(data, monkeypatch):
     precomputed = train_cbm(data, quick())
-    monkeypatch.setattr("cbmctl.train.PRECOMPUTE_BYTES", 0)  # too large to precompute: ψ per batch
+    monkeypatch.setattr("cbmctl.resources.PRECOMPUTE_BYTES", 0)  # too large to precompute: ψ per batch
     per_batch = train_cbm(data, quick())
     assert torch.allclose(precomputed.model.cbl.weight, per_batch.model.cbl.weight, atol=1e-5)
     assert torch.allclose(precomputed.extra["dense"].head.weight, per_batch.extra["dense"].head.weight, atol=1e-5)
@@ -80,10 +81,10 @@ def test_precomputed_scores_equal_scores_per_batch(data, monkeypatch):
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(data, tmp_path):
     from cbmctl import runs
     straight = train_cbm(data, quick(epochs=6))
-    train_cbm(data, quick(epochs=3), checkpoint_dir=tmp_path)
+    train_cbm(data, quick(epochs=3), checkpoints=runs.CheckpointFiles(tmp_path))
     tensors, plain = runs.load_checkpoint(tmp_path)
     assert plain["epoch"] == 3 and set(tensors) >= {"cbl", "head", "order_rng.0", "noise_rng.0"}
-    resumed = train_cbm(data, quick(epochs=6), checkpoint_dir=tmp_path)
+    resumed = train_cbm(data, quick(epochs=6), checkpoints=runs.CheckpointFiles(tmp_path))
     assert torch.equal(resumed.extra["dense"].head.weight, straight.extra["dense"].head.weight)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
 
@@ -195,7 +196,7 @@ def test_resuming_a_finished_run_says_so(cli, cache_file, tmp_path):
 
 
 def test_models_trained_together_equal_models_trained_alone(data):
-    from cbmctl.train import train_many
+    from cbmctl.training import train_many
     members = [("gumbel", 0), ("none", 1), ("contrastive", 2), ("gumbel", 3)]
     config = quick(epochs=40, patience=3, min_epochs=2, lr=0.05, cbl_lr=0.05)
     together = train_many(data, config, members)
@@ -248,7 +249,7 @@ def test_a_sparse_path_point_stopped_by_the_iteration_cap_is_warned_about_and_re
     from functools import partial
 
     import cbmctl.sparse as sparse
-    from cbmctl.train import train_many
+    from cbmctl.training import train_many
     solved = train_cbm(data, quick(epochs=2)).metrics["sparse_solver"]
     assert solved["points_at_cap"] == [] and solved["points"] > 1 and solved["max_iterations"] == 2000
     monkeypatch.setattr(sparse, "SparseConfig", partial(sparse.SparseConfig, max_iterations=1))

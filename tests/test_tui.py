@@ -29,7 +29,8 @@ from cbmctl.experiment import run_experiment
 from cbmctl.explain import Explainer
 from cbmctl.identity import names_sha256
 from cbmctl.model import model_identity
-from cbmctl.train import TrainConfig, prepare_data
+from cbmctl.spec import TrainConfig
+from cbmctl.training import prepare_data
 from cbmctl.tui.app import HELP, InspectApp
 from cbmctl.tui.data import InspectData, load
 from cbmctl.tui.matrix_view import MatrixView, decimals, heat

@@ -77,6 +77,13 @@ def for_the_command_line(error) -> str:
     return safe_text(message)
 
 
+def echo_warning(line: str) -> None:
+    """A library's warning line on stderr as the command line says it: the parameters it names (written
+    `name`) shown as flags, escaped for the terminal (for_the_command_line)."""
+    from cbmctl.errors import CbmctlError
+    click.echo(for_the_command_line(CbmctlError(line)), err=True)
+
+
 # what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)
 _INTERRUPT_HINT: list[str] = []
 

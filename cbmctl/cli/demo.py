@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import print_json
+from cbmctl.cli.common import echo_warning, print_json
 from cbmctl.demo.bench import DEFAULT_WORLD_SEED
 
 
@@ -174,7 +174,7 @@ def bench(preset, worlds, seeds, out, world_seed, epochs, min_epochs, patience, 
     spec = BenchSpec(preset=preset, worlds=worlds, seeds=seeds, world_seed=world_seed, knobs=knobs, train=train,
                      device=device)
     quiet = quiet or as_json
-    report = run_bench(spec, out, say=None if quiet else _echo_err, note=_echo_err, progress=not quiet)
+    report = run_bench(spec, out, say=None if quiet else _echo_err, note=echo_warning, progress=not quiet)
     if as_json:
         return print_json(report)
     from cbmctl.cli.common import console

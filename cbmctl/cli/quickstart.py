@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import print_json
+from cbmctl.cli.common import echo_warning, print_json
 
 
 @click.command()
@@ -19,7 +19,7 @@ def quickstart(directory, as_json):
     from cbmctl.quickstart import run_quickstart
     from cbmctl.sanitize import safe_text
     on_interrupt(f"rerun `cbmctl quickstart {safe_text(directory)}` to continue: it reuses every finished stage")
-    say = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    say = (lambda line: None) if as_json else echo_warning  # the tour's lines, and the warnings among them
     result = run_quickstart(Path(directory), say=say, progress=not as_json)
     if as_json:
         return print_json(result)

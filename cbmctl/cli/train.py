@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import Choice, print_json
+from cbmctl.cli.common import Choice, echo_warning, print_json
 from cbmctl.spec import CBL_INITS, DEFAULT_MIN_EPOCHS, GUMBEL_FORMS, HEADS, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = {name: str(value) for name, value in asdict(TrainConfig()).items()}
@@ -120,7 +120,7 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     from cbmctl.sanitize import safe_text
     on_interrupt("rerun the same command to continue (an embedding resumes from its last finished shard)")
     result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
-                       plan=plan, warn=_echo_err,
+                       plan=plan, warn=echo_warning,
                        started=lambda run: on_interrupt(f"`cbmctl train --resume {safe_text(run)}` continues it"))
     if as_json:
         return print_json(read_metrics(result.run_dir))
@@ -174,13 +174,13 @@ def _nec_text(spec, rows: list[dict]) -> str:
 
 
 def _evaluate(run_dir, given, as_json):
-    from cbmctl.pipeline import evaluate_run
+    from cbmctl.experiment import evaluate_run
     unknown = sorted(set(given) - {"device", "precision_k"})
     if unknown:
         raise click.UsageError(f"--evaluate scores a saved model; it takes only --device and --precision-k, not "
                                f"{', '.join('--' + u.replace('_', '-') for u in unknown)}")
     from cbmctl.sanitize import safe_text
-    metrics = evaluate_run(run_dir, given.get("device", "auto"), int(given.get("precision_k", 5)), warn=_echo_err)
+    metrics = evaluate_run(run_dir, given.get("device", "auto"), int(given.get("precision_k", 5)), warn=echo_warning)
     if as_json:
         return print_json(metrics)
     test = metrics["test"]

@@ -230,7 +230,7 @@ def _training_data(world: _World, backbone: _Backbone, config: TrainConfig):
     from cbmctl.datasets import load_config
     from cbmctl.identity import text_key
     from cbmctl.preflight import resolve_concepts
-    from cbmctl.train import prepare_data
+    from cbmctl.training import prepare_data
     cache = open_cache(world.cache)
     concept_set = resolve_concepts(None, load_config(world.data), cache)
     if cache.text(text_key(cache.attrs, concept_set.concepts)) is None:
