@@ -25,6 +25,7 @@ from cbmctl.backbones.model_names import (
 from cbmctl.backbones.registry import ShippedModel, providers
 from cbmctl.backbones.weights import load_weights, sha256_file, state_dict_sha256
 from cbmctl.errors import CbmctlError
+from cbmctl.identity import backbone_difference
 
 PREPROCESS_OVERRIDES = (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
                         ("resize_mode", "image_resize_mode"))  # a zoo tag's config key -> open_clip's argument
@@ -172,7 +173,8 @@ def load_recorded_backbone(record: dict, where, device="auto") -> Backbone:
     """The backbone a cache or run recorded (backbone_model, backbone_pretrained, weights_sha256), refused if
     the weights found now are not the ones it was made with."""
     backbone = load_backbone(record["backbone_model"], recorded_pretrained(record["backbone_pretrained"]), device)
-    if backbone.weights_sha256 != record["weights_sha256"]:
+    found = {"backbone_model": record["backbone_model"], "weights_sha256": backbone.weights_sha256}
+    if backbone_difference(record, found) is not None:
         raise CbmctlError(f"{where} was made with other weights for {record['backbone_model']} "
                           f"(sha256 {record['weights_sha256'][:12]}, found {backbone.weights_sha256[:12]})")
     return backbone
