@@ -219,8 +219,9 @@ def test_torchrun_two_processes_make_the_same_cache(tmp_path, tiny_model):
     assert _run_cli(embed_args(data, single, tiny_model, "--shard-size", "8")).communicate(timeout=300)
     multi = tmp_path / "multi.h5"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", "-m", "cbmctl", *map(str, embed_args(data, multi, tiny_model, "--shard-size", "8"))],
+    # --standalone: a free port of torchrun's choosing, so parallel test runs never meet on a fixed one
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "cbmctl", *map(str, embed_args(data, multi, tiny_model, "--shard-size", "8"))],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     a, b = _arrays(single), _arrays(multi)
@@ -238,12 +239,24 @@ def test_cli_errors_are_one_line(cli, tmp_path):
     assert "not a known dataset name" in result.output
 
 
-def test_help_lists_only_existing_commands(cli):
+def test_help_lists_exactly_the_commands_and_each_name_loads_its_own_command(cli):
+    """The top-level help lists COMMANDS without importing them (cbmctl.cli.LazyGroup): each listed name must
+    load a command of that name, whose own help is its own docstring."""
+    import click
+
     from cbmctl.cli import COMMANDS
+    from cbmctl.cli import cli as app
     output = cli("--help").output
-    for name in COMMANDS:
-        assert name in output
-        assert cli(name, "--help").exit_code == 0
+    section = output.split("Commands:\n", 1)[1].splitlines()
+    listed = [line.split()[0] for line in section if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == sorted(COMMANDS)
+    for name, (_, _, summary) in COMMANDS.items():
+        assert " ".join(summary.split()) in " ".join(output.split()), name
+        command = app.get_command(click.Context(app), name)
+        assert isinstance(command, click.Command) and command.name == name
+        own = cli(name, "--help")
+        assert own.exit_code == 0 and own.output.startswith("Usage: ") and f" {name} [OPTIONS]" in own.output
+        assert " ".join(command.help.split()[:8]) in " ".join(own.output.split()), name
 
 
 @pytest.mark.slow

@@ -55,8 +55,14 @@ def test_every_loss_trains_and_reports_every_metric(data, loss):
 
 
 def test_reference_form_and_hard_samples_train(data):
-    assert np.isfinite(train_cbm(data, quick(gumbel_form="reference", epochs=2)).metrics["test"]["top1"])
-    assert np.isfinite(train_cbm(data, quick(hard=True, tau=0.1, epochs=2)).metrics["test"]["top1"])
+    """Each option reaches the loss (the same seed trains a different CBL than the paper's soft form) and
+    still learns the separable clusters."""
+    paper = train_cbm(data, quick(epochs=2, tau=0.1))
+    for changed in (quick(gumbel_form="reference", epochs=2, tau=0.1), quick(hard=True, tau=0.1, epochs=2)):
+        result = train_cbm(data, changed)
+        assert not torch.equal(result.model.cbl.weight, paper.model.cbl.weight), changed
+        assert result.metrics["test"]["top1"] > 0.5, changed  # 4 classes: chance is 0.25
+        assert result.history[-1]["ce"] < result.history[0]["ce"], changed
     with pytest.raises(CbmctlError, match="`hard` applies only"):
         train_cbm(data, quick(gumbel_form="reference", hard=True))
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import UNIT_CONCEPTS
 from makers import make_synthetic_cache
+from rich.cells import cell_len
 from rich.console import Console
 
 from cbmctl.cache import open_cache
@@ -516,6 +517,38 @@ def test_summary_is_tables_not_python_reprs(runs):
     assert f"{100 * metrics['dense']['test']['top1']:.2f} %" in text  # the dense head's test top-1
 
 
+def snapshot_facts(name: str, data: InspectData) -> list[str]:
+    """Text each snapshot screen must hold, computed from the hand-made data: the matrix's counts and the
+    selected class's weights and bias, the selected image's logit (inputs · head + bias), the summary's
+    percentages, each unit's faithfulness."""
+    k, c = len(data.classes), len(data.concepts)
+    used = int((data.head != 0).any(axis=0).sum())
+    by_name = sorted(range(k), key=lambda i: data.classes[i])
+    bias = data.biases["head"]
+
+    def weights(row):
+        return [f"{data.concepts[j]} {data.head[row, j]:+.3f}" for j in np.flatnonzero(data.head[row])]
+
+    def logit(image):
+        predicted = int(data.predicted[image])
+        return f"logit {data.inputs[image] @ data.head[predicted] + bias[predicted]:+.3f}"
+
+    accuracy = float((data.predicted == data.labels).mean())
+    test = data.summary["metrics"]["test"]
+    return {
+        "matrix-120x30": [f"{k} classes × {used} of {c} concepts", f"{c - used} all-zero hidden",
+                          *weights(by_name[0]), f"bias {bias[by_name[0]]:+.3f}"],
+        "matrix-all-80x24": [f"{k} classes × {c} concepts", f"{c - used} all-zero (z hides)", *weights(by_name[3])],
+        "images-120x30": [f"{len(data.labels)} of {len(data.labels)} images", f"accuracy {accuracy:.3f}", logit(1)],
+        "images-80x30": [logit(0)],
+        "summary-100x50": [f"{100 * test[key]:.2f} %" for key in ("top1", "top5", "mean_per_class")]
+                          + [f"ANEC {100 * data.summary['metrics']['anec']:.2f} %"],
+        "help-80x40": [],  # every key and action: test_help_never_breaks_a_phrase_at_80_columns
+        "concepts-120x30": [f"{c} concept units"] + [
+            f"{unit.concept} {unit.faithfulness:.2f} {unit.classes_using}" for unit in data.units.units],
+    }[name]
+
+
 SNAPSHOT_SCREENS = {  # name: (keys, size)
     "matrix-120x30": ([], (120, 30)),
     "matrix-all-80x24": (["z", "down", "down", "down"], (80, 24)),
@@ -537,7 +570,14 @@ def test_snapshots(name):
         await pilot.pause()
         return screen_text(app)
 
-    text = drive(sample_data(), steps, size=size)
+    data = sample_data()
+    text = drive(data, steps, size=size)
+    # what the screen must show whatever the layout, computed from the data (not read off the snapshot)
+    width, height = size
+    assert text.count("\n") <= height and max(cell_len(line) for line in text.splitlines()) <= width
+    flat = " ".join(text.split())
+    for fact in snapshot_facts(name, data):
+        assert fact in flat, (name, fact)
     snapshot = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("UPDATE_SNAPSHOTS"):
         snapshot.write_text(text, encoding="utf-8")
