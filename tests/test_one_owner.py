@@ -110,10 +110,11 @@ def test_no_other_module_hashes_a_name_list_or_compares_identity_fields():
     package = Path(__file__).resolve().parents[1] / "cbmctl"
     hashing = re.compile(r"sha256\(\s*\"\\n\"\.join")
     comparing = re.compile(r"(fingerprint|sha256)\W*[\]\)]?\s*(==|!=)|(==|!=)\s*[\w.\[\]\"']*(fingerprint|sha256)")
-    # a BackboneRequest is compared part by part before the model exists (cbmctl.backbones, its own owner)
-    allowed = {"identity.py", "backbones.py"}
+    # a BackboneRequest is compared part by part before the model exists (the cbmctl.backbones package, its
+    # own owner)
+    allowed = {"identity.py", "backbones"}
     found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
-             if path.name not in allowed
+             if path.relative_to(package).parts[0] not in allowed
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if hashing.search(line) or comparing.search(line)]
     assert found == []
