@@ -50,6 +50,10 @@ def test_every_loss_trains_and_reports_every_metric(data, loss):
     for key in ("top1", "top5", "mean_per_class", "ece", "l0_mean", "entropy_mean", "top5_mass_mean", "hoyer_mean",
                 "nec", "coverage90_mean", "concept_precision@5", "dense_top1", "nec2_top1", "nec5_top1", "anec"):
         assert key in test and np.isfinite(test[key]), key
+    for key in ("top1", "top5", "mean_per_class", "ece", "top5_mass_mean", "hoyer_mean", "concept_precision@5",
+                "dense_top1", "nec2_top1", "nec5_top1", "anec"):  # fractions, not percentages
+        assert 0 <= test[key] <= 1, (key, test[key])
+    assert test["top5"] >= test["top1"] and 0 <= test["l0_mean"] <= len(CONCEPTS) and test["entropy_mean"] >= 0
     assert test["nec"] == 2.0  # the sparse head holds exactly NEC x classes weights
     assert 1 <= test["coverage90_mean"] <= 2  # at most the two concepts a class's row uses
 
