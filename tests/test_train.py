@@ -170,27 +170,27 @@ def test_resume_refuses_another_concept_set(cli, cache_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_resume_after_sigkill(tmp_path):
+def test_cli_resume_after_sigkill(tmp_path, cli):
     cache_file = make_synthetic_cache(tmp_path / "big.h5", CONCEPTS, per_split=(600, 100, 100))
     concepts = tmp_path / "concepts.txt"
     concepts.write_text("\n".join(CONCEPTS) + "\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
 
     def command(out, *extra):
-        return [sys.executable, "-m", "cbmctl", "train", str(cache_file), "--concepts", str(concepts), "--epochs", "12",
-                "--patience", "100", "--device", "cpu", "--batch-size", "32", "--out", str(out), "--quiet", *extra]
+        return ["train", str(cache_file), "--concepts", str(concepts), "--epochs", "6", "--patience", "100",
+                "--device", "cpu", "--batch-size", "32", "--out", str(out), "--quiet", *extra]
 
-    # the process SIGKILLs itself right after its first checkpoint (epoch 1): a kill -9 in mid-training
-    killed = subprocess.run(command(tmp_path / "killed"), env={**env, "CBMCTL_FAULT": "train:checkpoint-written"},
-                            capture_output=True, text=True, timeout=300)
+    # a real process SIGKILLs itself right after its first checkpoint (epoch 1): a kill -9 in mid-training
+    killed = subprocess.run([sys.executable, "-m", "cbmctl", *command(tmp_path / "killed")],
+                            env={**env, "CBMCTL_FAULT": "train:checkpoint-written"}, capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -signal.SIGKILL
     run = next((tmp_path / "killed").glob("*-gumbel"))
     assert (run / "checkpoint.json").is_file() and not (run / "model.safetensors").exists()
-    resumed = subprocess.run([sys.executable, "-m", "cbmctl", "train", "--resume", str(run), "--quiet", "--json"],
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run(command(tmp_path / "straight", "--json"), env=env, capture_output=True, text=True,
-                              timeout=300)
+    # resuming what the dead process left, and the uninterrupted reference, need no process of their own
+    resumed = cli("train", "--resume", run, "--quiet", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    straight = cli(*command(tmp_path / "straight", "--json"))
     assert json.loads(resumed.stdout)["test"] == json.loads(straight.stdout)["test"]
     assert "resuming after epoch 1" in (run / "train.log").read_text()
 
