@@ -77,6 +77,19 @@ def screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines()) + "\n"
 
 
+async def settled_text(pilot, app) -> str:
+    """The screen once it stops changing: textual sizes a table's columns on a later refresh, and one pause
+    can catch the layout half done when the machine is busy (parallel workers). Bounded: after 50 pauses
+    the screen is returned as it is, and the assertions on it say what differs."""
+    text = None
+    for _ in range(50):
+        await pilot.pause()
+        previous, text = text, screen_text(app)
+        if text == previous:
+            break
+    return text
+
+
 def library_view(run):
     explainer = Explainer.from_run(run)
     features = torch.from_numpy(open_cache(explainer.metadata["cache"]).split("test").embeddings.astype(np.float32))
@@ -100,7 +113,7 @@ def test_matrix_screen_sparse_head(runs):
         seen["class_1"] = sorted(screen.view.column_order.tolist())
         seen["status"] = str(screen.query_one("#matrix-status").render())
         seen["panel"] = list(screen.panel_rows)
-        seen["side"] = screen_text(app)
+        seen["side"] = await settled_text(pilot, app)
         await pilot.press("escape", "s")  # concepts by weight in the selected class
         seen["weight_order"] = (screen.view.selected, list(screen.view.column_order))
         await pilot.press("s")
@@ -147,7 +160,7 @@ def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs)
         screen.query_one("#images").move_cursor(row=wrong)
         await pilot.pause()
         seen = {"name": type(screen).__name__, "selected": screen.selected, "shown": list(screen.shown),
-                "text": screen_text(app)}
+                "text": await settled_text(pilot, app)}
         await pilot.press("c")
         seen["filter"], seen["rows"] = screen.filter, list(screen.rows)
         await pilot.press("3")
@@ -186,7 +199,7 @@ def test_images_screen_dense_head_sums_to_the_logit(runs):
 
     async def steps(pilot, app):
         await pilot.press("2", "down", "down")
-        return app.screen.selected, list(app.screen.shown), screen_text(app)
+        return app.screen.selected, list(app.screen.shown), await settled_text(pilot, app)
 
     image, shown, text = drive(data, steps)
     assert image == 2 and "x=(a−μ)/σ" not in text and "a·F" in text
@@ -219,7 +232,7 @@ def test_images_screen_shows_the_activation_vector_and_marks_absence(runs):
             table = screen.render_activations(image, predicted)
             seen.append((image, predicted, [str(c) for c in table.columns[0]._cells],
                          [str(c) for c in table.columns[-1]._cells]))
-        return seen, screen_text(app)
+        return seen, await settled_text(pilot, app)
 
     seen, text = drive(data, steps)
     marked = 0
@@ -247,7 +260,7 @@ def test_concepts_screen_lists_every_unit_and_offers_its_top_images(unit_runs, m
         await pilot.pause()
         screen, seen = app.screen, {}
         seen["order"] = [unit.concept for unit in screen.order]
-        seen["text"] = screen_text(app)
+        seen["text"] = await settled_text(pilot, app)
         await pilot.press("s")
         seen["by_faithfulness"] = [unit.concept for unit in screen.order]
         await pilot.press("down", "tab", "down", "o")
@@ -340,7 +353,7 @@ def test_cache_without_run_is_the_cms_view(tmp_path):
         seen = [type(app.screen).__name__, app.screen.hide_zero]
         for key in ("2", "3"):
             await pilot.press(key)
-            seen += [type(app.screen).__name__, screen_text(app)]
+            seen += [type(app.screen).__name__, await settled_text(pilot, app)]
         return seen
 
     matrix, hide, images, images_text, summary, summary_text = drive(data, steps)
@@ -356,7 +369,7 @@ def _every_screen(pilot, app):
         for keys in (["1"], ["z", "t", "down", "right"], ["2", "down"], ["3"], ["question_mark"]):
             await pilot.press(*keys)
             await pilot.pause()
-            texts.append(screen_text(app))
+            texts.append(await settled_text(pilot, app))
         return texts
     return run()
 
@@ -475,7 +488,7 @@ def test_names_use_the_width_there_is():
     async def steps(pilot, app):
         await pilot.press("down", "down", "down")  # the long class (classes sorted by name)
         await pilot.pause()
-        return app.screen.view.label_width, screen_text(app)
+        return app.screen.view.label_width, await settled_text(pilot, app)
 
     wide_label, wide = drive(data, steps, size=(200, 30))
     narrow_label, narrow = drive(data, steps, size=(80, 30))
@@ -493,7 +506,7 @@ def test_help_never_breaks_a_phrase_at_80_columns():
     async def steps(pilot, app):
         await pilot.press("question_mark")
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
     text = drive(sample_data(), steps, size=(80, 45))
     for _, keys in HELP:
@@ -505,7 +518,7 @@ def test_summary_is_tables_not_python_reprs(runs):
     async def steps(pilot, app):
         await pilot.press("3")
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
     text = drive(load(runs["sparse"]), steps, size=(120, 120))
     for reprs in ("{'", "':", "[{", "True", "None"):
@@ -568,7 +581,7 @@ def test_snapshots(name):
         if keys:
             await pilot.press(*keys)
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
     data = sample_data()
     text = drive(data, steps, size=size)
