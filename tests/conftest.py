@@ -13,9 +13,26 @@ TINY_MODEL = str(TESTS.parent / "examples" / "configs" / "tiny-clip.json")
 # Tests never reach the network; set before anything imports huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # The tests' tensors are tiny: one intra-op thread is fastest, and the subprocess tests inherit it (a
-# second thread per process only spins against the other processes of a test).
+# second thread per process only spins against the other processes of a test). An xdist worker always gets
+# one, whatever the shell says: the workers already use every CPU between them (see
+# pytest_xdist_auto_num_workers). Set before torch is imported; tests of the thread choice set their own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist (-p no:xdist) runs the suite too
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per CPU this process may use (its affinity mask, as a
+    container or taskset sets it), not per core of the machine as xdist counts them;
+    $PYTEST_XDIST_AUTO_NUM_WORKERS still wins (xdist reads it when this returns None)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    from cbmctl.threads import usable_cpus
+    return usable_cpus()
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -137,9 +136,38 @@ def test_missing_weights_are_diagnosed_before_torch_is_imported(tmp_path):
     assert hub[0].startswith("ERROR hf-hub:org/none is not in the HF cache") and hub[-1] == "False False"
 
 
-def test_shipped_tag_index_matches_the_installed_open_clip(tmp_path):
-    from cbmctl.backbones import write_tag_index
+def test_tag_index_agrees_with_the_installed_open_clip_and_a_stale_one_is_ignored(tmp_path):
+    """The index cbmctl reads before importing open_clip (the shipped one when it is this open_clip's, else
+    one written under $CBMCTL_HOME) names, for every zoo tag, what open_clip's own registry names; an index
+    of another open_clip version is never read. Checked against open_clip itself, so it holds across
+    open_clip upgrades."""
+    import importlib.metadata
+
+    import open_clip
+    from open_clip.pretrained import HF_WEIGHTS_NAME
+
+    from cbmctl.backbones.hub import _tag_index_paths, ensure_tag_index, known_zoo, read_index, write_tag_index
+    installed = importlib.metadata.version("open_clip_torch")
+    ensure_tag_index()
+    index = read_index()
+    assert index is not None and index["open_clip"] == installed
+    registry = open_clip.list_pretrained()
+    assert sorted((m, t) for m, tags in index["tags"].items() for t in tags) == sorted(registry)
+    for name, tag in registry:
+        cfg, entry = open_clip.get_pretrained_cfg(name, tag), index["tags"][name][tag]
+        assert entry["url"] == cfg.get("url", ""), (name, tag)
+        if cfg.get("hf_hub"):
+            repo, _, file = cfg["hf_hub"].rpartition("/")  # "org/repo/" (the default file) or "org/repo/file"
+            assert entry["repo"] == repo and (file or HF_WEIGHTS_NAME) in entry["files"], (name, tag)
+    assert {name for name, _ in registry} <= known_zoo() <= set(open_clip.list_models())
+    home, shipped = _tag_index_paths()
     fresh = tmp_path / "tags.json"
     write_tag_index(fresh)
-    shipped = json.loads((Path(__import__("cbmctl").__file__).parent / "open_clip_tags.json").read_text())
-    assert json.loads(fresh.read_text()) == shipped
+    payload = json.loads(shipped.read_text())
+    if payload["open_clip"] == installed:  # the shipped copy, when it claims this open_clip, is its registry
+        assert payload == json.loads(fresh.read_text())
+    stale = {**payload, "open_clip": "0.0.0", "tags": {"ViT-B-32": {"stale": {"url": "https://example.invalid/x"}}}}
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.write_text(json.dumps(stale))
+    now = read_index()
+    assert now is None or (now["open_clip"] == installed and "stale" not in now["tags"]["ViT-B-32"])

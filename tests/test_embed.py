@@ -170,23 +170,22 @@ def _arrays(cache):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_model):
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_model, cli):
     data = _big_folder(tmp_path / "data", per_class=80)
     args = lambda cache: embed_args(data, cache, tiny_model, "--shard-size", "8", "--batch-size", "8")
     cache = tmp_path / "killed.h5"
     parts = Path(str(cache) + ".parts")
-    # the process SIGKILLs itself right after writing train shard 3, as a kill -9 there would
+    # a real process SIGKILLs itself right after writing train shard 3, as a kill -9 there would
     process = _run_cli(args(cache), {**os.environ, "CBMCTL_FAULT": "embed:after-shard@train-000003.npz"})
     process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL
     done_before = len(list(parts.glob("*.npz")))
     assert 4 <= done_before < 45 and not cache.exists(), "the kill must land mid-way"
-    resumed = _run_cli(args(cache))
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    # resuming what the dead process left, and the reference run, need no process of their own
+    resumed = cli(*args(cache))
+    assert resumed.exit_code == 0, resumed.output
     clean = tmp_path / "clean.h5"
-    straight = _run_cli(args(clean))
-    assert straight.communicate(timeout=300) and straight.returncode == 0
+    assert cli(*args(clean)).exit_code == 0
     a, b = _arrays(cache), _arrays(clean)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not parts.exists()
@@ -213,14 +212,15 @@ def test_kill_during_overwrite_leaves_the_old_cache_intact(tmp_path, tiny_model,
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_make_the_same_cache(tmp_path, tiny_model):
+def test_torchrun_two_processes_make_the_same_cache(tmp_path, tiny_model, cli):
     data = _big_folder(tmp_path / "data", classes=3, per_class=20)
-    single = tmp_path / "single.h5"
-    assert _run_cli(embed_args(data, single, tiny_model, "--shard-size", "8")).communicate(timeout=300)
+    single = tmp_path / "single.h5"  # the reference needs no process of its own
+    assert cli(*embed_args(data, single, tiny_model, "--shard-size", "8")).exit_code == 0
     multi = tmp_path / "multi.h5"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", "-m", "cbmctl", *map(str, embed_args(data, multi, tiny_model, "--shard-size", "8"))],
+    # --standalone: a free port of torchrun's choosing, so parallel test runs never meet on a fixed one
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "cbmctl", *map(str, embed_args(data, multi, tiny_model, "--shard-size", "8"))],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     a, b = _arrays(single), _arrays(multi)
@@ -238,12 +238,24 @@ def test_cli_errors_are_one_line(cli, tmp_path):
     assert "not a known dataset name" in result.output
 
 
-def test_help_lists_only_existing_commands(cli):
+def test_help_lists_exactly_the_commands_and_each_name_loads_its_own_command(cli):
+    """The top-level help lists COMMANDS without importing them (cbmctl.cli.LazyGroup): each listed name must
+    load a command of that name, whose own help is its own docstring."""
+    import click
+
     from cbmctl.cli import COMMANDS
+    from cbmctl.cli import cli as app
     output = cli("--help").output
-    for name in COMMANDS:
-        assert name in output
-        assert cli(name, "--help").exit_code == 0
+    section = output.split("Commands:\n", 1)[1].splitlines()
+    listed = [line.split()[0] for line in section if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == sorted(COMMANDS)
+    for name, (_, _, summary) in COMMANDS.items():
+        assert " ".join(summary.split()) in " ".join(output.split()), name
+        command = app.get_command(click.Context(app), name)
+        assert isinstance(command, click.Command) and command.name == name
+        own = cli(name, "--help")
+        assert own.exit_code == 0 and own.output.startswith("Usage: ") and f" {name} [OPTIONS]" in own.output
+        assert " ".join(command.help.split()[:8]) in " ".join(own.output.split()), name
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ ends in a one-line error or a warning, through the real click app, with no trace
 re-raises anything but a clean exit), nothing executed and no credential sent elsewhere."""
 import json
 import pickle
+import re
 import time
 import tracemalloc
 
@@ -251,11 +252,17 @@ def test_class_lists_refuse_ambiguous_or_unsafe_names(cli, tmp_path, content, fr
                        "--base-url", "http://127.0.0.1:9/v1"), fragment)
 
 
-def test_concepts_help_texts(cli):
+def test_concepts_help_texts_state_the_default_the_code_uses(cli):
+    """Every --model help that names a default names the one the model-name parser falls back to; the
+    concepts commands have no dataset, so their help must not send the user to a dataset's cbmctl.yaml."""
+    from cbmctl.backbones.model_names import DEFAULT_MODEL
     assert "text store" in cli("concepts", "embed", "--help").output
-    for command in ("filter", "generate"):
-        model_help = cli("concepts", command, "--help").output.split("-m, --model")[1].split("--pretrained")[0]
-        assert "ViT-L-14" in model_help and "dataset" not in model_help and "cbmctl.yaml" not in model_help
+    for command in (("concepts", "filter"), ("concepts", "generate"), ("concepts", "check"), ("train",), ("embed",)):
+        text = " ".join(cli(*command, "--help").output.split())
+        model_help = re.split(r" -\w, --\w| --json", text.split("-m, --model", 1)[1])[0]  # up to the next option
+        assert f"default: {DEFAULT_MODEL}".lower() in model_help.lower() or f"else {DEFAULT_MODEL}" in model_help, command
+        if command[0] == "concepts":
+            assert "dataset" not in model_help and "cbmctl.yaml" not in model_help, command
 
 
 # ---------------------------------------------------------------------------------------- CIFAR batches

@@ -86,9 +86,20 @@ def test_an_edited_run_saved_by_cbmctl_carries_its_own_identity(cli, run):
 
 # 2. a tampered config.yaml on --resume
 
-@pytest.fixture
-def interrupted(run):
+@pytest.fixture(scope="module")
+def interrupted_once(finished_run, tmp_path_factory):  # noqa: F811
+    """The finished run made to look interrupted once per module (a training pass); tests edit copies."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    shutil.copytree(finished_run, run)
     return _interrupt(run)
+
+
+@pytest.fixture
+def interrupted(interrupted_once, tmp_path):
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(interrupted_once, copy)
+    (tmp_path / "runs" / "latest").symlink_to("run")
+    return copy
 
 
 def _fifo(path):

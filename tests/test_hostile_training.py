@@ -62,9 +62,21 @@ def finished(world, tmp_path):
     return copy
 
 
+@pytest.fixture(scope="module")
+def interrupted_once(world, tmp_path_factory):
+    """The finished run of world 0 made to look interrupted, once per module (a whole training pass);
+    each test gets its own copy through `interrupted`."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    shutil.copytree(world[0][1], run)
+    return _interrupt(run)
+
+
 @pytest.fixture
-def interrupted(finished):
-    return _interrupt(finished)
+def interrupted(interrupted_once, tmp_path):
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(interrupted_once, copy)
+    (tmp_path / "runs" / "latest").symlink_to("run")
+    return copy
 
 
 # 1. scoring a run never overwrites what training wrote

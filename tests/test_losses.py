@@ -19,7 +19,8 @@ Z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.5, -0.5]])  # B = 2 images, C = 3 co
 
 
 def log_softmax_entry(values, index):
-    return values[index] - math.log(sum(math.exp(v) for v in values))
+    top = max(values)  # shifted by the largest, so that logits of 1e10 (a tiny τ) stay finite by hand too
+    return values[index] - top - math.log(sum(math.exp(v - top) for v in values))
 
 
 def hand_contrastive(z):
@@ -46,16 +47,22 @@ def test_gumbel_paper_is_contrastive_on_noisy_scaled_logits():
     assert float(got) == pytest.approx(expected, abs=1e-5)
 
 
+def hand_reference(z, tau, seed):
+    """The reference code's loss by hand: −½ the mean log-probability of every entry along each axis, with
+    a separate noise draw per axis."""
+    generator = torch.Generator().manual_seed(seed)
+    first = gumbel_noise(z.shape, "cpu", generator)
+    second = gumbel_noise(z.shape, "cpu", generator)
+    down, across = ((z + first) / tau).tolist(), ((z + second) / tau).tolist()
+    b, c = len(down), len(down[0])
+    entries_down = [log_softmax_entry([down[i][j] for i in range(b)], i) for i in range(b) for j in range(c)]
+    entries_across = [log_softmax_entry(across[i], j) for i in range(b) for j in range(c)]
+    return -0.5 * (sum(entries_down) / (b * c) + sum(entries_across) / (b * c))
+
+
 def test_gumbel_reference_by_hand():
-    generator = torch.Generator().manual_seed(3)
-    first = gumbel_noise(Z.shape, "cpu", generator)
-    second = gumbel_noise(Z.shape, "cpu", generator)
-    down, across = ((Z + first) / 2.0).tolist(), ((Z + second) / 2.0).tolist()
-    entries_down = [log_softmax_entry([down[i][j] for i in range(2)], i) for i in range(2) for j in range(3)]
-    entries_across = [log_softmax_entry(across[i], j) for i in range(2) for j in range(3)]
-    expected = -0.5 * (sum(entries_down) / 6 + sum(entries_across) / 6)
     got = gumbel_reference_loss(Z, 2.0, generator=torch.Generator().manual_seed(3))
-    assert float(got) == pytest.approx(expected, abs=1e-5)
+    assert float(got) == pytest.approx(hand_reference(Z, 2.0, 3), abs=1e-5)
 
 
 def test_gumbel_noise_is_standard_gumbel():
@@ -106,11 +113,21 @@ def test_hard_samples_are_finite_and_only_for_the_paper_form():
 
 
 @pytest.mark.parametrize("form", ["paper", "reference"])
-def test_tiny_tau_and_extreme_logits_stay_finite(form):
+def test_tiny_tau_and_extreme_logits_stay_finite_and_exact(form):
     z = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0]], requires_grad=True)
     loss = cbl_loss("gumbel", z=z, scores=z.detach(), cbl_weight=torch.eye(3), gumbel_form=form, tau=1e-6,
                     generator=torch.Generator().manual_seed(1))
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert torch.isfinite(z.grad).all()
+    # the value, not only its finiteness: the hand computation at logits of order 1e10 (shifted log-sum-exp)
+    if form == "paper":
+        noise = gumbel_noise(z.shape, "cpu", torch.Generator().manual_seed(1))
+        expected = hand_contrastive((z.detach() + noise) / 1e-6)
+    else:
+        expected = hand_reference(z.detach(), 1e-6, 1)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    # the diagonal leads both axes by 2e4/τ: the paper's loss (the diagonal only) is 0, the reference's (every
+    # entry as a positive) is of the order of the scaled logits
+    assert float(loss.detach()) == 0.0 if form == "paper" else expected > 1e9
     with pytest.raises(CbmctlError, match="`tau` must be positive"):
         cbl_loss("gumbel", z=z, scores=z, cbl_weight=torch.eye(3), gumbel_form=form, tau=0.0)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import UNIT_CONCEPTS
 from makers import make_synthetic_cache
+from rich.cells import cell_len
 from rich.console import Console
 
 from cbmctl.cache import open_cache
@@ -77,6 +78,19 @@ def screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines()) + "\n"
 
 
+async def settled_text(pilot, app) -> str:
+    """The screen once it stops changing: textual sizes a table's columns on a later refresh, and one pause
+    can catch the layout half done when the machine is busy (parallel workers). Bounded: after 50 pauses
+    the screen is returned as it is, and the assertions on it say what differs."""
+    text = None
+    for _ in range(50):
+        await pilot.pause()
+        previous, text = text, screen_text(app)
+        if text == previous:
+            break
+    return text
+
+
 def library_view(run):
     explainer = Explainer.from_run(run)
     features = torch.from_numpy(open_cache(explainer.metadata["cache"]).split("test").embeddings.astype(np.float32))
@@ -100,7 +114,7 @@ def test_matrix_screen_sparse_head(runs):
         seen["class_1"] = sorted(screen.view.column_order.tolist())
         seen["status"] = str(screen.query_one("#matrix-status").render())
         seen["panel"] = list(screen.panel_rows)
-        seen["side"] = screen_text(app)
+        seen["side"] = await settled_text(pilot, app)
         await pilot.press("escape", "s")  # concepts by weight in the selected class
         seen["weight_order"] = (screen.view.selected, list(screen.view.column_order))
         await pilot.press("s")
@@ -147,7 +161,7 @@ def test_images_screen_sparse_head_lists_exactly_the_contributing_concepts(runs)
         screen.query_one("#images").move_cursor(row=wrong)
         await pilot.pause()
         seen = {"name": type(screen).__name__, "selected": screen.selected, "shown": list(screen.shown),
-                "text": screen_text(app)}
+                "text": await settled_text(pilot, app)}
         await pilot.press("c")
         seen["filter"], seen["rows"] = screen.filter, list(screen.rows)
         await pilot.press("3")
@@ -186,7 +200,7 @@ def test_images_screen_dense_head_sums_to_the_logit(runs):
 
     async def steps(pilot, app):
         await pilot.press("2", "down", "down")
-        return app.screen.selected, list(app.screen.shown), screen_text(app)
+        return app.screen.selected, list(app.screen.shown), await settled_text(pilot, app)
 
     image, shown, text = drive(data, steps)
     assert image == 2 and "x=(a−μ)/σ" not in text and "a·F" in text
@@ -219,7 +233,7 @@ def test_images_screen_shows_the_activation_vector_and_marks_absence(runs):
             table = screen.render_activations(image, predicted)
             seen.append((image, predicted, [str(c) for c in table.columns[0]._cells],
                          [str(c) for c in table.columns[-1]._cells]))
-        return seen, screen_text(app)
+        return seen, await settled_text(pilot, app)
 
     seen, text = drive(data, steps)
     marked = 0
@@ -247,7 +261,7 @@ def test_concepts_screen_lists_every_unit_and_offers_its_top_images(unit_runs, m
         await pilot.pause()
         screen, seen = app.screen, {}
         seen["order"] = [unit.concept for unit in screen.order]
-        seen["text"] = screen_text(app)
+        seen["text"] = await settled_text(pilot, app)
         await pilot.press("s")
         seen["by_faithfulness"] = [unit.concept for unit in screen.order]
         await pilot.press("down", "tab", "down", "o")
@@ -340,7 +354,7 @@ def test_cache_without_run_is_the_cms_view(tmp_path):
         seen = [type(app.screen).__name__, app.screen.hide_zero]
         for key in ("2", "3"):
             await pilot.press(key)
-            seen += [type(app.screen).__name__, screen_text(app)]
+            seen += [type(app.screen).__name__, await settled_text(pilot, app)]
         return seen
 
     matrix, hide, images, images_text, summary, summary_text = drive(data, steps)
@@ -356,7 +370,7 @@ def _every_screen(pilot, app):
         for keys in (["1"], ["z", "t", "down", "right"], ["2", "down"], ["3"], ["question_mark"]):
             await pilot.press(*keys)
             await pilot.pause()
-            texts.append(screen_text(app))
+            texts.append(await settled_text(pilot, app))
         return texts
     return run()
 
@@ -475,7 +489,7 @@ def test_names_use_the_width_there_is():
     async def steps(pilot, app):
         await pilot.press("down", "down", "down")  # the long class (classes sorted by name)
         await pilot.pause()
-        return app.screen.view.label_width, screen_text(app)
+        return app.screen.view.label_width, await settled_text(pilot, app)
 
     wide_label, wide = drive(data, steps, size=(200, 30))
     narrow_label, narrow = drive(data, steps, size=(80, 30))
@@ -493,7 +507,7 @@ def test_help_never_breaks_a_phrase_at_80_columns():
     async def steps(pilot, app):
         await pilot.press("question_mark")
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
     text = drive(sample_data(), steps, size=(80, 45))
     for _, keys in HELP:
@@ -505,7 +519,7 @@ def test_summary_is_tables_not_python_reprs(runs):
     async def steps(pilot, app):
         await pilot.press("3")
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
     text = drive(load(runs["sparse"]), steps, size=(120, 120))
     for reprs in ("{'", "':", "[{", "True", "None"):
@@ -515,6 +529,38 @@ def test_summary_is_tables_not_python_reprs(runs):
         assert heading in text
     metrics = json.loads((runs["sparse"] / "metrics.json").read_text())
     assert f"{100 * metrics['dense']['test']['top1']:.2f} %" in text  # the dense head's test top-1
+
+
+def snapshot_facts(name: str, data: InspectData) -> list[str]:
+    """Text each snapshot screen must hold, computed from the hand-made data: the matrix's counts and the
+    selected class's weights and bias, the selected image's logit (inputs · head + bias), the summary's
+    percentages, each unit's faithfulness."""
+    k, c = len(data.classes), len(data.concepts)
+    used = int((data.head != 0).any(axis=0).sum())
+    by_name = sorted(range(k), key=lambda i: data.classes[i])
+    bias = data.biases["head"]
+
+    def weights(row):
+        return [f"{data.concepts[j]} {data.head[row, j]:+.3f}" for j in np.flatnonzero(data.head[row])]
+
+    def logit(image):
+        predicted = int(data.predicted[image])
+        return f"logit {data.inputs[image] @ data.head[predicted] + bias[predicted]:+.3f}"
+
+    accuracy = float((data.predicted == data.labels).mean())
+    test = data.summary["metrics"]["test"]
+    return {
+        "matrix-120x30": [f"{k} classes × {used} of {c} concepts", f"{c - used} all-zero hidden",
+                          *weights(by_name[0]), f"bias {bias[by_name[0]]:+.3f}"],
+        "matrix-all-80x24": [f"{k} classes × {c} concepts", f"{c - used} all-zero (z hides)", *weights(by_name[3])],
+        "images-120x30": [f"{len(data.labels)} of {len(data.labels)} images", f"accuracy {accuracy:.3f}", logit(1)],
+        "images-80x30": [logit(0)],
+        "summary-100x50": [f"{100 * test[key]:.2f} %" for key in ("top1", "top5", "mean_per_class")]
+                          + [f"ANEC {100 * data.summary['metrics']['anec']:.2f} %"],
+        "help-80x40": [],  # every key and action: test_help_never_breaks_a_phrase_at_80_columns
+        "concepts-120x30": [f"{c} concept units"] + [
+            f"{unit.concept} {unit.faithfulness:.2f} {unit.classes_using}" for unit in data.units.units],
+    }[name]
 
 
 SNAPSHOT_SCREENS = {  # name: (keys, size)
@@ -536,9 +582,16 @@ def test_snapshots(name):
         if keys:
             await pilot.press(*keys)
         await pilot.pause()
-        return screen_text(app)
+        return await settled_text(pilot, app)
 
-    text = drive(sample_data(), steps, size=size)
+    data = sample_data()
+    text = drive(data, steps, size=size)
+    # what the screen must show whatever the layout, computed from the data (not read off the snapshot)
+    width, height = size
+    assert text.count("\n") <= height and max(cell_len(line) for line in text.splitlines()) <= width
+    flat = " ".join(text.split())
+    for fact in snapshot_facts(name, data):
+        assert fact in flat, (name, fact)
     snapshot = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("UPDATE_SNAPSHOTS"):
         snapshot.write_text(text, encoding="utf-8")
