@@ -116,6 +116,7 @@ def _cms(plan: Quickstart, say):
 def _explain_one(plan: Quickstart, cache, backbone, say):
     """(an image's path, its explanation): the first test image the run classifies correctly (else the first)."""
     from cbmctl.explain import Explainer, embed_images
+    from cbmctl.render import is_absence
     explainer = Explainer.from_run(plan.run)
     test_split = cache.split("test")
     _, _, logits = explainer.forward(__import__("torch").from_numpy(test_split.embeddings.astype("float32")))
@@ -124,5 +125,6 @@ def _explain_one(plan: Quickstart, cache, backbone, say):
     features, names, _ = embed_images(backbone, [image])
     explanation = explainer.explain(features, names, top_k=5)[0]
     say(f"      {Path(image).name}: predicted {explanation.predicted} (p={explanation.probability:.2f}); top concepts: "
-        + ", ".join(f"{row.concept} ({row.contribution:+.2f})" for row in explanation.concepts))
+        + ", ".join(f"{row.concept}{' (absent)' if is_absence(explanation, row) else ''} ({row.contribution:+.2f})"
+                    for row in explanation.concepts))
     return image, explanation

@@ -184,9 +184,12 @@ class SparsePath:
 
 
 def solver_record(path: SparsePath, config: SparseConfig) -> list[dict]:
-    """Per model, how well its path was solved: the tolerance and cap it was solved with, its points, the
-    points the cap stopped and its largest violation (in units of λα), for metrics.json."""
-    return [{"tolerance": config.tolerance, "max_iterations": config.max_iterations, "points": len(points),
+    """Per model, how well its path was solved: the tolerance and its floor (a point is solved when its
+    violation, in units of λα, is at most max(tolerance, tolerance_floor·λ_max/λ): past λ = 0.1·λ_max the
+    floor rules, so a far point may be solved above `tolerance`), the cap, its points, the points the cap
+    stopped and its largest violation, for metrics.json."""
+    return [{"tolerance": config.tolerance, "tolerance_floor": config.tolerance_floor, "violation_unit": "λα",
+             "max_iterations": config.max_iterations, "points": len(points),
              "points_at_cap": path.points_at_cap(m),
              "largest_violation": max((p["violation"] for p in points), default=0.0)}
             for m, points in enumerate(path.points)]

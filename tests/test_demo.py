@@ -166,3 +166,9 @@ def test_quickstart_runs_offline_reuses_and_matches_train_and_cms(cli, tmp_path,
     assert [r["top1"] for r in cms["rows"]] == [r["top1"] for r in result["cms"]]
     explained = json.loads(cli("explain", result["image"], "--json").stdout)["explanations"][0]
     assert explained["predicted"] == result["explanation"]["predicted"]
+    # its one-line explanation marks the same concepts absent as explain does (a newcomer must not read a
+    # contribution from a concept's absence as the concept being there)
+    line = next(line for line in second.output.splitlines() if "top concepts:" in line)
+    for row in explained["concepts"][:5]:
+        absent = row["head_input"] is not None and row["head_input"] < 0
+        assert (f"{row['concept']} (absent) (" in line) == absent, (row, line)

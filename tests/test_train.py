@@ -262,6 +262,7 @@ def test_a_sparse_path_point_stopped_by_the_iteration_cap_is_warned_about_and_re
     from cbmctl.training import train_many
     solved = train_cbm(data, quick(epochs=2)).metrics["sparse_solver"]
     assert solved["points_at_cap"] == [] and solved["points"] > 1 and solved["max_iterations"] == 2000
+    assert solved["tolerance_floor"] == sparse.SparseConfig().tolerance_floor and solved["violation_unit"] == "λα"
     monkeypatch.setattr(sparse, "SparseConfig", partial(sparse.SparseConfig, max_iterations=1))
     warnings = []
     capped = train_many(data, quick(epochs=2), [("gumbel", 0), ("none", 0)], warn=warnings.append)

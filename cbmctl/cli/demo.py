@@ -169,7 +169,9 @@ def bench(preset, worlds, seeds, out, world_seed, epochs, min_epochs, patience, 
     """Benchmark every method over several demo worlds: per world the paired difference of each method to
     the plain CBM over seeds, pooled over worlds as a random factor (Holm over methods), and the paper's
     claims each with a verdict. Writes bench.json and forest.png in the bench folder."""
+    from cbmctl.cli.common import on_interrupt
     from cbmctl.demo.bench import BenchSpec, run_bench
+    on_interrupt("rerun the same `cbmctl demo bench` command to continue: finished worlds are not redone")
     train = {"epochs": epochs, "min_epochs": min_epochs, "patience": patience, "batch_size": batch_size}
     spec = BenchSpec(preset=preset, worlds=worlds, seeds=seeds, world_seed=world_seed, knobs=knobs, train=train,
                      device=device)
