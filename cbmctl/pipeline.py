@@ -82,8 +82,10 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     # an unwritable destination is found before minutes of embedding and training, not after them
     if resume is not None:
         runs.check_writable(Path(resume), "the resumed run")
+        runs.check_latest_free(Path(resume).parent)
     else:
         runs.check_writable(Path(run_dir) if run_dir is not None else Path(spec.out))
+        runs.check_latest_free(Path(run_dir).parent if run_dir is not None else Path(spec.out))
     cache, dataset_config = resolve_cache(spec.data, device=device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)

@@ -95,8 +95,18 @@ def new_run_dir(root: Path, dataset: str, label: str) -> Path:
             path = base.with_name(f"{base.name}-{n}")
 
 
+def check_latest_free(root: Path) -> None:
+    """A one-line error, before any training, when `root/latest` is something of the user's (a file, a folder)
+    rather than absent or cbmctl's own link: repointing it would replace what is there."""
+    link = Path(root) / LATEST
+    if (link.exists() or link.is_symlink()) and not link.is_symlink():
+        raise CbmctlError(f"{link} exists and is not cbmctl's link to the latest run; move it, or write the runs "
+                          "somewhere else")
+
+
 def point_latest(root: Path, run: Path) -> None:
-    """Atomically repoint runs/latest at `run`."""
+    """Atomically repoint runs/latest at `run` (never over a file or folder of the user's)."""
+    check_latest_free(root)
     link = Path(root) / LATEST
     tmp = Path(root) / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)

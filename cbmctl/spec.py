@@ -28,6 +28,7 @@ MAX_SEEDS = 1000
 # (1e300) the optimizers' float32 arithmetic overflows
 MAX_RATE = 1e6
 # the l1 objective's λ in (λ/C)·Σ|W| (cbmctl.losses.l1_loss takes it from here)
+MAX_THREADS = 1024  # torch allocates per-thread state: a typo of 100000 threads must not reach it
 L1_LAMBDA = 0.1
 # training never stops early before this epoch unless --min-epochs says otherwise (or --epochs is smaller)
 DEFAULT_MIN_EPOCHS = 20
@@ -116,9 +117,9 @@ class TrainConfig:
         if self.min_epochs is not None and self.min_epochs > self.epochs:
             raise CbmctlError(f"`min_epochs` {self.min_epochs} is more than `epochs` {self.epochs}: training could "
                               "never stop early; lower `min_epochs` or raise `epochs`")
-        if self.threads < 0:
-            raise CbmctlError(f"`threads` must be at least 0 (0: chosen from the CPUs this process may use), "
-                              f"got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise CbmctlError(f"`threads` must be between 0 (chosen from the CPUs this process may use) and "
+                              f"{MAX_THREADS}, got {self.threads}")
         if not 0 < self.sparse_alpha <= 1:
             raise CbmctlError(f"`sparse_alpha` must be in (0, 1], got {self.sparse_alpha}")
         if not -1 <= self.faithfulness_cutoff <= 1:

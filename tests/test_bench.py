@@ -163,7 +163,8 @@ def test_world_seeds_are_fixed_by_base_and_index():
     (BenchSpec(worlds=1), "at least 2"), (BenchSpec(worlds=51), "between 2 and 50"),
     (BenchSpec(seeds=1), "at least 2"), (BenchSpec(world_seed=-1), "--world-seed"),
     (BenchSpec(preset="nope"), "unknown preset"), (BenchSpec(knobs={"test_per_class": 0}), "--test-per-class"),
-    (BenchSpec(train={"epochs": 2, "min_epochs": 5}), "--min-epochs"), (BenchSpec(train={"lr": 1.0}), "unknown"),
+    (BenchSpec(train={"epochs": 2, "min_epochs": 5}), "`min_epochs`"), (BenchSpec(train={"lr": 1.0}), "unknown"),
+    (BenchSpec(train={"epochs": -3}), "`epochs`"),
 ])
 def test_bad_options_are_refused_before_any_work(spec, fragment):
     with pytest.raises(CbmctlError, match=fragment.replace("-", r"\-")):
@@ -222,3 +223,21 @@ def test_bench_takes_every_preset_and_world_knob_demo_make_takes():
     assert knobs <= set(params)
     make_preset = next(p for p in make.params if p.name == "preset")
     assert list(params["preset"].type.choices) == list(make_preset.type.choices)
+
+
+def test_a_tampered_world_result_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from cbmctl.demo.bench import FORMAT, VERSION, check_world_result
+    world = SimpleNamespace(index=1, seed=5)
+    good = {"format": f"{FORMAT}-world", "version": VERSION, "index": 1, "seed": 5, "seeds": [0, 1],
+            "values": {"none": {"top1": [0.5, 0.6]}, "zero-shot": {"top1": [0.4]}}, "cms": {"cos": 0.3},
+            "labels": {"none": "none"}, "seconds": {"make": 1.0, "cpu": {"make": 0.9}}, "reused": [],
+            "concept_set": {"name": "llm", "size": 3}}
+    assert check_world_result(good, world, 2, "r.json") is good
+    for key, value in [("values", {"none": {"top1": [1e308, -1e308]}}),  # finite, but squaring overflows
+                       ("values", {"none": {"top1": [0.5]}}),  # one value for a seeded method
+                       ("seconds", {"make": "x"}), ("seconds", {"make": 1.0, "cpu": [1]}), ("reused", 5),
+                       ("labels", {"none": 3}), ("concept_set", "llm")]:
+        with pytest.raises(CbmctlError, match="remove it to redo the world"):
+            check_world_result({**good, key: value}, world, 2, "r.json")

@@ -141,3 +141,10 @@ def test_every_usage_error_is_one_line_with_exit_status_2(cli, args):
     result = cli(*args)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and " -h')" in lines[0]
+
+
+def test_threads_beyond_any_machine_are_refused_by_the_spec():
+    from cbmctl.spec import MAX_THREADS, TrainConfig
+    TrainConfig(threads=MAX_THREADS).validate()
+    with pytest.raises(CbmctlError, match="`threads` must be between 0"):
+        TrainConfig(threads=100000).validate()

@@ -132,3 +132,14 @@ def test_pyproject_declares_the_demo_as_a_plug_in():
             registry.pop(name, None)
             if saved is not None:
                 registry[name] = saved
+
+
+def test_hub_names_that_read_as_paths_and_unprintable_plugin_names_are_refused():
+    from cbmctl.backbones.model_names import parse_model_name
+    from cbmctl.backbones.registry import BackboneProvider, register_backbone
+    for name in ("hf-hub:../x", "hf-hub:a/..", "hf-hub:./b", "hf-hub:a b/c"):
+        with pytest.raises(CbmctlError, match="hf-hub:ORG/REPO"):
+            parse_model_name(name)
+    assert parse_model_name("hf-hub:org-1/repo.v2_x").kind.name == "HF_HUB"
+    with pytest.raises(CbmctlError, match="printable model name"):
+        register_backbone(BackboneProvider(name="ev\x1bil", locate=lambda name: None))

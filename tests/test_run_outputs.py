@@ -177,3 +177,24 @@ def test_cms_on_a_large_cache_says_how_far_it_is(unit_runs, monkeypatch):
     quiet = []
     cms_report(open_cache(unit_runs["cache"]), ConceptSet("s", concepts, "test"), random_control=False, chunk=32)
     assert quiet == []
+
+
+def test_a_users_file_or_folder_named_latest_is_never_replaced(tmp_path):
+    from cbmctl import runs
+    from cbmctl.errors import CbmctlError
+    for make in (lambda p: p.write_text("my notes"), lambda p: p.mkdir()):
+        root = tmp_path / f"runs{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        make(root / runs.LATEST)
+        run = runs.new_run_dir(root, "data", "gumbel")
+        with pytest.raises(CbmctlError, match="is not cbmctl's link"):
+            runs.check_latest_free(root)
+        with pytest.raises(CbmctlError, match="is not cbmctl's link"):
+            runs.point_latest(root, run)
+        assert not (root / runs.LATEST).is_symlink()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    first = runs.new_run_dir(fresh, "data", "a")
+    runs.point_latest(fresh, first)
+    runs.check_latest_free(fresh)  # cbmctl's own link is free to repoint
+    assert (fresh / runs.LATEST).resolve() == first.resolve()

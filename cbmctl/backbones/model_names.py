@@ -12,6 +12,7 @@ name names, is decided here and only here; loaders and checks work from the smal
              laion2b_s34b_b79k       a zoo tag"""
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
@@ -77,7 +78,9 @@ def _refuse_garbage(text) -> str:
 def _hub_name(text: str) -> ModelName:
     repo = text[len(HF_HUB_PREFIX):].strip("/")
     owner, _, name = repo.partition("/")
-    if not owner or not name or "/" in name:
+    # hub repo ids are ORG/REPO of letters, digits and -_. ; "." and ".." would name a path, not a repo
+    if not owner or not name or "/" in name or {owner, name} & {".", ".."} or \
+            not re.fullmatch(r"[\w.-]+/[\w.-]+", repo, re.ASCII):
         raise CbmctlError(f"--model {safe_text(text)}: an hf-hub model is hf-hub:ORG/REPO")
     return ModelName(text, ModelKind.HF_HUB, repo)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cbmctl.errors import CbmctlError
 from cbmctl.plugins import BACKBONES, failures, load_group
+from cbmctl.sanitize import has_control, safe_text
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ _PROVIDERS: dict[str, BackboneProvider] = {}
 def register_backbone(provider: BackboneProvider) -> None:
     """Add a provider (again under the same name: replace it). A name that open_clip's zoo knows, or that
     reads as an hf-hub: repo or a config .json, is never looked up here (cbmctl.backbones.model_names)."""
-    if not isinstance(provider.name, str) or not provider.name.strip():
-        raise CbmctlError(f"a backbone plug-in needs a model name, not {provider.name!r}")
+    if not isinstance(provider.name, str) or not provider.name.strip() or has_control(provider.name) \
+            or len(provider.name) > 200:
+        raise CbmctlError(f"a backbone plug-in needs a printable model name of at most 200 characters, not "
+                          f"{safe_text(repr(provider.name))[:200]}")
     _PROVIDERS[provider.name] = provider
 
 

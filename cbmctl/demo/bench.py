@@ -25,11 +25,12 @@ from pathlib import Path
 from cbmctl import runs
 from cbmctl.demo.bench_report import RANDOM_INIT
 from cbmctl.errors import CbmctlError
-from cbmctl.spec import MAX_SEEDS, METHODS, TrainConfig
+from cbmctl.spec import BASELINES, MAX_SEEDS, METHODS, TrainConfig
 
 FORMAT, VERSION = "cbmctl-bench", 1
 OPTIONS_FILE, RESULT_FILE, REPORT_FILE, FOREST_FILE = "bench-options.json", "result.json", "bench.json", "forest.png"
 MIN_WORLDS, MAX_WORLDS, MIN_SEEDS = 2, 50, 2
+MAX_METRIC = 1e6  # bound on any metric read back from a world's result.json (pooling squares them)
 # the base of the worlds' seeds: used for nothing else in cbmctl's docs, tests or benchmarks
 DEFAULT_WORLD_SEED = 1800
 TRAIN_OPTIONS = ("epochs", "min_epochs", "patience", "batch_size")
@@ -69,10 +70,7 @@ def check_spec(spec: BenchSpec):
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         raise CbmctlError(f"unknown training option {unknown[0]!r} ({', '.join(TRAIN_OPTIONS)})")
-    if options.get("min_epochs", 0) > options.get("epochs", TrainConfig.epochs):
-        raise CbmctlError(f"--min-epochs {options['min_epochs']} is more than --epochs "
-                          f"{options.get('epochs', TrainConfig.epochs)}: lower --min-epochs or raise --epochs")
-    config = TrainConfig.from_mapping({**options, "device": spec.device})
+    config = TrainConfig.from_mapping({**options, "device": spec.device})  # checks every option and pairing
     return world_spec, config
 
 
@@ -292,15 +290,38 @@ def check_world_result(result, world: _World, seeds: int, where: str) -> dict:
     if result.get("seeds") != list(range(seeds)):
         refuse("other seeds")
     values, cms = result.get("values"), result.get("cms")
+
+    def measured(v) -> bool:  # every metric pooled here is a share, an entropy or a Hoyer value: small
+        return finite(v) and abs(v) <= MAX_METRIC
     if not isinstance(values, dict) or "none" not in values or not all(
-            isinstance(metrics, dict) and all(isinstance(v, list) and len(v) in (1, seeds) and all(map(finite, v))
-                                              for v in metrics.values()) for metrics in values.values()):
-        refuse("'values' must give each method's metrics, one finite number per seed")
-    if not isinstance(cms, dict) or not all(isinstance(k, str) and finite(v) for k, v in cms.items()):
+            isinstance(metrics, dict) and all(isinstance(v, list) and len(v) in ((1, seeds) if method in BASELINES
+                                                                                  else (seeds,))
+                                              and all(map(measured, v)) for v in metrics.values())
+            for method, metrics in values.items()):
+        refuse("'values' must give each method's metrics, one number per seed (one for a seed-independent "
+               f"baseline), each finite and within ±{MAX_METRIC:g}")
+    if not isinstance(cms, dict) or not all(isinstance(k, str) and measured(v) for k, v in cms.items()):
         refuse("'cms' must map CMS rows to finite accuracies")
-    if not isinstance(result.get("labels"), dict) or not isinstance(result.get("seconds"), dict):
-        refuse("'labels' and 'seconds' must be objects")
+    _check_record_fields(result, refuse)
     return result
+
+
+def _check_record_fields(result: dict, refuse) -> None:
+    """The fields that the tables print: labels (text), seconds per stage (numbers, CPU seconds likewise),
+    the stages reused (text) and the concept set (name and size)."""
+    labels, seconds = result.get("labels"), result.get("seconds")
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        refuse("'labels' must map methods to text")
+    cpu = seconds.get("cpu", {}) if isinstance(seconds, dict) else None
+    if not isinstance(cpu, dict) or not all(
+            finite(v) and v >= 0 for part in (seconds, cpu) for k, v in part.items() if k != "cpu"):
+        refuse("'seconds' must give each stage's seconds as numbers")
+    reused, concept_set = result.get("reused", []), result.get("concept_set")
+    if not isinstance(reused, list) or not all(isinstance(v, str) for v in reused):
+        refuse("'reused' must list stages")
+    if concept_set is not None and not (isinstance(concept_set, dict) and isinstance(concept_set.get("name"), str)
+                                        and isinstance(concept_set.get("size"), int)):
+        refuse("'concept_set' must give a name and a size")
 
 
 def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = False) -> dict:

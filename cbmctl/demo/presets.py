@@ -186,7 +186,7 @@ def read_world_spec(root) -> tuple[int | None, WorldSpec]:
     from cbmctl.data_files import read_text_capped
     try:
         data = json.loads(read_text_capped(path, MAX_WORLD_FILE))
-    except (RecursionError, json.JSONDecodeError) as error:
+    except (RecursionError, ValueError) as error:  # JSONDecodeError, and integers past Python's digit limit
         raise CbmctlError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict) or data.get("format") != WORLD_FORMAT or not isinstance(data.get("knobs"), dict):
         raise CbmctlError(f"{path}: not a cbmctl demo world record")
