@@ -18,7 +18,7 @@ import pytest
 import torch
 from test_hostile_models import tamper
 from test_hostile_runs import CONCEPTS, finished_run, one_line_error  # noqa: F401 (a fixture)
-from test_hostile_training import _interrupt
+from test_hostile_training import _interrupt, interrupted  # noqa: F401 (a fixture: a copy per test)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,14 +94,6 @@ def interrupted_once(finished_run, tmp_path_factory):  # noqa: F811
     return _interrupt(run)
 
 
-@pytest.fixture
-def interrupted(interrupted_once, tmp_path):
-    copy = tmp_path / "runs" / "run"
-    shutil.copytree(interrupted_once, copy)
-    (tmp_path / "runs" / "latest").symlink_to("run")
-    return copy
-
-
 def _fifo(path):
     path.unlink(missing_ok=True)
     os.mkfifo(path)
@@ -119,7 +111,7 @@ def _fifo(path):
     (lambda text: text.replace("concepts: ", "concepts: /nonexistent/"), "concept set"),
     (lambda text: None, "is a named pipe, not a regular file"),
 ])
-def test_a_tampered_config_on_resume_is_one_line_and_the_checkpoint_survives(cli, interrupted, edit, fragment):
+def test_a_tampered_config_on_resume_is_one_line_and_the_checkpoint_survives(cli, interrupted, edit, fragment):  # noqa: F811
     before = (interrupted / "checkpoint.safetensors").read_bytes()
     config = interrupted / "config.yaml"
     changed = edit(config.read_text())
@@ -132,7 +124,7 @@ def test_a_tampered_config_on_resume_is_one_line_and_the_checkpoint_survives(cli
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
-def test_a_checkpoint_that_is_a_named_pipe_is_refused_not_waited_on(cli, interrupted):
+def test_a_checkpoint_that_is_a_named_pipe_is_refused_not_waited_on(cli, interrupted):  # noqa: F811
     from test_hostile_models import in_thread
     _fifo(interrupted / "checkpoint.safetensors")  # safetensors would wait for a writer
     result = in_thread(cli, "train", "--resume", interrupted, "--quiet")["value"]
