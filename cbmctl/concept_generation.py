@@ -58,12 +58,12 @@ class Endpoint:
         try:
             url = httpx.URL(self.base_url)
         except httpx.InvalidURL as error:
-            raise CbmctlError(f"--base-url {self.base_url!r} is not a URL ({safe_text(error)})") from None
+            raise CbmctlError(f"`base_url` {self.base_url!r} is not a URL ({safe_text(error)})") from None
         if url.scheme not in DEFAULT_PORTS or not url.host or not 0 < (url.port or 80) < 65536:
-            raise CbmctlError(f"--base-url {self.base_url!r}: expected http(s)://host[:port]/path")
+            raise CbmctlError(f"`base_url` {self.base_url!r}: expected http(s)://host[:port]/path")
         if self.api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", self.api_key):
             # an HTTP header carries printable ASCII only; anything else is a pasting mistake
-            raise CbmctlError("the API key holds spaces, control or non-ASCII characters; check --api-key / "
+            raise CbmctlError("the API key holds spaces, control or non-ASCII characters; check `api_key` / "
                               "OPENAI_API_KEY")
         if not self.timeout > 0:
             raise CbmctlError(f"the request timeout must be positive, not {self.timeout}")
@@ -72,8 +72,8 @@ class Endpoint:
     def from_options(cls, base_url=None, api_key=None, model=None, timeout=30.0, retries=3, backoff=1.0):
         base_url = base_url or os.environ.get("CBMCTL_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
-            raise CbmctlError("no chat endpoint configured: pass --base-url (or set OPENAI_BASE_URL), plus "
-                              "--api-key / OPENAI_API_KEY if it needs one")
+            raise CbmctlError("no chat endpoint configured: pass `base_url` (or set OPENAI_BASE_URL), plus "
+                              "`api_key` / OPENAI_API_KEY if it needs one")
         return cls(base_url.rstrip("/"), api_key or os.environ.get("OPENAI_API_KEY"),
                    model or os.environ.get("CBMCTL_LLM_MODEL") or "gpt-4o-mini", timeout, retries, backoff)
 
@@ -146,13 +146,13 @@ async def _attempt(client, endpoint: Endpoint, body: bytes, headers: dict) -> st
                     shown = safe_text(str(target.copy_with(query=None, fragment=None)))[:200]
                     raise CbmctlError(f"{endpoint.base_url} redirected to {shown}, another origin: not followed, "
                                       "so the API key and prompts are not sent there; pass that URL as "
-                                      "--base-url if you trust it")
+                                      "`base_url` if you trust it")
                 url = target
                 continue
             if response.status_code in FATAL_STATUS:
                 raise CbmctlError(f"{endpoint.base_url} answered HTTP {response.status_code} "
-                                  f"({safe_text(response.reason_phrase)[:80]}); check --base-url, --api-key "
-                                  "and --llm-model")
+                                  f"({safe_text(response.reason_phrase)[:80]}); check `base_url`, `api_key` "
+                                  "and `llm_model`")
             if response.status_code >= 300:
                 raise _Retry(f"HTTP {response.status_code}")
             declared = response.headers.get("content-length", "")

@@ -13,7 +13,7 @@ import numpy as np
 
 from cbmctl.errors import CbmctlError
 from cbmctl.names import normalise
-from cbmctl.plugins import GROUND_TRUTH, load_group
+from cbmctl.plugins import GROUND_TRUTH, call_plugin, load_group
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def unregister_vocabulary(name: str) -> None:
 
 
 def _claiming(attribute_names: list[str]) -> AttributeVocabulary | None:
-    return next((v for v in _VOCABULARIES.values() if v.claims(attribute_names)), None)
+    return next((v for v in _VOCABULARIES.values() if call_plugin(v.name, v.claims, attribute_names)), None)
 
 
 def vocabulary_of(attribute_names) -> AttributeVocabulary | None:
@@ -75,7 +75,7 @@ def truth_matrix(attribute_names, attributes, concepts, mapping=None):
         vocabulary = vocabulary_of(names)
         if vocabulary is None:
             return None
-        ways_of = vocabulary.ways
+        ways_of = lambda concept: call_plugin(vocabulary.name, vocabulary.ways, concept)
     column = {name: j for j, name in enumerate(names)}
     present = np.asarray(attributes).astype(bool)
     truth = np.zeros((present.shape[0], len(concepts)), dtype=bool)

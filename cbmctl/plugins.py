@@ -10,6 +10,7 @@ registers what it brings. cbmctl's own demo CLIP and the demo world's ground tru
 (cbmctl.demo declares them in cbmctl's pyproject.toml), which is why no generic module imports the demo."""
 from __future__ import annotations
 
+from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
 BACKBONES = "cbmctl.backbones"  # functions that call cbmctl.backbones.register_backbone
@@ -38,3 +39,15 @@ def failures(group: str) -> str:
     """'' or one clause naming the plug-ins of a group that failed to load, to end an error message with."""
     failed = _failed.get(group, [])
     return f" (plug-ins that failed to load: {safe_text('; '.join(failed))[:300]})" if failed else ""
+
+
+def call_plugin(plugin: str, function, *args):
+    """`function(*args)` of a registered plug-in (a provider's locate or knows, a vocabulary's claims or ways):
+    any failure of its code becomes one line that names the plug-in, never a traceback."""
+    try:
+        return function(*args)
+    except CbmctlError:
+        raise
+    except Exception as error:  # foreign code: whatever it raises
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CbmctlError(f"the plug-in {safe_text(repr(plugin))[:200]} failed: {safe_text(reason)[:300]}") from None

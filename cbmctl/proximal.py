@@ -69,6 +69,63 @@ def _backtrack(value: Callable, y_w, y_b, f_y, grad_w, grad_b, curvature, l1, su
     return new_w, new_b, curvature
 
 
+class Fista:
+    """The iterates of FISTA for a stack of S problems: x (the last proximal step), y (where the next step is
+    taken from), t, the curvature 1/step and, per model, the iterations since its start and the
+    optimality_violation and penalised objective at x where they were last certified. `step` advances the
+    models it is given by one iteration; `restart` hands models a new start (a new problem of the same
+    shape: a path's next λ) keeping their curvature, so models need not move in lockstep."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, curvature: torch.Tensor):
+        s = weight.shape[0]
+        self.x_w, self.x_b = weight.clone(), bias.clone()
+        self.y_w, self.y_b = weight.clone(), bias.clone()
+        self.t = torch.ones(s, device=weight.device, dtype=weight.dtype)
+        self.curvature = curvature.clone().to(weight.dtype)
+        self.iterations = torch.zeros(s, dtype=torch.long, device=weight.device)
+        self.violation = torch.full((s,), math.inf, dtype=weight.dtype, device=weight.device)
+        self.objective = torch.full((s,), math.nan, dtype=weight.dtype, device=weight.device)
+
+    def restart(self, which: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Models `which` (booleans) start again from (weight, bias) (S-shaped; other rows are ignored)."""
+        w, b = which[:, None, None], which[:, None]
+        self.x_w, self.x_b = torch.where(w, weight, self.x_w), torch.where(b, bias, self.x_b)
+        self.y_w, self.y_b = torch.where(w, weight, self.y_w), torch.where(b, bias, self.y_b)
+        self.t = torch.where(which, torch.ones_like(self.t), self.t)
+        self.iterations = torch.where(which, torch.zeros_like(self.iterations), self.iterations)
+        self.violation = torch.where(which, torch.full_like(self.violation, math.inf), self.violation)
+        self.objective = torch.where(which, torch.full_like(self.objective, math.nan), self.objective)
+
+    def step(self, value: Callable, l1: torch.Tensor, tolerance: torch.Tensor, active: torch.Tensor,
+             support: torch.Tensor | None = None) -> torch.Tensor:
+        """One iteration of the `active` models (booleans); returns those now certified at x: the gradient
+        at x is computed only for models whose step was already that small (L·|y − x⁺| ≤ tolerance), so
+        certifying costs one pass now and then."""
+        f_y, grad_w, grad_b = value(self.y_w, self.y_b, True, active.nonzero().flatten())
+        self.curvature = torch.where(active, self.curvature * STEP_SHRINK, self.curvature)
+        new_w, new_b, self.curvature = _backtrack(value, self.y_w, self.y_b, f_y, grad_w, grad_b, self.curvature,
+                                                  l1, support, active)
+        # the gradient mapping L·(y − x⁺) vanishes at a solution: a small one says the check is worth a pass
+        mapping = torch.maximum((self.y_w - new_w).abs().amax((1, 2)),
+                                (self.y_b - new_b).abs().amax(1)) * self.curvature
+        (self.x_w, self.x_b), (self.y_w, self.y_b), self.t = _momentum_step(
+            (self.x_w, self.x_b), (new_w, new_b), (self.y_w, self.y_b), self.t, active)
+        self.iterations += active.long()
+        candidates = active & (mapping <= tolerance)
+        if not bool(candidates.any()):
+            return candidates
+        self.certify(value, l1, candidates, support)
+        return candidates & (self.violation <= tolerance)
+
+    def certify(self, value: Callable, l1: torch.Tensor, which: torch.Tensor,
+                support: torch.Tensor | None = None) -> None:
+        """The optimality_violation and objective at x of the models `which` (one gradient pass)."""
+        f_x, grad_w, grad_b = value(self.x_w, self.x_b, True, which.nonzero().flatten())
+        self.violation = torch.where(which, optimality_violation(self.x_w, grad_w, grad_b, l1, support),
+                                     self.violation)
+        self.objective = torch.where(which, f_x, self.objective)
+
+
 def proximal_gradient(smooth: Callable, weight: torch.Tensor, bias: torch.Tensor, curvature: torch.Tensor,
                       l1: torch.Tensor, l2: torch.Tensor, max_iterations: int, tolerance,
                       support: torch.Tensor | None = None, on_check: Callable | None = None,
@@ -82,47 +139,27 @@ def proximal_gradient(smooth: Callable, weight: torch.Tensor, bias: torch.Tensor
     it follows the local curvature, which for a softmax is far below the global bound once the classes
     separate. `support` (S×K×C booleans) fixes the non-zero pattern.
     A model stops once its optimality_violation at the current iterate is at most `tolerance` (a number, or
-    one per model): the gradient there is computed only for models whose last step was already that small
-    (L·|y − x⁺| ≤ tolerance), so the check costs one pass now and then. Stopped models stay frozen, so each
-    model's iterates are the ones it would have alone. `on_check(iteration, F, b)` is called every
-    `check_every` iterations and once at the end."""
+    one per model; Fista.step says when it is checked). Stopped models stay frozen, so each model's iterates
+    are the ones it would have alone. `on_check(iteration, F, b)` is called every `check_every` iterations
+    and once at the end."""
     s = weight.shape[0]
     tolerance = torch.as_tensor(tolerance, dtype=weight.dtype, device=weight.device).expand(s)
-    x_w, x_b = weight.clone(), bias.clone()
-    y_w, y_b = weight.clone(), bias.clone()
-    t = torch.ones(s, device=weight.device, dtype=weight.dtype)
-    curvature = curvature.clone().to(weight.dtype)
+    state = Fista(weight, bias, curvature)
     active = torch.ones(s, dtype=torch.bool, device=weight.device)
-    iterations = torch.zeros(s, dtype=torch.long, device=weight.device)
-    violation = torch.full((s,), math.inf, dtype=weight.dtype, device=weight.device)
-    value = _penalised(smooth, l2)
-
-    def violation_at(w, b, which):
-        _, grad_w, grad_b = value(w, b, True, which.nonzero().flatten())
-        return torch.where(which, optimality_violation(w, grad_w, grad_b, l1, support), violation)
-
+    value = penalised(smooth, l2)
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        f_y, grad_w, grad_b = value(y_w, y_b, True, active.nonzero().flatten())
-        curvature = torch.where(active, curvature * STEP_SHRINK, curvature)
-        new_w, new_b, curvature = _backtrack(value, y_w, y_b, f_y, grad_w, grad_b, curvature, l1, support, active)
-        # the gradient mapping L·(y − x⁺) vanishes at a solution: a small one says the check is worth a pass
-        mapping = torch.maximum((y_w - new_w).abs().amax((1, 2)), (y_b - new_b).abs().amax(1)) * curvature
-        (x_w, x_b), (y_w, y_b), t = _momentum_step((x_w, x_b), (new_w, new_b), (y_w, y_b), t, active)
-        iterations += active.long()
-        candidates = active & (mapping <= tolerance)
-        if bool(candidates.any()):
-            violation = violation_at(x_w, x_b, candidates)
-            active = active & ~(candidates & (violation <= tolerance))
+        active = active & ~state.step(value, l1, tolerance, active, support)
         if not bool(active.any()):
             break
         if on_check is not None and check_every and iteration % check_every == 0:
-            on_check(iteration, x_w, x_b)
+            on_check(iteration, state.x_w, state.x_b)
     if bool(active.any()):  # stopped by the cap: certify what is returned all the same
-        violation = violation_at(x_w, x_b, active)
+        state.certify(value, l1, active, support)
     if on_check is not None:
-        on_check(iteration, x_w, x_b)
-    return Solution(x_w, x_b, iterations, curvature, violation, violation <= tolerance)
+        on_check(iteration, state.x_w, state.x_b)
+    return Solution(state.x_w, state.x_b, state.iterations, state.curvature, state.violation,
+                    state.violation <= tolerance)
 
 
 def _momentum_step(x, new, y, t, active):
@@ -140,9 +177,9 @@ def _momentum_step(x, new, y, t, active):
     return x, y, t
 
 
-def _penalised(smooth: Callable, l2: torch.Tensor) -> Callable:
+def penalised(smooth: Callable, l2: torch.Tensor) -> Callable:
     """f + ½ l2‖F‖² of the models `members` (and its gradients), computed for those only; the other models'
-    entries are zero."""
+    entries are zero. `l2` is read at every call, so a caller may change it in place between calls."""
     def value(w, b, grad, members):
         s = w.shape[0]
         sub_w, sub_b, sub_l2 = w[members], b[members], l2[members]

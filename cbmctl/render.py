@@ -288,7 +288,9 @@ def plot_sparsity(path: Path, methods: dict[str, list[dict]], title: str) -> Non
         budget.set_ylim(min(budgeted) - max(0.1 * spread, 0.01), max(budgeted) + max(0.25 * spread, 0.01))
         budget.set_xticks(sorted({int(k) for m in methods.values() for k in m[0].get("nec_accuracy", {})}))
     whole.set_title("the whole λ path (markers: the budgeted heads)", fontsize=9)
-    budget.set_title("the NEC budgets (mean over seeds, bars: range; methods side by side)", fontsize=9)
+    several = max((len(per_seed) for per_seed in methods.values()), default=0) > 1
+    budget.set_title("the NEC budgets (" + ("mean over seeds, bars: range; " if several else "one seed; ")
+                     + "methods side by side)", fontsize=9)
     for axis in (whole, budget):
         axis.set_xlabel("NEC: non-zero head weights per class")
         axis.set_ylabel("test top-1")
@@ -467,7 +469,9 @@ def _forest_panel(axis, panel: dict) -> None:
     axis.axvline(0, color="gray", linewidth=0.8, linestyle=":")
     axis.set_yticks(range(len(rows)))
     axis.set_yticklabels([_plain(row["label"]) for row in rows], fontsize=7)
-    axis.set_ylim(len(rows) - 0.5, -0.5)
+    axis.set_ylim(max(len(rows), 1) - 0.5, -0.5)  # a panel without rows keeps one empty row (no zero-height axis)
+    if not rows:
+        axis.text(0.5, 0.5, "nothing to show", transform=axis.transAxes, ha="center", va="center", fontsize=8)
     axis.set_title(textwrap.fill(_plain(panel["title"]), 110), fontsize=8, loc="left")  # wrap after escaping
     axis.set_xlabel(f"effect ({panel['unit']})" if panel["unit"] else "effect", fontsize=7)
     axis.tick_params(axis="x", labelsize=7)

@@ -104,10 +104,10 @@ def check_training(models: int, concepts: int, classes: int, sizes: dict[str, in
     parts = training_bytes(models, concepts, classes, sizes, batch, dim)
     largest = max(parts, key=parts.get)
     shape = f"{models} model{'s' * (models > 1)} × {concepts:,} concepts × {classes:,} classes"
-    advice = {"CBL (C×C per model)": "use fewer concepts (`cbmctl concepts filter`) or fewer models (--seeds, "
-                                     "--compare)",
-              "a batch's activations and logits": "lower --batch-size or train fewer models at once"
-              }.get(largest, "use fewer concepts, classes or models (--seeds, --compare)")
+    advice = {"CBL (C×C per model)": "use fewer concepts (`cbmctl concepts filter`) or fewer models (`seeds`, "
+                                     "`methods`)",
+              "a batch's activations and logits": "lower `batch_size` or train fewer models at once"
+              }.get(largest, "use fewer concepts, classes or models (`seeds`, `methods`)")
     require(sum(parts.values()), f"training {shape} (mostly its {largest}, {format_bytes(parts[largest])})",
             device, advice)
 

@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cbmctl.errors import CbmctlError
-from cbmctl.proximal import Solution, proximal_gradient
-
-HEARTBEAT_ITERATIONS = 25  # a path point reports progress this often while it is solved
+from cbmctl.proximal import Fista, penalised, proximal_gradient
 
 
 @dataclass
@@ -253,48 +251,86 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
 def _path(train: Design, k: int, levels: list[int], config: SparseConfig, val, test, walked):
     """The λ path itself: (points per model, per level each model's first point that reached it or None,
     the Lipschitz estimate, each model's last point as (weight, bias)). A model's path ends at the first
-    point with stop_at non-zeros or with the share config.deviance_explained of its null deviance explained;
-    the models still on the path are solved together, the others cost nothing. `walked` (cbmctl.logs.Progress)
-    advances by each point and hears from a long point while it is solved."""
+    point with stop_at non-zeros or with the share config.deviance_explained of its null deviance explained.
+    Every model walks its own path: an iteration advances each model still on the path by one FISTA step at
+    its own current point, and a model whose point is solved moves on to its next λ at once rather than
+    waiting for the slowest, so a pass always carries every model still walking (a model's iterates are
+    those it would have alone). `walked` (cbmctl.logs.Progress) advances as the slowest model goes."""
     first = next(train.chunks())[0]
     s, c, device = first.shape[0], first.shape[-1], first.device
     lam_max, bias = lambda_max(train, k, config.alpha)
     lipschitz = lipschitz_estimate(train)
-    curvature = lipschitz.clone()  # the step search starts each point from the last point's curvature
     weight = torch.zeros(s, k, c, device=device)
     null = validation_loss(train, weight, bias)  # the intercept-only fit at λ_max
-    tolerance_floor = config.tolerance_floor * lam_max * config.alpha
     ratios = torch.logspace(0, math.log10(config.lambda_min_ratio), config.path_points, device=device)
+    walk = _Walk(lam_max, config, ratios)
     stop_at = max(max(levels), min(config.max_nec, c)) * k
     fit_target = math.log(1 - config.deviance_explained)
     points: list[list[dict]] = [[] for _ in range(s)]
     snapshots: dict[int, list[tuple[torch.Tensor, torch.Tensor] | None]] = {level: [None] * s for level in levels}
+    # the step search starts each point from the model's last curvature
+    state = Fista(weight, bias, lipschitz)
+    value = penalised(cross_entropy(train), walk.l2)
+    previous = weight.clone(), bias.clone()  # each model's point before the one it is solving
     on_path = torch.ones(s, dtype=torch.bool, device=device)
-    previous = None
-    for index, ratio in enumerate(ratios):
-        members = on_path.nonzero().flatten()
-        lam = lam_max * ratio
-        l1, l2 = lam * config.alpha, lam * (1 - config.alpha)
-        start = (weight, bias) if previous is None else _predict(weight, bias, *previous)
-        previous = weight.clone(), bias.clone()
-        # a long point still says how far the path is
-        heartbeat = (lambda *_: walked.advance(0)) if index else None
-        solution = proximal_gradient(_restricted(cross_entropy(train), members), start[0][members],
-                                     start[1][members], curvature[members], l1[members], l2[members],
-                                     config.max_iterations, torch.maximum(config.tolerance * l1, tolerance_floor)[members],
-                                     on_check=heartbeat, check_every=HEARTBEAT_ITERATIONS)
-        weight[members], bias[members], curvature[members] = solution.weight, solution.bias, solution.curvature
-        nonzeros = (weight != 0).sum((1, 2))
-        left = (validation_loss(train, weight, bias) / null).clamp_min(1e-30).log()
-        _record_point(points, snapshots, members, solution, lam, l1, nonzeros, k, levels,
-                      {name: top1(design, weight[members], bias[members], members)
-                       for name, design in (("val", val), ("test", test)) if design is not None})
-        on_path &= (nonzeros < stop_at) & (left > fit_target)
-        if index + 1 == len(ratios) or not bool(on_path.any()):
-            break
-        walked.advance(max(int(nonzeros[on_path].min()) // k - walked.done, 0))
+    reached = torch.zeros(s, dtype=torch.long, device=device)  # non-zeros at each model's last point
+    while bool(on_path.any()):
+        solved = state.step(value, walk.l1, walk.tolerance, on_path)
+        capped = on_path & ~solved & (state.iterations >= config.max_iterations)
+        if bool(capped.any()):
+            state.certify(value, walk.l1, capped)
+        finished = solved | capped
+        if not bool(finished.any()):
+            walked.advance(0)  # a long point still says how far the path is
+            continue
+        members = finished.nonzero().flatten()
+        point_w, point_b = state.x_w[members], state.x_b[members]
+        nonzeros = (point_w != 0).sum((1, 2))
+        left = (validation_loss(train, point_w, point_b, members) / null[members]).clamp_min(1e-30).log()
+        accuracy = {name: top1(design, point_w, point_b, members)
+                    for name, design in (("val", val), ("test", test)) if design is not None}
+        _record_point(points, snapshots, members, state, point_w, point_b, walk, nonzeros, k, levels, accuracy)
+        reached[members] = nonzeros
+        goes_on = (nonzeros < stop_at) & (left > fit_target) & walk.has_next(members)
+        on_path[members] = goes_on
+        walking = torch.zeros_like(on_path).index_fill_(0, members[goes_on], True)
+        if bool(walking.any()):
+            walk.advance(walking)
+            start = _predict(state.x_w, state.x_b, *previous)
+            previous = (torch.where(walking[:, None, None], state.x_w, previous[0]),
+                        torch.where(walking[:, None], state.x_b, previous[1]))
+            state.restart(walking, *start)
+        if bool(on_path.any()):
+            walked.advance(max(int(reached[on_path].min()) // k - walked.done, 0))
     walked.advance(walked.total - walked.done)
-    return points, snapshots, lipschitz, (weight, bias)
+    return points, snapshots, lipschitz, (state.x_w, state.x_b)
+
+
+class _Walk:
+    """Where each model is on the λ grid (λ_max · ratios): its point, λ, the l1 and l2 strengths there and
+    the tolerance its point is solved to (max(tolerance·λα, tolerance_floor·λ_max·α)). The strengths are
+    changed in place, so a penalised objective built on them follows every model's own point."""
+
+    def __init__(self, lam_max: torch.Tensor, config: SparseConfig, ratios: torch.Tensor):
+        self.lam_max, self.config, self.ratios = lam_max, config, ratios
+        self.point = torch.zeros_like(lam_max, dtype=torch.long)
+        self.floor = config.tolerance_floor * lam_max * config.alpha
+        self.lam, self.l1, self.l2, self.tolerance = (torch.empty_like(lam_max) for _ in range(4))
+        self._set(torch.ones_like(lam_max, dtype=torch.bool))
+
+    def has_next(self, members: torch.Tensor) -> torch.Tensor:
+        return self.point[members] + 1 < len(self.ratios)
+
+    def advance(self, which: torch.Tensor) -> None:
+        self.point += which.long()
+        self._set(which)
+
+    def _set(self, which: torch.Tensor) -> None:
+        lam = self.lam_max * self.ratios[self.point]
+        l1, l2 = lam * self.config.alpha, lam * (1 - self.config.alpha)
+        for target, new in ((self.lam, lam), (self.l1, l1), (self.l2, l2),
+                            (self.tolerance, torch.maximum(self.config.tolerance * l1, self.floor))):
+            target.copy_(torch.where(which, new, target))
 
 
 def _predict(weight: torch.Tensor, bias: torch.Tensor, previous_w: torch.Tensor, previous_b: torch.Tensor):
@@ -308,23 +344,23 @@ def _predict(weight: torch.Tensor, bias: torch.Tensor, previous_w: torch.Tensor,
     return torch.where(steady, moved, weight), 2 * bias - previous_b
 
 
-def _restricted(smooth: Callable, members: torch.Tensor) -> Callable:
-    """`smooth` for a stack made of the design's models `members` (its own indices map to theirs)."""
-    return lambda weight, bias, gradient, which: smooth(weight, bias, gradient, members[which])
-
-
-def _record_point(points, snapshots, members, solution: Solution, lam, l1, nonzeros, k: int, levels, accuracy):
-    """Append the point to each solved model's path (`solution` and `accuracy` hold those models only) and
-    keep it as the start of every NEC level it is the first to reach."""
+def _record_point(points, snapshots, members, state: Fista, weight, bias, walk: _Walk, nonzeros, k: int, levels,
+                  accuracy):
+    """Append the point just solved to each of the models' `members` paths (`weight`, `bias`, `nonzeros`
+    and `accuracy` hold those models only) and keep it as the start of every NEC level it is the first to
+    reach."""
+    rows = {"lam": walk.lam[members].tolist(), "nonzeros": nonzeros.tolist(),
+            "iterations": state.iterations[members].tolist(),
+            "violation": (state.violation[members] / walk.l1[members]).tolist(),
+            "converged": (state.violation[members] <= walk.tolerance[members]).tolist(),
+            **{f"{name}_top1": values.tolist() for name, values in accuracy.items()}}
     for row, m in enumerate(members.tolist()):
-        points[m].append({
-            "lam": float(lam[m]), "nonzeros": int(nonzeros[m]), "nec": float(nonzeros[m]) / k,
-            "iterations": int(solution.iterations[row]), "violation": float(solution.violation[row] / l1[m]),
-            "converged": bool(solution.converged[row]),
-            **{f"{name}_top1": float(values[row]) for name, values in accuracy.items()}})
+        point = {name: column[row] for name, column in rows.items()}
+        points[m].append({"lam": point.pop("lam"), "nonzeros": point["nonzeros"], "nec": point.pop("nonzeros") / k,
+                          **point})
         for level in levels:
-            if snapshots[level][m] is None and int(nonzeros[m]) >= level * k:
-                snapshots[level][m] = (solution.weight[row].clone(), solution.bias[row].clone())
+            if snapshots[level][m] is None and points[m][-1]["nonzeros"] >= level * k:
+                snapshots[level][m] = (weight[row].clone(), bias[row].clone())
 
 
 def refit(train: Design, weight: torch.Tensor, bias: torch.Tensor, lipschitz: torch.Tensor,

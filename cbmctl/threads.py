@@ -37,7 +37,7 @@ def choose_threads(requested: int = 0) -> ThreadChoice:
     """The thread count a training call uses: `requested` when positive, else $OMP_NUM_THREADS, else the
     usable CPUs (see the module docstring)."""
     if requested > 0:
-        return ThreadChoice(requested, "--threads")
+        return ThreadChoice(requested, "asked for")
     text = os.environ.get("OMP_NUM_THREADS", "").strip()
     if text.isdigit() and int(text) > 0:
         return ThreadChoice(int(text), "OMP_NUM_THREADS")

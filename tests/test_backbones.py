@@ -46,7 +46,7 @@ def test_missing_zoo_weights_fail_fast_offline_with_the_fix():
     assert time.perf_counter() - started < 10  # the contract is ~1 s; generous for a loaded CI machine
     message = str(error.value)
     assert "\n" not in message
-    assert "HF_HUB_OFFLINE is set" in message and "--pretrained /path/to/weights" in message
+    assert "HF_HUB_OFFLINE is set" in message and "`pretrained` /path/to/weights" in message  # the CLI shows it as --pretrained
     assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message
 
 

@@ -161,8 +161,8 @@ def test_world_seeds_are_fixed_by_base_and_index():
 
 @pytest.mark.parametrize("spec, fragment", [
     (BenchSpec(worlds=1), "at least 2"), (BenchSpec(worlds=51), "between 2 and 50"),
-    (BenchSpec(seeds=1), "at least 2"), (BenchSpec(world_seed=-1), "--world-seed"),
-    (BenchSpec(preset="nope"), "unknown preset"), (BenchSpec(knobs={"test_per_class": 0}), "--test-per-class"),
+    (BenchSpec(seeds=1), "at least 2"), (BenchSpec(world_seed=-1), "`world_seed`"),
+    (BenchSpec(preset="nope"), "unknown preset"), (BenchSpec(knobs={"test_per_class": 0}), "`test_per_class`"),
     (BenchSpec(train={"epochs": 2, "min_epochs": 5}), "`min_epochs`"), (BenchSpec(train={"lr": 1.0}), "unknown"),
     (BenchSpec(train={"epochs": -3}), "`epochs`"),
 ])

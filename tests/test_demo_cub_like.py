@@ -68,9 +68,9 @@ def test_preset_records_its_knobs_and_refuses_the_llm_set_for_classic_species():
     assert spec.species == "cub-like" and spec.nuisance == 1.0 and spec.concept_sets[0] == "llm"
     with pytest.raises(CbmctlError, match="cub-like species"):
         presets.resolve_spec("default", concept_sets="llm")
-    with pytest.raises(CbmctlError, match="--nuisance"):
+    with pytest.raises(CbmctlError, match="`nuisance`"):
         presets.resolve_spec("cub-like", nuisance=1.5)
-    with pytest.raises(CbmctlError, match="--species"):
+    with pytest.raises(CbmctlError, match="`species`"):
         presets.resolve_spec("default", species="pigeons")
 
 

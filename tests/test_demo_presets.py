@@ -252,5 +252,19 @@ def test_a_damaged_world_record_is_refused_in_one_line(tmp_path, content, messag
     assert "\n" not in str(error.value) and presets.WORLD_FILE in str(error.value)
 
 
+def test_a_bad_knob_in_world_json_is_named_as_its_key_also_on_the_command_line(tmp_path):
+    from cbmctl.cli.common import for_the_command_line
+    (tmp_path / presets.WORLD_FILE).write_text(
+        '{"format": "cbmctl-demo-world", "version": 1, "knobs": {"train_per_class": 0}}')
+    with pytest.raises(CbmctlError) as error:
+        presets.read_world_spec(tmp_path)
+    shown = for_the_command_line(error.value)  # how every command prints it
+    assert "`train_per_class` 0: between 1 and" in shown and "--train-per-class" not in shown
+    # the same check on a knob given as an option is shown as the option
+    with pytest.raises(CbmctlError) as error:
+        presets.resolve_spec("default", train_per_class=0)
+    assert for_the_command_line(error.value).startswith("--train-per-class 0: between 1 and")
+
+
 def test_a_world_made_before_presets_reads_as_the_default_world(tmp_path):
     assert presets.read_world_spec(tmp_path) == (None, presets.resolve_spec("default"))

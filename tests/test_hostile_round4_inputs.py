@@ -148,7 +148,7 @@ def test_images_outside_the_root_are_read_when_allowed_and_recorded(cli, tmp_pat
     assert outside == {str(tmp_path / "elsewhere" / "dog9.png")}  # embedded, and marked as from outside
     assert len(inside - outside) == 8
     from cbmctl.datasets import load_dataset
-    assert "3 image(s) lie outside the dataset root (--allow-outside-root); the cache records which" in \
+    assert "3 image(s) lie outside the dataset root (`allow_outside_root`); the cache records which" in \
         load_dataset(tmp_path / "data", allow_outside_root=True).notes
 
 

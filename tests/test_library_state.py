@@ -71,8 +71,8 @@ def test_experiment_probe_and_cms_leave_the_callers_state(data, tmp_path, monkey
         torch.set_num_threads(callers)
     assert_unchanged(before, global_states())
     record = json.loads((tmp_path / "record.json").read_text())
-    assert record["threads"] == {"count": 1, "reason": "--threads"}
-    assert "torch: 1 CPU thread (--threads)" in (tmp_path / "train.log").read_text()
+    assert record["threads"] == {"count": 1, "reason": "asked for"}
+    assert "torch: 1 CPU thread (asked for)" in (tmp_path / "train.log").read_text()
 
 
 def test_threads_are_set_for_the_call_and_restored_after(monkeypatch):

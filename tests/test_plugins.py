@@ -143,3 +143,22 @@ def test_hub_names_that_read_as_paths_and_unprintable_plugin_names_are_refused()
     assert parse_model_name("hf-hub:org-1/repo.v2_x").kind.name == "HF_HUB"
     with pytest.raises(CbmctlError, match="printable model name"):
         register_backbone(BackboneProvider(name="ev\x1bil", locate=lambda name: None))
+
+
+def test_a_plug_in_whose_code_raises_is_named_in_one_line_not_a_traceback():
+    from cbmctl.concept_truth import AttributeVocabulary, register_vocabulary, unregister_vocabulary
+
+    def broken(*_):
+        raise ZeroDivisionError("division by zero\nin acme's code")
+    register_backbone(BackboneProvider("acme-broken", broken, knows=broken))
+    register_vocabulary(AttributeVocabulary("acme-vocabulary", claims=broken, ways=broken))
+    try:
+        with pytest.raises(CbmctlError, match=r"^the plug-in 'acme-broken' failed: division by zero$"):
+            load_backbone("acme-broken", None, "cpu")
+        with pytest.raises(CbmctlError, match=r"^the plug-in 'acme-broken' failed: division by zero$"):
+            meaningless_backbone("acme-broken", "shipped", ["anvil"])
+        with pytest.raises(CbmctlError, match=r"^the plug-in 'acme-vocabulary' failed: division by zero$"):
+            truth_matrix(["acme_sheen::matte"], np.ones((2, 1)), ["matte"])
+    finally:
+        unregister_backbone("acme-broken")
+        unregister_vocabulary("acme-vocabulary")

@@ -87,6 +87,21 @@ def test_sparsity_plot_spans_the_path_and_labels_every_method(unit_runs, monkeyp
                 f"{method}: sparse head at each NEC budget"} <= set(labels)
     offsets = [line.get_xdata()[0] for line in budget.get_lines() if len(line.get_xdata()) == 6]
     assert len(set(offsets)) == 2  # the methods' budget points side by side, not on top of each other
+    assert "mean over seeds" in budget.get_title()
+    plot_sparsity(run / "x.png", {m: per_seed[:1] for m, per_seed in methods.items()}, "t")
+    assert "one seed" in figures[1].axes[1].get_title() and "mean" not in figures[1].axes[1].get_title()
+
+
+def test_a_forest_panel_without_rows_is_drawn_empty_without_a_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from cbmctl.render import plot_forest
+    figures = _drawn(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's identical-limits warning would fail here
+        plot_forest(tmp_path / "forest.png", [{"title": "claim (a)", "unit": "points", "rows": []}], "t")
+    axis = figures[0].axes[0]
+    assert axis.get_ylim() == (0.5, -0.5) and [t.get_text() for t in axis.texts] == ["nothing to show"]
 
 
 def test_comparison_curves_show_every_method_with_a_band(unit_runs, monkeypatch):

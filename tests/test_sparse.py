@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from cbmctl.proximal import proximal_gradient
+from cbmctl.proximal import Fista, penalised, proximal_gradient
 from cbmctl.sparse import Design, SparseConfig, cross_entropy, fit_path, lambda_max, lipschitz_estimate, truncate
 
 
@@ -58,6 +58,29 @@ def classification_problem(n=240, c=6, k=3, seed=0):
     x = centres[labels] + torch.randn(n, c, generator=generator)
     x = (x - x.mean(0)) / x.std(0)
     return x, labels
+
+
+def test_a_restarted_model_steps_as_a_fresh_solver_would_while_its_neighbour_runs_on():
+    x, y = classification_problem(seed=4)
+    design = design_of(torch.stack([x, x]), y)
+    value = penalised(cross_entropy(design), torch.tensor([0.001, 0.001]))
+    l1, tolerance = torch.tensor([0.02, 0.05]), torch.zeros(2)  # a zero tolerance: no model stops by itself
+    both = torch.ones(2, dtype=torch.bool)
+    state = Fista(torch.zeros(2, 3, 6), torch.zeros(2, 3), torch.ones(2))
+    for _ in range(6):  # model 0 gathers momentum, iterations and a shrunk step
+        state.step(value, l1, tolerance, both)
+    start_w, start_b = torch.full((2, 3, 6), 0.1), torch.full((2, 3), -0.2)
+    neighbour = state.x_w[1].clone(), state.t[1].clone()
+    state.restart(torch.tensor([True, False]), start_w, start_b)
+    assert torch.equal(state.x_w[1], neighbour[0]) and torch.equal(state.t[1], neighbour[1])  # untouched
+    assert int(state.iterations[0]) == 0 and math.isinf(float(state.violation[0]))
+    fresh = Fista(start_w[:1], start_b[:1], state.curvature[:1])
+    fresh_value = penalised(cross_entropy(design_of(x, y)), torch.tensor([0.001]))
+    for _ in range(5):
+        state.step(value, l1, tolerance, both)
+        fresh.step(fresh_value, l1[:1], tolerance[:1], torch.ones(1, dtype=torch.bool))
+        assert torch.allclose(state.x_w[0], fresh.x_w[0], atol=1e-6) and torch.equal(state.t[:1], fresh.t)
+    assert int(state.iterations[0]) == 5 and int(state.iterations[1]) == 11
 
 
 def test_logistic_solution_satisfies_the_elastic_net_optimality_conditions():
@@ -139,7 +162,9 @@ def test_stacked_models_get_their_solo_paths_and_streaming_equals_materialised()
     stacked = fit_path(design_of(torch.stack([x1, x2]), y), 3, [2], config)
     for m, x in enumerate((x1, x2)):
         alone = fit_path(design_of(x, y), 3, [2], config)
-        assert [p["nonzeros"] for p in stacked.points[m]] == [p["nonzeros"] for p in alone.points[0]]
+        # each model walks its own λ grid at its own pace: the same points, each solved in the same iterations
+        assert [(p["lam"], p["nonzeros"], p["iterations"]) for p in stacked.points[m]] == \
+            [(p["lam"], p["nonzeros"], p["iterations"]) for p in alone.points[0]]
         # the same path, solved to the same tolerance: a stack rounds its sums in another order, so a model's
         # refit may stop an iteration apart from its solo run (agreement to 1e-4 relative, far below the tolerance)
         assert torch.allclose(stacked.heads[2][0][m], alone.heads[2][0][0], rtol=1e-4, atol=1e-5)
@@ -197,6 +222,7 @@ def test_every_path_point_is_solved_to_the_tolerance_and_one_stopped_by_the_cap_
     capped = fit_path(design, 3, [2], SparseConfig(path_points=10, max_nec=2, max_iterations=2))
     at_cap = capped.points_at_cap(0)
     assert at_cap  # two iterations cannot solve a point after the first weights appear
+    assert all(point["iterations"] <= 2 for point in capped.points[0])  # the cap counts each point's own
     for index in at_cap:
         point = capped.points[0][index]
         assert point["iterations"] == 2 and not point["converged"] and point["violation"] > SparseConfig().tolerance

@@ -118,5 +118,5 @@ def test_a_folder_holding_a_dataset_points_to_it(tmp_path):
     places = make_places365(tmp_path / "data" / "places")
     with pytest.raises(CbmctlError, match=f"did you mean {places}\\?"):
         detect_format(tmp_path / "data")  # the data root given instead of the dataset inside it
-    with pytest.raises(CbmctlError, match="see --format"):
+    with pytest.raises(CbmctlError, match="see `format`"):
         detect_format(tmp_path)

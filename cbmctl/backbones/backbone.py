@@ -93,17 +93,17 @@ def resolve_device(spec: str | None = "auto"):
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise CbmctlError(f"--device {safe_text(spec)!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+        raise CbmctlError(f"`device` {safe_text(spec)!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
     # every kind is checked here: torch itself fails only later, with a traceback, on the first tensor moved
     available = {"cpu": lambda: 1, "cuda": lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0,
                  "mps": lambda: int(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()),
                  "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0}
     if device.type not in available:
-        raise CbmctlError(f"--device {safe_text(spec)!r}: cbmctl runs on cpu, cuda, mps or xpu, not {device.type}")
+        raise CbmctlError(f"`device` {safe_text(spec)!r}: cbmctl runs on cpu, cuda, mps or xpu, not {device.type}")
     count = available[device.type]()
     if count == 0:
-        raise CbmctlError(f"--device {safe_text(spec)} was asked for but this machine has no usable {device.type} "
-                          "device; use --device cpu (or auto)")
+        raise CbmctlError(f"`device` {safe_text(spec)} was asked for but this machine has no usable {device.type} "
+                          "device; use `device` cpu (or auto)")
     if device.type != "cpu" and device.index is not None and device.index >= count:
-        raise CbmctlError(f"--device {safe_text(spec)}: there are only {count} {device.type} devices (0-{count - 1})")
+        raise CbmctlError(f"`device` {safe_text(spec)}: there are only {count} {device.type} devices (0-{count - 1})")
     return device

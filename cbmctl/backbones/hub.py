@@ -26,7 +26,7 @@ HF_HOST = "huggingface.co"
 def _offline_fix(what: str, where: str) -> CbmctlError:
     reason = "HF_HUB_OFFLINE is set" if offline_requested() else f"{HF_HOST} is unreachable"
     return CbmctlError(f"{what} is not in the HF cache and {reason}: go online once, or place {where} in the "
-                       f"HF cache ($HF_HOME/hub), or pass --pretrained /path/to/weights.safetensors")
+                       f"HF cache ($HF_HOME/hub), or pass `pretrained` /path/to/weights.safetensors")
 
 
 def hf_cache_dir() -> str:
@@ -125,7 +125,7 @@ def _url_cache_file(what: str, url: str) -> str | None:
     host = url.split("/")[2]
     if not reachable(host):
         raise CbmctlError(f"{what} weights are not in ~/.cache/clip and {host} is unreachable: go online once, or "
-                          f"place {cached.name} there, or pass --pretrained /path/to/weights")
+                          f"place {cached.name} there, or pass `pretrained` /path/to/weights")
     return None
 
 

@@ -26,6 +26,7 @@ from cbmctl.backbones.registry import ShippedModel, providers
 from cbmctl.backbones.weights import load_weights, sha256_file, state_dict_sha256
 from cbmctl.errors import CbmctlError
 from cbmctl.identity import backbone_difference
+from cbmctl.plugins import call_plugin
 
 PREPROCESS_OVERRIDES = (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
                         ("resize_mode", "image_resize_mode"))  # a zoo tag's config key -> open_clip's argument
@@ -59,14 +60,14 @@ def register_config(path: Path) -> str:
 
 def shipped_model(model: ModelName) -> ShippedModel:
     """A plug-in model's config and shipped weights, as its provider locates them."""
-    return model.provider.locate(model.text)
+    return call_plugin(model.provider.name, model.provider.locate, model.text)
 
 
 def shipped_weights(model: ModelName) -> Path:
     """The weights file a plug-in ships for a model, refused in one line when it ships none or it is gone."""
     weights = shipped_model(model).weights
     if weights is None:
-        raise CbmctlError(f"{model.provider.title} ships no weights: pass --pretrained PATH or --pretrained none")
+        raise CbmctlError(f"{model.provider.title} ships no weights: pass `pretrained` PATH or `pretrained` none")
     if not Path(weights).is_file():
         raise CbmctlError(f"the weights of {model.provider.title} are missing ({weights}); reinstall the package "
                           "that ships them")
@@ -103,11 +104,11 @@ def _plan(model: ModelName, weights: WeightsName) -> _Build:
     else:  # a zoo tag, given or the model's first
         tags = open_clip.list_pretrained_tags_by_model(build.create_name)
         if weights.kind is WeightsKind.DEFAULT and not tags:
-            raise CbmctlError(f"{model.text} has no pretrained tags: pass --pretrained PATH or --pretrained none")
+            raise CbmctlError(f"{model.text} has no pretrained tags: pass `pretrained` PATH or `pretrained` none")
         build.pretrained = tags[0] if weights.kind is WeightsKind.DEFAULT else weights.text
         build.tag_cfg = open_clip.get_pretrained_cfg(build.create_name, build.pretrained) or {}
         if not build.tag_cfg:
-            raise CbmctlError(f"--pretrained {build.pretrained!r} is neither a tag of {model.text} "
+            raise CbmctlError(f"`pretrained` {build.pretrained!r} is neither a tag of {model.text} "
                               f"({', '.join(tags) or 'none'}) nor a file")
         build.weights_path = tag_weights(build.create_name, build.tag_cfg, build.pretrained)
     return build

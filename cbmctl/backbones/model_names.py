@@ -71,7 +71,7 @@ class WeightsName:
 def _refuse_garbage(text) -> str:
     if not isinstance(text, str) or not text.strip() or text != text.strip() or len(text) > MAX_NAME_CHARS \
             or has_control(text):
-        raise CbmctlError(f"--model {safe_text(repr(str(text)[:80]))} is not a model name ({KINDS_HINT})")
+        raise CbmctlError(f"`model` {safe_text(repr(str(text)[:80]))} is not a model name ({KINDS_HINT})")
     return text
 
 
@@ -81,7 +81,7 @@ def _hub_name(text: str) -> ModelName:
     # hub repo ids are ORG/REPO of letters, digits and -_. ; "." and ".." would name a path, not a repo
     if not owner or not name or "/" in name or {owner, name} & {".", ".."} or \
             not re.fullmatch(r"[\w.-]+/[\w.-]+", repo, re.ASCII):
-        raise CbmctlError(f"--model {safe_text(text)}: an hf-hub model is hf-hub:ORG/REPO")
+        raise CbmctlError(f"`model` {safe_text(text)}: an hf-hub model is hf-hub:ORG/REPO")
     return ModelName(text, ModelKind.HF_HUB, repo)
 
 
@@ -93,7 +93,7 @@ def parse_model_name(text: str | None, zoo: Collection[str] | None = None) -> Mo
         return _hub_name(text)
     if text.endswith(CONFIG_SUFFIX):
         if not Path(text).is_file():
-            raise CbmctlError(f"--model {safe_text(text)}: no such model config file")
+            raise CbmctlError(f"`model` {safe_text(text)}: no such model config file")
         return ModelName(text, ModelKind.CONFIG, text)
     if zoo is not None and text in zoo:  # the zoo wins over any plug-in of the same name
         return ModelName(text, ModelKind.ZOO, text)
@@ -114,7 +114,7 @@ def parse_weights(text: str | None, model: ModelName) -> WeightsName:
     text = str(text)
     if model.kind is ModelKind.HF_HUB:
         if text != HUB_WEIGHTS:
-            raise CbmctlError("--pretrained does not apply to hf-hub: models (their repo names the weights)")
+            raise CbmctlError("`pretrained` does not apply to hf-hub: models (their repo names the weights)")
         return WeightsName(text, WeightsKind.HUB)
     if text.lower() == RANDOM_WEIGHTS:
         return WeightsName(text, WeightsKind.RANDOM)
@@ -124,9 +124,9 @@ def parse_weights(text: str | None, model: ModelName) -> WeightsName:
     if path.is_file():
         return WeightsName(text, WeightsKind.FILE, path)
     if text.endswith(WEIGHTS_SUFFIXES) or "/" in text:
-        raise CbmctlError(f"--pretrained {safe_text(text)}: no such weights file")
+        raise CbmctlError(f"`pretrained` {safe_text(text)}: no such weights file")
     if model.kind is ModelKind.PLUGIN:
-        raise CbmctlError(f"--pretrained {safe_text(repr(text))} for {model.provider.title}: leave it out (its shipped "
+        raise CbmctlError(f"`pretrained` {safe_text(repr(text))} for {model.provider.title}: leave it out (its shipped "
                           "weights), or give 'none' or a weights file")
     return WeightsName(text, WeightsKind.TAG)
 

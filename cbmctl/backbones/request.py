@@ -22,6 +22,7 @@ from cbmctl.backbones.model_names import (
 from cbmctl.backbones.registry import find_provider
 from cbmctl.backbones.weights import sha256_file
 from cbmctl.errors import CbmctlError
+from cbmctl.plugins import call_plugin
 
 # the packages whose versions decide what is not pinned by a weights file's hash: the model's
 # architecture and preprocessing come from open_clip; random-init weights also from torch
@@ -86,7 +87,7 @@ def _zoo_request(name: ModelName, weights: WeightsName, label: str) -> BackboneR
         return BackboneRequest(name.text, pretrained, label=label)
     entry = tags.get(normalise_tag(pretrained)) if pretrained else None
     if index and weights.kind is WeightsKind.TAG and not entry:
-        raise CbmctlError(f"--pretrained {pretrained!r} is neither a tag of {name.text} "
+        raise CbmctlError(f"`pretrained` {pretrained!r} is neither a tag of {name.text} "
                           f"({', '.join(tags) or 'none'}) nor a file")
     pinned = zoo_weights_file(entry) if entry else None
     return BackboneRequest(name.text, pretrained, sha256_file(Path(pinned)) if pinned else None, label=label)
@@ -116,10 +117,11 @@ def meaningless_backbone(model: str, pretrained: str | None, classes, dataset_na
                          ) -> str | None:
     """One line when a backbone's results will mean nothing for this data, else None."""
     if str(pretrained).lower() == RANDOM_WEIGHTS:
-        return (f"{model} with --pretrained none has random weights: its embeddings, and every result built on "
+        return (f"{model} with `pretrained` none has random weights: its embeddings, and every result built on "
                 f"them, carry no meaning (fine for tests and benchmarks)")
     provider = find_provider(str(model))
-    if provider is not None and provider.knows is not None and not provider.knows(list(classes or [])):
+    if provider is not None and provider.knows is not None and \
+            not call_plugin(provider.name, provider.knows, list(classes or [])):
         return (f"{provider.title} knows only {provider.domain}, not {dataset_name}: its results there are "
-                f"meaningless (choose a real backbone with --model, see `cbmctl models`)")
+                f"meaningless (choose a real backbone with `model`, see `cbmctl models`)")
     return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import Choice, allow_outside_root_option, backbone_options, console, print_json
+from cbmctl.cli.common import Choice, allow_outside_root_option, backbone_options, console, echo_warning, print_json
 from cbmctl.sanitize import safe_text as _shown
 
 
@@ -42,13 +42,13 @@ def cms(data, dataset_option, model, pretrained, device, concepts, cache_path, d
     from cbmctl.preflight import resolve_concepts
     resolved = resolve_device(device)
     cache, config = resolve_cache(data or dataset_option, device=resolved, log=log, plan=plan,
-                                  warn=lambda line: click.echo(line, err=True))
+                                  warn=echo_warning)
     concept_set = resolve_concepts(concepts, config, cache)
     if log and device.lower() == "auto":
         log(f"device: {resolved} (--device auto)")
     report = cms_report(cache, concept_set, split, per_class, not no_random_control, device=resolved, log=log)
     for warning in report["warnings"]:
-        click.echo(f"warning: {_shown(warning)}", err=True)
+        echo_warning(f"warning: {warning}")
     if as_json:
         return print_json(report)
     from rich.table import Table

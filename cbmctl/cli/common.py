@@ -60,7 +60,7 @@ def dataset_options(func):
 
 # a library parameter whose flag is not --NAME-WITH-DASHES
 FLAG_OF = {"cache_path": "--cache", "templates": "--template", "class_name": "--class", "set_values": "--set",
-           "dataset_format": "--format", "spec": "DATA"}
+           "dataset_format": "--format", "spec": "DATA", "methods": "--compare"}
 
 
 def flag_of(parameter: str) -> str:

@@ -47,11 +47,10 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
         raise click.UsageError(f"{spec} is a cache; give the dataset it was made from to embed it again")
     say = None if as_json else (lambda line: click.echo(line, err=True))
     if say:
+        from cbmctl.cli.common import echo_warning
         say(plan.dataset.summary())
-        for note in plan.notes:
-            say(f"note: {note}")
-        for warning in plan.warnings:
-            say(f"warning: {warning}")
+        for line in [f"note: {note}" for note in plan.notes] + [f"warning: {warning}" for warning in plan.warnings]:
+            echo_warning(line)
     from cbmctl.cli.common import on_interrupt
     on_interrupt("rerun the same `cbmctl embed` command to continue from its last finished shard")
     if plan.state == "up-to-date":

@@ -59,7 +59,7 @@ def _download(name: str, root: Path, torchvision_class: str) -> None:
     if not reachable("www.cs.toronto.edu"):
         folder = KNOWN_DATASETS[name][0][0]
         raise CbmctlError(f"{name} is not under {root} and the download site is unreachable: "
-                          f"put the official '{folder}' folder in {root} (or set --data-root / $CBMCTL_DATA)")
+                          f"put the official '{folder}' folder in {root} (or set `data_root` / $CBMCTL_DATA)")
     import torchvision
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
@@ -97,7 +97,7 @@ def resolve_dataset_path(spec: str, root: str | os.PathLike | None = None, downl
         _download(key, base, torchvision_class)
         return base / folders[0]
     raise CbmctlError(f"{key} not found under {base}: put the official dataset folder there as "
-                      f"'{folders[0]}' (or set --data-root / $CBMCTL_DATA)")
+                      f"'{folders[0]}' (or set `data_root` / $CBMCTL_DATA)")
 
 
 def detect_format(path: Path) -> str:
@@ -107,7 +107,7 @@ def detect_format(path: Path) -> str:
     inside = _dataset_inside(path)
     raise CbmctlError(f"{path}: unrecognised dataset layout (expected CUB_200_2011, CIFAR python batches, "
                       "Places365, ImageFolder train/ + val/ or test/, or manifest.csv/.jsonl); "
-                      + (f"did you mean {inside}?" if inside else "see --format"))
+                      + (f"did you mean {inside}?" if inside else "see `format`"))
 
 
 def _dataset_inside(path: Path) -> Path | None:
@@ -152,9 +152,9 @@ def _check_inside_root(dataset: Dataset, path: Path, allow: bool) -> None:
         first = sorted(outside)[0]
         raise CbmctlError(f"{path}: {len(outside)} listed image path(s) lead outside the dataset root "
                           f"{dataset.root} (first: {safe_text(first)[:80]!r}); move the images inside it, or pass "
-                          "--allow-outside-root to read them where they are")
+                          "`allow_outside_root` to read them where they are")
     dataset.outside_root = outside
-    dataset.notes.append(f"{len(outside)} image(s) lie outside the dataset root (--allow-outside-root); the cache "
+    dataset.notes.append(f"{len(outside)} image(s) lie outside the dataset root (`allow_outside_root`); the cache "
                          "records which")
 
 
@@ -179,7 +179,7 @@ def load_dataset(
     if format in ("cifar10", "cifar100"):
         format = "cifar"
     if format not in READERS:
-        raise CbmctlError(f"unknown --format {format!r} (choose from {', '.join(FORMATS)})" + did_you_mean(format, FORMATS))
+        raise CbmctlError(f"unknown `format` {format!r} (choose from {', '.join(FORMATS)})" + did_you_mean(format, FORMATS))
     if not READERS[format].detect(path):
         raise CbmctlError(f"{path} is not laid out as {format}")
     dataset = READERS[format].read(path)

@@ -51,21 +51,21 @@ def check_spec(spec: BenchSpec):
     """(the worlds' WorldSpec, the TrainConfig of every model), or a one-line error for any bad option."""
     from cbmctl.demo.presets import resolve_spec
     from cbmctl.demo.world import MAX_SEED
-    for name, value in (("--worlds", spec.worlds), ("--seeds", spec.seeds), ("--world-seed", spec.world_seed)):
+    for name, value in (("`worlds`", spec.worlds), ("`seeds`", spec.seeds), ("`world_seed`", spec.world_seed)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise CbmctlError(f"{name} must be a whole number, got {value!r}")
     if not MIN_WORLDS <= spec.worlds <= MAX_WORLDS:
-        raise CbmctlError(f"--worlds {spec.worlds}: between {MIN_WORLDS} and {MAX_WORLDS} (a pooled interval over "
+        raise CbmctlError(f"`worlds` {spec.worlds}: between {MIN_WORLDS} and {MAX_WORLDS} (a pooled interval over "
                           "worlds needs at least 2)")
     if not MIN_SEEDS <= spec.seeds <= MAX_SEEDS:
-        raise CbmctlError(f"--seeds {spec.seeds}: between {MIN_SEEDS} and {MAX_SEEDS} (a paired interval per world "
+        raise CbmctlError(f"`seeds` {spec.seeds}: between {MIN_SEEDS} and {MAX_SEEDS} (a paired interval per world "
                           "needs at least 2)")
     if not 0 <= spec.world_seed <= MAX_SEED:
-        raise CbmctlError(f"--world-seed {spec.world_seed}: between 0 and {MAX_SEED}")
+        raise CbmctlError(f"`world_seed` {spec.world_seed}: between 0 and {MAX_SEED}")
     given = {k: v for k, v in spec.knobs.items() if v is not None}
     world_spec = resolve_spec(spec.preset, **given)
     if world_spec.train_per_class < 2:
-        raise CbmctlError("--train-per-class must be at least 2: a validation image per species is carved out of them")
+        raise CbmctlError("`train_per_class` must be at least 2: a validation image per species is carved out of them")
     options = {k: v for k, v in spec.train.items() if v is not None}
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
@@ -112,10 +112,10 @@ def claim_folder(out: Path, wanted: dict) -> bool:
         difference = _first_difference(recorded, wanted)
         if difference:
             raise CbmctlError(f"{out} holds a bench made with other options ({difference}); rerun with its options "
-                              "to resume it, or give another --out")
+                              "to resume it, or give another `out`")
         return True
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-        raise CbmctlError(f"{out} exists and is not a bench folder (no {OPTIONS_FILE}); give another --out")
+        raise CbmctlError(f"{out} exists and is not a bench folder (no {OPTIONS_FILE}); give another `out`")
     runs.write_json(path, wanted)
     return False
 

@@ -85,11 +85,11 @@ def parse_fidelity(text) -> float | dict[str, float]:
         values = {}
         for family, value in pairs:
             if family.strip() in values:
-                raise CbmctlError(f"--fidelity {text!r}: {family.strip()!r} is given twice; give each family once")
+                raise CbmctlError(f"`fidelity` {text!r}: {family.strip()!r} is given twice; give each family once")
             values[family.strip()] = float(value)
         return values
     except ValueError:
-        raise CbmctlError(f"--fidelity {text!r}: give a number in [0, 1] or FAMILY=NUMBER pairs, e.g. "
+        raise CbmctlError(f"`fidelity` {text!r}: give a number in [0, 1] or FAMILY=NUMBER pairs, e.g. "
                           "color=0.7,shape=0.9") from None
 
 
@@ -107,13 +107,13 @@ def _fidelity(preset: dict[str, float], given) -> dict[str, float]:
         if isinstance(value, dict):
             for family in value:
                 if family not in FAMILIES:
-                    raise CbmctlError(f"--fidelity: unknown family {family!r} (families: {', '.join(FAMILIES)})")
+                    raise CbmctlError(f"`fidelity`: unknown family {family!r} (families: {', '.join(FAMILIES)})")
             fidelity.update(value)
         else:
             fidelity = {family: value for family in FAMILIES}
     for family, value in fidelity.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise CbmctlError(f"--fidelity {family}={value!r}: must be between 0 and 1")
+            raise CbmctlError(f"`fidelity` {family}={value!r}: must be between 0 and 1")
     if set(fidelity) != set(FAMILIES):
         raise CbmctlError(f"fidelity must give every family ({', '.join(FAMILIES)})")
     return fidelity
@@ -134,37 +134,37 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
         sets = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
         bad = [s for s in sets if s not in CONCEPT_SETS]
         if bad or not sets or len(set(sets)) != len(sets):
-            raise CbmctlError(f"--concept-sets {','.join(map(str, sets))!r}: name each of "
+            raise CbmctlError(f"`concept_sets` {','.join(map(str, sets))!r}: name each of "
                               f"{', '.join(CONCEPT_SETS)} at most once (the first is the world's default)")
         given["concept_sets"] = tuple(sets)
     spec = replace(spec, fidelity={f: float(fidelity[f]) for f in FAMILIES}, **given)
     for name in ("train_per_class", "test_per_class"):
-        if not 1 <= _as_int(f"--{name.replace('_', '-')}", getattr(spec, name)) <= MAX_PER_CLASS:
-            raise CbmctlError(f"--{name.replace('_', '-')} {getattr(spec, name)}: between 1 and {MAX_PER_CLASS} images "
+        if not 1 <= _as_int(f"`{name}`", getattr(spec, name)) <= MAX_PER_CLASS:
+            raise CbmctlError(f"`{name}` {getattr(spec, name)}: between 1 and {MAX_PER_CLASS} images "
                               "per species")
     spec = replace(spec, train_per_class=int(spec.train_per_class), test_per_class=int(spec.test_per_class))
     if spec.species not in SPECIES_SETS:
-        raise CbmctlError(f"--species {spec.species!r}: one of {', '.join(SPECIES_SETS)}")
+        raise CbmctlError(f"`species` {spec.species!r}: one of {', '.join(SPECIES_SETS)}")
     nuisance = spec.nuisance
     if isinstance(nuisance, bool) or not isinstance(nuisance, (int, float)) or not 0.0 <= nuisance <= 1.0:
-        raise CbmctlError(f"--nuisance {nuisance!r}: a strength between 0 (clean images) and 1 (the cub-like "
+        raise CbmctlError(f"`nuisance` {nuisance!r}: a strength between 0 (clean images) and 1 (the cub-like "
                           "calibration)")
     spec = replace(spec, nuisance=float(nuisance))
     if "llm" in spec.concept_sets and spec.species != "cub-like":
-        raise CbmctlError("the 'llm' concept set describes the cub-like species: give it with --species cub-like")
+        raise CbmctlError("the 'llm' concept set describes the cub-like species: give it with `species` cub-like")
     most = max_confusable(spec.species)
-    if not 0 <= _as_int("--confusable", spec.confusable) <= most:
-        raise CbmctlError(f"--confusable {spec.confusable}: between 0 and {most} (pairs that can be made to "
+    if not 0 <= _as_int("`confusable`", spec.confusable) <= most:
+        raise CbmctlError(f"`confusable` {spec.confusable}: between 0 and {most} (pairs that can be made to "
                           "differ in one attribute without touching any other pair)")
     pool = len(distractor_pool())
-    if not 0 <= _as_int("--distractors", spec.distractors) <= pool:
-        raise CbmctlError(f"--distractors {spec.distractors}: between 0 and {pool} (the phrases the demo CLIP "
+    if not 0 <= _as_int("`distractors`", spec.distractors) <= pool:
+        raise CbmctlError(f"`distractors` {spec.distractors}: between 0 and {pool} (the phrases the demo CLIP "
                           "can compose)")
     if "distractors" in spec.concept_sets and spec.distractors == 0:
-        raise CbmctlError("the 'distractors' concept set needs --distractors above 0")
+        raise CbmctlError("the 'distractors' concept set needs `distractors` above 0")
     noise = spec.concept_noise
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
-        raise CbmctlError(f"--concept-noise {noise!r}: a share between 0 and 1")
+        raise CbmctlError(f"`concept_noise` {noise!r}: a share between 0 and 1")
     return replace(spec, confusable=int(spec.confusable), distractors=int(spec.distractors),
                    concept_noise=float(noise))
 
@@ -195,6 +195,6 @@ def read_world_spec(root) -> tuple[int | None, WorldSpec]:
     try:
         spec = resolve_spec(str(data.get("preset", "default")), **data["knobs"])
     except CbmctlError as error:
-        raise CbmctlError(f"{path}: {error}") from None
+        raise CbmctlError(f"{path}: {error}", options=()) from None  # the file's keys, not flags
     seed = data.get("seed")
     return (seed if isinstance(seed, int) and not isinstance(seed, bool) else None), spec

@@ -131,20 +131,20 @@ def make_world(directory, seed: int = 0, images_per_class: int | None = None, pr
     so a failure (or an interrupt) leaves nothing behind."""
     root = Path(directory)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise CbmctlError(f"--seed {seed!r}: a whole number between 0 and {MAX_SEED}")
+        raise CbmctlError(f"`seed` {seed!r}: a whole number between 0 and {MAX_SEED}")
     _check_target(root)
     if images_per_class is not None:
         if knobs.get("train_per_class") is not None or knobs.get("test_per_class") is not None:
-            raise CbmctlError("give --images-per-class or --train-per-class/--test-per-class, not both")
+            raise CbmctlError("give `images_per_class` or `train_per_class`/`test_per_class`, not both")
         if not 3 <= images_per_class <= 2 * presets.MAX_PER_CLASS:
-            raise CbmctlError(f"--images-per-class {images_per_class}: between 3 (two train images, one carved for "
+            raise CbmctlError(f"`images_per_class` {images_per_class}: between 3 (two train images, one carved for "
                               f"validation, and one test image) and {2 * presets.MAX_PER_CLASS}")
         knobs["train_per_class"] = max(2, int(round(0.5 * images_per_class)))
         knobs["test_per_class"] = images_per_class - knobs["train_per_class"]
     given = knobs.get("train_per_class")
     spec = None if isinstance(given, int) and given < 2 else presets.resolve_spec(preset, **knobs)
     if spec is None or spec.train_per_class < 2:
-        raise CbmctlError("--train-per-class must be at least 2: cbmctl carves a validation image per species out "
+        raise CbmctlError("`train_per_class` must be at least 2: cbmctl carves a validation image per species out "
                           "of the train images, and 1 would leave none to validate (or train) on")
     from cbmctl.files import file_lock
     try:
