@@ -92,7 +92,10 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict:
 
 
 def paired_difference(values: list[float], reference: list[float], level: float = 0.95) -> dict:
-    """The mean of values[i] − reference[i] (same seed i), its Student-t interval and two-sided p-value."""
+    """The mean of values[i] − reference[i] (same seed i), its Student-t interval and two-sided p-value. Equal
+    differences on every seed have no spread to test against: p is 1 where they are all 0 and None (not
+    tested) otherwise — with a few seeds and accuracies that move in steps of one image, identical nonzero
+    differences are a coincidence of the steps, not certainty (p = 0 would call them significant)."""
     if len(values) != len(reference):
         raise ValueError("a paired difference needs one value per seed on both sides")
     differences = [a - b for a, b in zip(values, reference)]
@@ -101,7 +104,7 @@ def paired_difference(values: list[float], reference: list[float], level: float 
     if n < 2:
         result["p"] = None
     elif std == 0:
-        result["p"] = 1.0 if result["mean"] == 0 else 0.0
+        result["p"] = 1.0 if result["mean"] == 0 else None
     else:
         t = result["mean"] / (std / math.sqrt(n))
         result["p"] = 2 * (1 - student_t_cdf(abs(t), n - 1))

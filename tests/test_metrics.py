@@ -81,6 +81,9 @@ def test_interval_paired_difference_and_holm_by_hand():
     assert difference["mean"] == pytest.approx(0.325) and difference["p"] == pytest.approx(0.20526, abs=1e-4)
     same = paired_difference([0.5, 0.6], [0.5, 0.6])
     assert same["mean"] == 0 and same["p"] == 1.0
+    steps = paired_difference([3.0, 5.0], [1.0, 3.0])  # the same step on both seeds: no spread, nothing tested
+    assert steps["mean"] == 2.0 and steps["std"] == 0 and steps["p"] is None
+    assert holm({"steps": steps["p"], "other": 0.001}) == {"steps": False, "other": True}
     # Holm at 0.05 over three: 0.01 ≤ 0.05/3, 0.02 ≤ 0.05/2, 0.04 ≤ 0.05/1 → all; with 0.03 ≤ 0.025 failing, it stops
     assert holm({"a": 0.01, "b": 0.02, "c": 0.04}) == {"a": True, "b": True, "c": True}
     assert holm({"a": 0.01, "b": 0.03, "c": 0.04, "d": None}) == {"a": True, "b": False, "c": False, "d": False}

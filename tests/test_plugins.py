@@ -162,3 +162,24 @@ def test_a_plug_in_whose_code_raises_is_named_in_one_line_not_a_traceback():
     finally:
         unregister_backbone("acme-broken")
         unregister_vocabulary("acme-vocabulary")
+
+
+def test_a_plug_in_that_fails_to_load_is_named_by_models_and_by_the_name_it_would_have_brought(
+        cli, tmp_path, monkeypatch):
+    import cbmctl.plugins as plugins
+    # an installed distribution whose entry point names a module that is not there (a broken install)
+    info = tmp_path / "acme_clip-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-clip\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[cbmctl.backbones]\nacme = acme_clip_missing.cbmctl:register\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_loaded", set())
+    monkeypatch.setattr(plugins, "_failed", {})
+    result = cli("models")
+    assert result.exit_code == 0
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning == ["warning: plug-ins that failed to load: acme = acme_clip_missing.cbmctl:register: "
+                       "No module named 'acme_clip_missing'"]
+    assert "demo: (shipped)" in result.stdout.splitlines()  # the others still load
+    with pytest.raises(CbmctlError, match="plug-ins that failed to load: acme = acme_clip_missing"):
+        parse_model_name("acme-tiny-v2", zoo={"ViT-B-32"})  # a name neither the zoo nor a plug-in serves

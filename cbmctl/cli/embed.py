@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cbmctl.cli.common import backbone_options, dataset_options, print_json
+from cbmctl.cli.common import backbone_options, dataset_options, echo_warning, print_json
 
 
 @click.command()
@@ -47,7 +47,6 @@ def embed(data, dataset_option, cache_path, model, pretrained, device, dataset_f
         raise click.UsageError(f"{spec} is a cache; give the dataset it was made from to embed it again")
     say = None if as_json else (lambda line: click.echo(line, err=True))
     if say:
-        from cbmctl.cli.common import echo_warning
         say(plan.dataset.summary())
         for line in [f"note: {note}" for note in plan.notes] + [f"warning: {warning}" for warning in plan.warnings]:
             echo_warning(line)
@@ -89,7 +88,11 @@ def _render(report):
 
 def _print_models(as_json):
     from cbmctl.backbones import list_models
+    from cbmctl.backbones.registry import plugin_failures
     models = list_models()
+    failed = plugin_failures().strip(" ()")
+    if failed:  # a model the user installed a plug-in for is missing from the list: say why
+        echo_warning(f"warning: {failed}")
     if as_json:
         return print_json(models)
     for name, tags in models.items():
