@@ -12,6 +12,7 @@ from pathlib import Path
 from cbmctl import runs
 from cbmctl.errors import CbmctlError
 from cbmctl.identity import backbone_difference, concepts_difference, data_difference
+from cbmctl.sanitize import safe_text
 from cbmctl.spec import BASELINES, TrainConfig
 from cbmctl.stats import holm, mean_interval, paired_difference
 from cbmctl.training import TrainingData, TrainResult, describe, run_baseline, train_many
@@ -82,6 +83,8 @@ def _run_experiment(data: TrainingData, base: TrainConfig, methods: list[str], s
             warn(line)
 
         say(f"torch: {threads.count} CPU thread{'s' * (threads.count != 1)} ({threads.reason})")
+        if data.record.get("ground_truth"):
+            say(f"concept precision: the ground truth is read through {safe_text(data.record['ground_truth'])}")
         members = [(method, seed) for method in methods if method not in BASELINES for seed in seeds]
         results: dict[str, list[TrainResult]] = {method: [] for method in methods}
         if members:

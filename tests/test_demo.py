@@ -121,6 +121,10 @@ def test_train_needs_no_flag_on_the_demo_world(demo_run):
     test = metrics["test"]
     assert test["top1"] > 0.3 and 0 < test["concept_precision@5"] <= 1 and test["nec"] == 5
     assert metrics["record"]["backbone"]["backbone_model"] == "demo"
+    # what decides concept precision is said, and recorded
+    assert "concept precision: the ground truth is read through the demo world attribute vocabulary (a plug-in)" \
+        in output.splitlines()
+    assert metrics["record"]["ground_truth"] == "the demo world attribute vocabulary (a plug-in)"
 
 
 def test_explanations_of_correct_demo_images_name_their_true_attributes(demo_run):

@@ -183,3 +183,16 @@ def test_a_plug_in_that_fails_to_load_is_named_by_models_and_by_the_name_it_woul
     assert "demo: (shipped)" in result.stdout.splitlines()  # the others still load
     with pytest.raises(CbmctlError, match="plug-ins that failed to load: acme = acme_clip_missing"):
         parse_model_name("acme-tiny-v2", zoo={"ViT-B-32"})  # a name neither the zoo nor a plug-in serves
+
+
+def test_a_third_party_vocabulary_that_claims_a_dataset_is_named_as_its_ground_truth(tmp_path):
+    from cbmctl.concept_truth import AttributeVocabulary, register_vocabulary, unregister_vocabulary
+    from cbmctl.training.data import truth_source
+    assert truth_source(["acme_sheen::matte"]) is None  # nobody claims these attributes: no ground truth
+    assert truth_source(None) is None
+    register_vocabulary(AttributeVocabulary("acme", claims=lambda names: True, ways=lambda concept: [[concept]]))
+    try:
+        assert truth_source(["acme_sheen::matte"]) == "the acme attribute vocabulary (a plug-in)"
+        assert truth_source(["acme_sheen::matte"], tmp_path / "map.yaml") == f"the concept map {tmp_path / 'map.yaml'}"
+    finally:
+        unregister_vocabulary("acme")

@@ -358,6 +358,9 @@ def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = F
 def _one_world(index, seed, out, spec, world_spec, config, backbone, say, warn, progress) -> dict:
     prefix = f"world {index}/{spec.worlds} (seed {seed})"
     world = _World(index, seed, out / f"world-{index}", lambda line: say(f"{prefix}: {line}"))
+    if (world.result.exists() or world.result.is_symlink()) and not world.result.is_file():
+        # a directory, pipe or dangling link in its place: neither a finished world nor one to overwrite after minutes
+        raise CbmctlError(f"{world.result} is not a file; move it away and run the bench again")
     if world.result.is_file():
         result = check_world_result(runs.read_json(world.result, "bench world result"), world, spec.seeds,
                                     str(world.result))

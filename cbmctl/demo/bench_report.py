@@ -127,18 +127,21 @@ def apply_holm(entries: list[dict]) -> None:
 
 def verdict(contrast: Contrast, pooled: dict | None) -> str:
     """'greater': reproduces when Holm-significant in the claimed direction, does not when Holm-significant
-    against it, else inconclusive. 'not_lower': does not reproduce when Holm-significantly lower, reproduces
-    when the whole interval lies above −margin, else inconclusive."""
+    against it, else inconclusive. 'not_lower' (non-inferiority): reproduces when the whole interval lies
+    above −margin, does not when it lies wholly below, else inconclusive — a loss smaller than the margin,
+    however significant, is what the claim allows."""
     if not pooled:
         return "not measured"
     mean = contrast.direction * pooled["mean"]
-    low = min(contrast.direction * pooled["ci_low"], contrast.direction * pooled["ci_high"])
-    significant = pooled.get("significant", False)
-    if significant and mean < 0:
-        return "does not reproduce"
+    low, high = sorted((contrast.direction * pooled["ci_low"], contrast.direction * pooled["ci_high"]))
     if contrast.kind == "greater":
-        return "reproduces" if significant and mean > 0 else "inconclusive"
-    return "reproduces" if low > -contrast.margin else "inconclusive"
+        significant = pooled.get("significant", False)
+        if significant:
+            return "reproduces" if mean > 0 else "does not reproduce"
+        return "inconclusive"
+    if low > -contrast.margin:
+        return "reproduces"
+    return "does not reproduce" if high < -contrast.margin else "inconclusive"
 
 
 def claim_verdict(mode: str, verdicts: list[str]) -> str:

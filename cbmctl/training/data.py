@@ -110,8 +110,21 @@ def prepare_data(cache, concept_set, random_concepts: bool = False, concept_map=
         logit_scale=float(cache.attrs["logit_scale"]),
         concepts=list(concept_set.concepts), classes=classes,
         truth={s: truth_matrix(names, d.attributes, concept_set.concepts, mapping) for s, d in splits.items()},
-        record=_provenance(cache, concept_set),
+        record={**_provenance(cache, concept_set), "ground_truth": truth_source(names, concept_map)},
     )
+
+
+def truth_source(attribute_names, concept_map=None) -> str | None:
+    """Where the concepts' ground truth (concept precision) is read from, in words, or None: the concept map
+    given, else the attribute vocabulary a plug-in registered for these attribute names (whichever plug-in
+    claims them decides what counts as true, so a run says which one did)."""
+    from cbmctl.concept_truth import vocabulary_of
+    if attribute_names is None:
+        return None
+    if concept_map:
+        return f"the concept map {concept_map}"
+    vocabulary = vocabulary_of(attribute_names)
+    return None if vocabulary is None else f"the {vocabulary.name} attribute vocabulary (a plug-in)"
 
 
 def _provenance(cache, concept_set) -> dict:
