@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
         run = root / "runs" / head
         run.mkdir(parents=True)
         config = TrainConfig(epochs=8, min_epochs=1, device="cpu", batch_size=64, head=head, nec=2)
-        run_experiment(data, config, ["gumbel"], [0], run, {}, log=None)
+        run_experiment(data, config, ["gumbel"], [0], run, {}, log=None, figures=False)  # the TUI draws no PNG
         made[head] = run
     return made
 
