@@ -79,13 +79,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
     from cbmctl.training import prepare_data
     warn = warn or sayer(log)
     device = resolve_device(spec.train.device)  # an unusable --device is an error before anything is embedded
-    # an unwritable destination is found before minutes of embedding and training, not after them
-    if resume is not None:
-        runs.check_writable(Path(resume), "the resumed run")
-        runs.check_latest_free(Path(resume).parent)
-    else:
-        runs.check_writable(Path(run_dir) if run_dir is not None else Path(spec.out))
-        runs.check_latest_free(Path(run_dir).parent if run_dir is not None else Path(spec.out))
+    _check_destination(spec, run_dir, resume)
     cache, dataset_config = resolve_cache(spec.data, device=device, log=log, warn=warn,
                                           plan=plan or plan_train(spec))
     concept_set = resolve_concepts(spec.concepts, dataset_config, cache)
@@ -98,14 +92,7 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
                    data_root=_absolute(spec.data_root), concept_map=_absolute(spec.concept_map),
                    concepts=concept_set.name if concept_set.source.startswith("builtin:") else
                    _absolute(concept_set.source))
-    train_images = int(data.labels["train"].shape[0])
-    if spec.train.batch_size > train_images:
-        warn(f"note: `batch_size` {spec.train.batch_size} is more than the {train_images} train images: every epoch "
-             "is one batch of all of them")
-    if spec.train.precision_k > len(data.concepts):
-        warn(f"warning: `precision_k` {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
-             f"precision@{len(data.concepts)} is reported instead")
-        spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
+    spec = _fitted_to_the_data(spec, data, warn)
     if resume is not None:
         run_dir = Path(resume).resolve()
     elif run_dir is not None:
@@ -123,3 +110,29 @@ def run_train(spec, log=None, run_dir: Path | None = None, resume: Path | None =
                                 warn=warn, started=started, device=device)
     runs.point_latest(run_dir.parent, run_dir)
     return result
+
+
+def _check_destination(spec, run_dir, resume) -> None:
+    """An unwritable destination, or a `latest` of the user's in it, is found before minutes of embedding and
+    training, not after them."""
+    from cbmctl import runs
+    if resume is not None:
+        runs.check_writable(Path(resume), "the resumed run")
+        runs.check_latest_free(Path(resume).parent)
+    else:
+        runs.check_writable(Path(run_dir) if run_dir is not None else Path(spec.out))
+        runs.check_latest_free(Path(run_dir).parent if run_dir is not None else Path(spec.out))
+
+
+def _fitted_to_the_data(spec, data, warn):
+    """The spec with the options the data cannot honour adjusted, each said in one line: a batch larger than
+    the train split (noted), a precision@k past the concept count (reported at k = C)."""
+    train_images = int(data.labels["train"].shape[0])
+    if spec.train.batch_size > train_images:
+        warn(f"note: `batch_size` {spec.train.batch_size} is more than the {train_images} train images: every epoch "
+             "is one batch of all of them")
+    if spec.train.precision_k > len(data.concepts):
+        warn(f"warning: `precision_k` {spec.train.precision_k} is more than the {len(data.concepts)} concepts: "
+             f"precision@{len(data.concepts)} is reported instead")
+        spec = replace(spec, train=replace(spec.train, precision_k=len(data.concepts)))
+    return spec
