@@ -92,14 +92,14 @@ def templates_of(attrs: dict) -> list[str]:
 
 
 def template_mismatch(path, recorded: list[str], wanted: list[str],
-                      hint: str = "pass --overwrite to rebuild it, or --cache another file") -> str:
+                      hint: str = "pass `overwrite` to rebuild it, or another `cache_path`") -> str:
     return (f"{path} was made with class-prompt template(s) {json.dumps(recorded)[:120]} but this run asks for "
             f"{json.dumps(wanted)[:120]}; {hint}")
 
 
 def _other_embeddings(path, made: str, difference: Difference) -> str:
     return (f"{path} {made} with {difference.field}={difference.recorded} but this run has {difference.current}; "
-            "pass --overwrite to replace it, or --cache another file")
+            "pass `overwrite` to replace it, or another `cache_path`")
 
 
 def _write_atomic_npz(path: Path, **arrays) -> None:
@@ -246,7 +246,7 @@ def _assemble(dataset, backbone, journal, manifest, header: dict, cache: Path, t
             class_vectors = backbone.encode_prompts(dataset.classes, templates).numpy()
             if not np.isfinite(class_vectors).all():
                 raise CbmctlError(f"{backbone.name}/{backbone.pretrained} gave NaN or infinite class-prompt "
-                                  f"embeddings; this backbone cannot be used (try --device cpu or other weights)")
+                                  f"embeddings; this backbone cannot be used (try `device` cpu or other weights)")
             classes = handle.create_group("classes")
             classes.create_dataset("names", data=string_array(dataset.classes))
             classes.create_dataset("embeddings", data=class_vectors.astype(np.float32))
@@ -306,9 +306,9 @@ def _finished(cache: Path, header: dict, templates: list[str]) -> EmbedReport | 
     except CacheLocked:
         raise  # waiting helps; overwriting would not
     except CbmctlError as error:
-        raise CbmctlError(f"{error}; pass --overwrite to replace it, or --cache another file") from None
+        raise CbmctlError(f"{error}; pass `overwrite` to replace it, or another `cache_path`") from None
     if "schema_version" not in existing:
-        raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass --overwrite or --cache another file")
+        raise CbmctlError(f"{cache} exists and is not a cbmctl cache; pass `overwrite`, or another `cache_path`")
     difference = cache_difference(existing, header)
     if difference:
         raise CbmctlError(_other_embeddings(cache, "was made", difference))

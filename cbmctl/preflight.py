@@ -127,8 +127,8 @@ def check_existing(plan: CachePlan, spec, overwrite) -> CachePlan:
     from cbmctl.identity import data_difference
     embed = " ".join(filter(None, ["cbmctl embed", str(spec), f"--cache {plan.cache}" if plan.explicit_cache else "",
                                    _flags(plan.model, plan.pretrained), "--overwrite"]))
-    hint = ("pass --overwrite to rebuild it, or --cache another file" if overwrite is not None else
-            f"rebuild it with `{embed}`, or pass --cache another file")
+    hint = ("pass `overwrite` to rebuild it, or another `cache_path`" if overwrite is not None else
+            f"rebuild it with `{embed}`, or pass another `cache_path`")
     try:
         cache = open_cache(plan.cache)
     except (CacheLocked, CacheNeedsRebuild):
