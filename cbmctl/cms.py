@@ -251,6 +251,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
                            device, random_control)
     if any(r["transductive"] for r in rows):
         notes.append("col-normalised variants divide by column sums over the evaluated images: transductive")
+    notes += negative_sum_notes(features, concept_embeddings, class_embeddings, chunk, device)
     return {"split": split, "images": int(len(features)), "classes": len(classes),
             "concept_set": concept_set.record(), "backbone": backbone_record(cache), "cache": str(cache.path),
             "device": str(device), "rows": rows, "notes": notes, "warnings": warnings}
@@ -281,6 +282,31 @@ def _centring(cache, classes: list[str], concept_embeddings, class_embeddings, s
     if v_train_mean is None:
         notes.append(f"{CENTRED.name} skipped: the cache has no train images to centre V with")
     return variants, v_train_mean, notes, warnings
+
+
+def negative_sum_notes(features, concept_embeddings, class_embeddings, chunk: int, device) -> list[str]:
+    """What the normalised variants divided by: the rows and columns of V and T whose sums are below zero,
+    where dividing turns the cosine rule's ranking upside down. CLIP's image–text cosines are positive on
+    real data, so there the division changes nothing; a backbone whose cosines centre on zero (the demo
+    CLIP) makes these variants fall below chance, which the output must say rather than leave to be read as
+    a finding about CMS."""
+    search = ConceptMatrixSearch(concept_embeddings, class_embeddings, device)
+    direction = search.concepts.sum(dim=0)  # Σ_j V_ij = x̂_i · Σ_j d̂_j: the row sums without V
+    row_sums = torch.cat([search.normalised(features[start:start + chunk]) @ direction
+                          for start in range(0, len(features), chunk)]) if len(features) else torch.zeros(0)
+    column_sums, _ = search.column_sums(features[start:start + chunk] for start in range(0, len(features), chunk))
+    terms = search.concepts.shape[0]
+    below = {"image rows of V": (int((row_sums < -terms * ZERO_SUM_PER_TERM).sum()), len(row_sums)),
+             "class rows of T": (int((search.t.sum(dim=1) < -terms * ZERO_SUM_PER_TERM).sum()), len(search.t)),
+             "concept columns of V": (int((column_sums < -len(features) * ZERO_SUM_PER_TERM).sum()), terms),
+             "concept columns of T": (int((search.t.sum(dim=0) < -len(search.t) * ZERO_SUM_PER_TERM).sum()), terms)}
+    negative = [f"{count:,} of {total:,} {what}" for what, (count, total) in below.items() if count]
+    if not negative:
+        return []
+    return [f"the normalised variants divide by sums below zero in {', '.join(negative)}: an image's negative row "
+            "sum turns its best class into its worst, a class's reverses that class's scores, a column's reverses "
+            "its concept (this backbone's image-text cosines are not all positive, as CLIP's are on real data, "
+            "where these divisions change no ranking)"]
 
 
 def _control_rows(add_row, cache, concept_set, classes: list[str], features, concept_embeddings, class_embeddings,

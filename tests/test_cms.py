@@ -204,6 +204,24 @@ def test_chunked_equals_unchunked():
     assert torch.equal(zero_shot_predict(features, classes, 10_000), zero_shot_predict(features, classes, 37))
 
 
+def test_sums_below_zero_are_counted_where_the_normalised_variants_divide_by_them():
+    from cbmctl.cms import negative_sum_notes
+    concepts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    classes = torch.tensor([[1.0, 0.2], [-1.0, -0.1]])  # the second class's row of T sums below zero
+    positive = torch.tensor([[1.0, 1.0], [2.0, 1.0]])
+    assert negative_sum_notes(positive, concepts, classes[:1], 10, "cpu") == []  # CLIP-like: nothing to say
+    # image 1's row of V sums below zero; over the images, concept 1's column does too (−0.03)
+    images = torch.tensor([[1.0, 0.5], [-1.0, -0.9], [0.5, 0.1]])
+    note, = negative_sum_notes(images, concepts, classes, 2, "cpu")
+    assert note.startswith("the normalised variants divide by sums below zero in 1 of 3 image rows of V, 1 of 2 "
+                           "class rows of T, 1 of 2 concept columns of V, 1 of 2 concept columns of T:")
+    # the hand computation: V's row sums and column sums, T's row and column sums
+    v = torch.nn.functional.normalize(images, dim=1) @ concepts.T
+    t = torch.nn.functional.normalize(classes, dim=1) @ concepts.T
+    assert (v.sum(1) < 0).sum() == 1 and (v.sum(0) < 0).sum() == 1 and (t.sum(1) < 0).sum() == 1
+    assert (t.sum(0) < 0).sum() == 1
+
+
 def test_zero_shot_and_description_baselines():
     images = torch.tensor([[0.9, 0.3, 0.1], [0.1, 0.2, 0.95], [0.2, 0.8, 0.5]])
     assert zero_shot_predict(images, CLASSES).tolist() == [0, 2, 1]
