@@ -402,16 +402,21 @@ def difference_text(difference: dict | None) -> str:
 
 def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test top-1") -> str:
     """One sentence: which methods differ from the plain CBM ('none') in `key`, paired over seeds with
-    Holm's correction, with the size and interval of each difference; and which do not."""
-    differ, same = [], []
+    Holm's correction, with the size and interval of each difference; and which do not, or cannot be tested
+    (the same difference on every seed leaves no spread to test against)."""
+    differ, same, untested = [], [], []
     for row in rows:
         difference = row.get("vs_none", {}).get(key)
         if not difference or difference.get("ci_high") is None:
             continue
-        text = (f"{safe_text(row['method'])} {100 * difference['mean']:+.2f} points "
+        name = safe_text(row["method"])
+        if difference.get("p") is None:
+            untested.append(f"{name} {100 * difference['mean']:+.2f} points")
+            continue
+        text = (f"{name} {100 * difference['mean']:+.2f} points "
                 f"[{100 * difference['ci_low']:+.2f}, {100 * difference['ci_high']:+.2f}]")
         (differ if difference.get("significant") else same).append(text)
-    if not differ and not same:
+    if not differ and not same and not untested:
         return ""
     parts = []
     if differ:
@@ -419,6 +424,9 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
     if same:
         parts.append("not significant after Holm's correction (an uncorrected interval may still exclude 0): "
                      + "; ".join(same))
+    if untested:
+        parts.append("the same difference on every seed, so no interval and no test (more seeds would give one): "
+                     + "; ".join(untested))
     return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
             "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")
 

@@ -91,6 +91,9 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n, "values": list(values)}
 
 
+NO_SPREAD = 1e-12  # a spread (or mean) this small against the values is float rounding, not a measurement
+
+
 def paired_difference(values: list[float], reference: list[float], level: float = 0.95) -> dict:
     """The mean of values[i] − reference[i] (same seed i), its Student-t interval and two-sided p-value. Equal
     differences on every seed have no spread to test against: p is 1 where they are all 0 and None (not
@@ -103,8 +106,8 @@ def paired_difference(values: list[float], reference: list[float], level: float 
     n, std = len(differences), result["std"]
     if n < 2:
         result["p"] = None
-    elif std == 0:
-        result["p"] = 1.0 if result["mean"] == 0 else None
+    elif std <= NO_SPREAD * max(1.0, abs(result["mean"])):  # equal up to float rounding
+        result["p"] = 1.0 if abs(result["mean"]) <= NO_SPREAD else None
     else:
         t = result["mean"] / (std / math.sqrt(n))
         result["p"] = 2 * (1 - student_t_cdf(abs(t), n - 1))

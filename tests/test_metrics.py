@@ -87,3 +87,21 @@ def test_interval_paired_difference_and_holm_by_hand():
     # Holm at 0.05 over three: 0.01 ≤ 0.05/3, 0.02 ≤ 0.05/2, 0.04 ≤ 0.05/1 → all; with 0.03 ≤ 0.025 failing, it stops
     assert holm({"a": 0.01, "b": 0.02, "c": 0.04}) == {"a": True, "b": True, "c": True}
     assert holm({"a": 0.01, "b": 0.03, "c": 0.04, "d": None}) == {"a": True, "b": False, "c": False, "d": False}
+
+
+def test_the_significance_sentence_separates_significant_not_significant_and_untested():
+    from cbmctl.render import significance_sentence
+    from cbmctl.stats import paired_difference
+    none = [0.50, 0.52, 0.51]
+    rows = [{"method": "none"},
+            {"method": "gumbel", "vs_none": {"top1": {**paired_difference([0.60, 0.63, 0.61], none), "significant": True}}},
+            {"method": "l1", "vs_none": {"top1": {**paired_difference([0.49, 0.53, 0.52], none), "significant": False}}},
+            {"method": "zero-shot", "vs_none": {"top1": {**paired_difference([0.40, 0.42, 0.41], none),
+                                                          "significant": False}}}]
+    sentence = significance_sentence(rows)
+    significant, rest = sentence.split("differ significantly from the plain CBM (none): ")[1].split(". not significant")
+    assert significant == "gumbel +10.33 points [+8.90, +11.77]"  # ±t(0.975, 2)·0.00577/√3 = ±1.43
+    assert "l1 +0.33 points [" in rest and "zero-shot" not in rest.split("no test")[0]
+    # 0.40 − 0.50, 0.42 − 0.52, 0.41 − 0.51: the same −10 points on every seed, not a zero-width interval
+    assert rest.endswith("the same difference on every seed, so no interval and no test (more seeds would give one): "
+                         "zero-shot -10.00 points.")
