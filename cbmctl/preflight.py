@@ -9,6 +9,7 @@ answered from the cache's record (dataset fingerprint, model, pretrained tag, we
 versions that fix the preprocessing, templates) without loading a model."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,7 +244,43 @@ def resolve_concepts(concepts: str | None, config, cache):
     if name is None:
         raise CbmctlError("no concept set: name one with `concepts` (a built-in set, see `cbmctl concepts list`, "
                           "or a file) or set 'concepts:' in the dataset's cbmctl.yaml")
+    path = Path(str(name)).expanduser()
+    if not (path.is_file() or os.path.lexists(path)) and str(name) not in builtin_sets():
+        _refuse_unknown_set(str(name), cache)
     return load_concept_set(str(name))
+
+
+def _refuse_unknown_set(name: str, cache) -> None:
+    """A concept set that is no file, no built-in set and none of the dataset's own: one line naming both
+    kinds, with the closest name of either."""
+    from cbmctl.concepts import builtin_sets
+    from cbmctl.sanitize import safe_text
+    from cbmctl.suggest import did_you_mean
+    own = _dataset_set_names(cache)
+    builtin = sorted(builtin_sets())
+    raise CbmctlError(f"concept set {safe_text(repr(name))[:200]}: no such file, not a built-in set "
+                      f"({', '.join(builtin) or 'none'})"
+                      + (f" and not one of this dataset's own ({safe_text(', '.join(own))[:300]})" if own else "")
+                      + did_you_mean(name, builtin + own))
+
+
+def _dataset_set_names(cache, most: int = 50) -> list[str]:
+    """The names of the dataset's own concept sets: a demo world's (world.json) and concepts/NAME.txt."""
+    from cbmctl.data_files import load_json
+    root = Path(str(cache.attrs.get("dataset_root", "")))
+    if not root.is_dir():
+        return []
+    names = []
+    if (root / "world.json").is_file():
+        try:
+            record = load_json(root / "world.json")
+        except CbmctlError:
+            record = None
+        sets = record.get("concept_sets") if isinstance(record, dict) else None
+        names += [str(key) for key in sets][:most] if isinstance(sets, dict) else []
+    if (root / "concepts").is_dir():
+        names += sorted(p.stem for p in (root / "concepts").glob("*.txt"))[:most]
+    return sorted(set(names))[:most]
 
 
 def _dataset_concept_set(name: str, cache) -> str | None:

@@ -256,3 +256,23 @@ def test_concepts_cli(cli, tmp_path, tiny_model, chat_server):
     for concept in generated_all:  # each one is either written or reported with its reason
         assert (concept in written) != (f"drop '{concept}':" in result.output), concept
     assert "7 concepts generated" in result.output
+
+
+def test_an_unknown_concept_set_names_the_datasets_own_sets_and_the_closest(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from cbmctl.datasets.config import DatasetConfig
+    from cbmctl.preflight import resolve_concepts
+    (tmp_path / "world.json").write_text(json.dumps({"concept_sets": {"llm": {"concepts": "concepts/llm.txt"},
+                                                                      "distractors": {}}}))
+    (tmp_path / "concepts").mkdir()
+    (tmp_path / "concepts" / "llm.txt").write_text("red wings\nstriped tail\n")
+    (tmp_path / "concepts" / "mine.txt").write_text("a hooked beak\n")
+    cache = SimpleNamespace(attrs={"dataset_root": str(tmp_path), "dataset_name": "demo"})
+    assert resolve_concepts("llm", DatasetConfig(), cache).concepts == ["red wings", "striped tail"]
+    with pytest.raises(CbmctlError) as error:
+        resolve_concepts("llmm", DatasetConfig(), cache)
+    message = str(error.value)
+    assert "not one of this dataset's own (distractors, llm, mine)" in message and message.endswith(
+        "did you mean 'llm'?") and "\n" not in message
