@@ -270,7 +270,7 @@ def parse_seeds(value, seed=0, where: str = "`seeds`") -> list[int]:
     if value is None:
         seeds = [_convert(seed, "int", f"{where}: seed")]
     elif (isinstance(value, str) and "," not in value) or (isinstance(value, int) and not isinstance(value, bool)):
-        count = _convert(value, "int", where)
+        count = _convert(value, "int", f"{where} (a count, or a comma list of seeds)")
         if not 1 <= count <= MAX_SEEDS:
             raise CbmctlError(f"{where}: a seed count must be in [1, {MAX_SEEDS}] (each seed trains one more "
                               f"model), got {count}")
@@ -281,7 +281,8 @@ def parse_seeds(value, seed=0, where: str = "`seeds`") -> list[int]:
             raise CbmctlError(f"{where}: seeds must be a list of whole numbers, got {str(value)[:80]!r}")
         if len(items) > MAX_SEEDS:
             raise CbmctlError(f"{where}: at most {MAX_SEEDS} seeds (each trains one more model), got {len(items)}")
-        seeds = [_convert(item.strip() if isinstance(item, str) else item, "int", where) for item in items]
+        seeds = [_convert(item.strip() if isinstance(item, str) else item, "int", f"{where}: each seed")
+                 for item in items]
         if len(set(seeds)) != len(seeds):
             raise CbmctlError(f"{where}: a seed is listed twice")
     for number in seeds:

@@ -126,7 +126,7 @@ def test_a_model_description_that_is_not_json_is_one_line(cli, run):
 @pytest.mark.parametrize("text, fragment", [
     ("epochs: abc\n", "epochs must be a number"),
     ("lr: [1, 2]\n", "lr must be a number"),
-    ("seeds: 0,x\n", "seeds must be a number"),
+    ("seeds: 0,x\n", "seeds: each seed must be a number"),
     ("hard: 'yes'\n", "hard must be true or false"),
     ("bogus: 1\n", "unknown option 'bogus'"),
     ("a: &a [1, 2]\nb: *a\n", "aliases"),
