@@ -35,10 +35,16 @@ def load_group(group: str) -> None:
             _failed.setdefault(group, []).append(f"{point.name} = {point.value}: {reason}")
 
 
-def failures(group: str) -> str:
-    """'' or one clause naming the plug-ins of a group that failed to load, to end an error message with."""
+def failed_to_load(group: str) -> str:
+    """'' or one sentence naming the plug-ins of a group that failed to load, and why."""
     failed = _failed.get(group, [])
-    return f" (plug-ins that failed to load: {safe_text('; '.join(failed))[:300]})" if failed else ""
+    return f"plug-ins that failed to load: {safe_text('; '.join(failed))[:300]}" if failed else ""
+
+
+def failures(group: str) -> str:
+    """'' or failed_to_load's sentence as a clause to end an error message with."""
+    sentence = failed_to_load(group)
+    return f" ({sentence})" if sentence else ""
 
 
 def call_plugin(plugin: str, function, *args):

@@ -34,6 +34,8 @@ import torch
 from cbmctl.errors import CbmctlError
 from cbmctl.proximal import Fista, penalised, proximal_gradient
 
+ABSOLUTE_TOLERANCE = 1e-6  # no path point is asked for an optimality violation below this (float32's reach)
+
 
 @dataclass
 class SparseConfig:
@@ -56,6 +58,8 @@ class SparseConfig:
             raise CbmctlError("the sparse path's tolerances must be positive")
         if not 0 < self.deviance_explained < 1:
             raise CbmctlError(f"the share of deviance that ends the λ path must be in (0, 1), got {self.deviance_explained}")
+        if self.max_iterations < 1 or self.refit_iterations < 1:
+            raise CbmctlError("the sparse solver needs at least one iteration per path point and refit")
         if self.path_points < 2 or not 0 < self.lambda_min_ratio < 1:
             raise CbmctlError("the λ path needs at least 2 points and a ratio in (0, 1)")
 
@@ -314,7 +318,9 @@ class _Walk:
     def __init__(self, lam_max: torch.Tensor, config: SparseConfig, ratios: torch.Tensor):
         self.lam_max, self.config, self.ratios = lam_max, config, ratios
         self.point = torch.zeros_like(lam_max, dtype=torch.long)
-        self.floor = config.tolerance_floor * lam_max * config.alpha
+        # an absolute floor where λ_max is 0 (a design that carries nothing): the start is the solution, up to
+        # the float32 rounding of its gradient, which a tolerance of exactly 0 would chase to the cap
+        self.floor = (config.tolerance_floor * lam_max * config.alpha).clamp_min(ABSOLUTE_TOLERANCE)
         self.lam, self.l1, self.l2, self.tolerance = (torch.empty_like(lam_max) for _ in range(4))
         self._set(torch.ones_like(lam_max, dtype=torch.bool))
 
@@ -351,7 +357,9 @@ def _record_point(points, snapshots, members, state: Fista, weight, bias, walk: 
     reach."""
     rows = {"lam": walk.lam[members].tolist(), "nonzeros": nonzeros.tolist(),
             "iterations": state.iterations[members].tolist(),
-            "violation": (state.violation[members] / walk.l1[members]).tolist(),
+            # in units of λα; where λα is 0 (λ_max = 0) the violation itself
+            "violation": torch.where(walk.l1[members] > 0, state.violation[members] / walk.l1[members],
+                                     state.violation[members]).tolist(),
             "converged": (state.violation[members] <= walk.tolerance[members]).tolist(),
             **{f"{name}_top1": values.tolist() for name, values in accuracy.items()}}
     for row, m in enumerate(members.tolist()):

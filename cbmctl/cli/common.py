@@ -77,11 +77,12 @@ def for_the_command_line(error) -> str:
     return safe_text(message)
 
 
-def echo_warning(line: str) -> None:
+def echo_warning(line: str, foreign: bool = False) -> None:
     """A library's warning line on stderr as the command line says it: the parameters it names (written
-    `name`) shown as flags, escaped for the terminal (for_the_command_line)."""
+    `name`) shown as flags, escaped for the terminal (for_the_command_line). `foreign`: the line carries
+    another program's words (a server's answer, a plug-in's failure), whose backquotes are not ours."""
     from cbmctl.errors import CbmctlError
-    click.echo(for_the_command_line(CbmctlError(line)), err=True)
+    click.echo(for_the_command_line(CbmctlError(line, options=() if foreign else None)), err=True)
 
 
 # what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)

@@ -53,7 +53,7 @@ def show(concept_set, as_json):
     if as_json:
         return print_json({**loaded.record(), "concepts": loaded.concepts, "warnings": loaded.warnings})
     for warning in loaded.warnings:
-        echo_warning(f"warning: {warning}")
+        echo_warning(f"warning: {warning}", foreign=True)  # it quotes the file or the server
     text = "\n".join(safe_text(concept) for concept in loaded.concepts)
     click.echo_via_pager(text + "\n") if len(loaded.concepts) > 50 else click.echo(text)
 
@@ -206,9 +206,9 @@ def generate(classes_spec, out, force, base_url, api_key, llm_model, timeout, re
     with click.progressbar(length=3 * len(classes), label="asking", file=sys.stderr) as bar:
         result = run_generation(classes, endpoint, progress=lambda: bar.update(1))
     for warning in result.warnings:
-        echo_warning(f"warning: {warning}")
+        echo_warning(f"warning: {warning}", foreign=True)  # it quotes the file or the server
     for name, kind, reason in result.failures:
-        echo_warning(f"warning: {name} / {kind}: {reason}")
+        echo_warning(f"warning: {name} / {kind}: {reason}", foreign=True)
     kept, dropped = result.concepts, []
     if not no_filter:
         backbone, _ = _backbone(model, pretrained, device, None, "")

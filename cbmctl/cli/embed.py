@@ -88,11 +88,11 @@ def _render(report):
 
 def _print_models(as_json):
     from cbmctl.backbones import list_models
-    from cbmctl.backbones.registry import plugin_failures
+    from cbmctl.plugins import BACKBONES, failed_to_load
     models = list_models()
-    failed = plugin_failures().strip(" ()")
+    failed = failed_to_load(BACKBONES)
     if failed:  # a model the user installed a plug-in for is missing from the list: say why
-        echo_warning(f"warning: {failed}")
+        echo_warning(f"warning: {failed}", foreign=True)
     if as_json:
         return print_json(models)
     for name, tags in models.items():

@@ -81,7 +81,7 @@ def resolve_dataset_path(spec: str, root: str | os.PathLike | None = None, downl
         layout = _known_key(path.name)
         if layout in KNOWN_DATASETS and path.name != str(spec):  # data/cub: a path, named like a known dataset
             official = path.parent / KNOWN_DATASETS[layout][0][0]
-            finds = (f"`{layout}` then finds it" if path.parent.resolve() == data_root(root).resolve() else
+            finds = (f"the name {layout} then finds it" if path.parent.resolve() == data_root(root).resolve() else
                      f"then pass that folder, or `{layout} --data-root {path.parent}`")
             raise CbmctlError(f"{spec}: no such directory. For the {layout} dataset put its official folder at "
                               f"{official} ({LAYOUTS[layout]}); {finds}")

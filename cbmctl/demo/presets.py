@@ -12,6 +12,7 @@ the other presets each make one thing hard so that a benchmark can tell CBL obje
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def parse_fidelity(text) -> float | dict[str, float]:
 
 
 def _as_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
         raise CbmctlError(f"{name} must be a whole number, got {value!r}")
     return int(value)
 
@@ -131,6 +133,8 @@ def resolve_spec(preset: str = "default", **overrides) -> WorldSpec:
     fidelity = _fidelity(spec.fidelity, given.pop("fidelity", None))
     if "concept_sets" in given:
         sets = given.pop("concept_sets")
+        if not isinstance(sets, (str, list, tuple)):
+            raise CbmctlError(f"`concept_sets` {sets!r}: a comma list of set names")
         sets = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
         bad = [s for s in sets if s not in CONCEPT_SETS]
         if bad or not sets or len(set(sets)) != len(sets):
