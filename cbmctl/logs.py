@@ -48,6 +48,22 @@ class Progress:
             self.advance(len(chunk))
 
 
+def throttled(log, every: float | None = None, clock=None, prefix: str = ""):
+    """A `log` that passes on at most one line per `every` seconds (PROGRESS_SECONDS by default), the first
+    only once `every` seconds have passed: a long stage's own lines as a heartbeat, a short one silent."""
+    import time
+    clock = clock or time.monotonic
+    every = PROGRESS_SECONDS if every is None else every
+    last = [clock()]
+
+    def forward(line: str) -> None:
+        now = clock()
+        if now - last[0] >= every:
+            last[0] = now
+            log(prefix + line)
+    return forward
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{max(seconds, 1):.0f} s"

@@ -34,7 +34,7 @@ def run_quickstart(root: Path, say=None, progress: bool = True) -> dict:
     say("[2/5] embed with the shipped demo CLIP")
     backbone = _embed(plan, say, progress)
     say("[3/5] train a Sparse-CBM (gumbel loss)")
-    test = _train(plan, say)
+    test = _train(plan, say, progress)
     say("[4/5] Concept Matrix Search (training-free)")
     cache, cms = _cms(plan, say)
     say("[5/5] explain one test image")
@@ -72,7 +72,7 @@ def _embed(plan: Quickstart, say, progress: bool):
     return backbone
 
 
-def _train(plan: Quickstart, say) -> dict:
+def _train(plan: Quickstart, say, progress: bool = True) -> dict:
     """The trained run's test metrics."""
     from cbmctl import runs
     from cbmctl.pipeline import run_train
@@ -87,8 +87,10 @@ def _train(plan: Quickstart, say) -> dict:
         # `cbmctl train`'s defaults, from the one specification both use
         spec = ExperimentSpec.from_mapping({"data": str(plan.world), "cache_path": str(plan.cache),
                                             "out": str(plan.runs), "device": "cpu"})
-        # per-epoch lines stay in the run's train.log; the tour shows the outcome
-        result = run_train(spec, None, run_dir=plan.run, warn=say)
+        # per-epoch lines stay in the run's train.log; the tour shows the outcome, and a line now and then
+        # while it trains (indented less than the tour's own lines)
+        from cbmctl.logs import throttled
+        result = run_train(spec, throttled(say, prefix="   · ") if progress else None, run_dir=plan.run, warn=say)
         metrics = runs.read_metrics(result.run_dir)
     runs.point_latest(plan.runs, plan.run)
     test = metrics["test"]

@@ -94,3 +94,13 @@ def test_threads_are_set_for_the_call_and_restored_after(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(callers)
+
+
+def test_a_throttled_log_passes_one_line_per_interval_and_none_before_the_first():
+    from cbmctl.logs import throttled
+    now, heard = [0.0], []
+    log = throttled(heard.append, every=10, clock=lambda: now[0], prefix="· ")
+    for t, line in [(1, "a"), (9.9, "b"), (10, "c"), (15, "d"), (20.5, "e"), (21, "f")]:
+        now[0] = t
+        log(line)
+    assert heard == ["· c", "· e"]
