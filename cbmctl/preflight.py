@@ -266,37 +266,38 @@ def _refuse_unknown_set(name: str, cache) -> None:
 
 def _dataset_set_names(cache, most: int = 50) -> list[str]:
     """The names of the dataset's own concept sets: a demo world's (world.json) and concepts/NAME.txt."""
-    from cbmctl.data_files import load_json
-    root = Path(str(cache.attrs.get("dataset_root", "")))
-    if not root.is_dir():
+    root, sets = _world_concept_sets(cache)
+    if root is None:
         return []
-    names = []
-    if (root / "world.json").is_file():
-        try:
-            record = load_json(root / "world.json")
-        except CbmctlError:
-            record = None
-        sets = record.get("concept_sets") if isinstance(record, dict) else None
-        names += [str(key) for key in sets][:most] if isinstance(sets, dict) else []
+    names = [str(key) for key in sets][:most]
     if (root / "concepts").is_dir():
         names += sorted(p.stem for p in (root / "concepts").glob("*.txt"))[:most]
     return sorted(set(names))[:most]
 
 
-def _dataset_concept_set(name: str, cache) -> str | None:
-    from cbmctl.concepts import builtin_sets
+def _world_concept_sets(cache) -> tuple[Path | None, dict]:
+    """(the dataset's root, or None where it is not a folder here; the concept sets its world.json records,
+    {} when it has none or cannot be read)."""
     from cbmctl.data_files import load_json
     root = Path(str(cache.attrs.get("dataset_root", "")))
     if not root.is_dir():
-        return None
+        return None, {}
     record = None
     if (root / "world.json").is_file():
         try:
             record = load_json(root / "world.json")
         except CbmctlError:
             record = None
-    entry = record.get("concept_sets", {}).get(name) if isinstance(record, dict) and \
-        isinstance(record.get("concept_sets"), dict) else None
+    sets = record.get("concept_sets") if isinstance(record, dict) else None
+    return root, sets if isinstance(sets, dict) else {}
+
+
+def _dataset_concept_set(name: str, cache) -> str | None:
+    from cbmctl.concepts import builtin_sets
+    root, sets = _world_concept_sets(cache)
+    if root is None:
+        return None
+    entry = sets.get(name)
     if isinstance(entry, dict) and isinstance(entry.get("concepts"), str):
         named = entry["concepts"]
         if named in builtin_sets():
