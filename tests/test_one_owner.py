@@ -135,6 +135,24 @@ def test_library_errors_name_parameters_and_the_command_line_shows_flags(cli, tm
         "raise --epochs"]
 
 
+def test_a_flag_the_failing_command_lacks_is_named_with_the_command_that_has_it(cli, tmp_path):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "notes.txt").write_text("not a dataset")
+    for command, hint in (("embed", "see --format"), ("cms", "see --format of `cbmctl embed`")):
+        result = cli(command, tmp_path / "odd")
+        assert result.exit_code == 1 and result.output.strip().endswith(hint), result.output
+    # a warning printed while a command runs is translated for that command too
+    import click
+    from click.testing import CliRunner
+
+    from cbmctl.cli import cli as root
+    from cbmctl.cli.common import echo_warning
+    for command, shown in (("cms", "lower --batch-size of `cbmctl train`"), ("train", "lower --batch-size")):
+        with click.Context(root.get_command(click.Context(root), command)), CliRunner().isolation() as (_, err, *_):
+            echo_warning("lower `batch_size`")
+        assert err.getvalue().decode().strip() == shown
+
+
 @pytest.mark.parametrize("args", [["trian"], ["train", "x.h5", "--bogus"], ["train", "x.h5", "--epochs", "many"],
                                   ["explain", "--set", "red"], ["embed"]])
 def test_every_usage_error_is_one_line_with_exit_status_2(cli, args):

@@ -28,7 +28,28 @@ COMMANDS = {
 }
 
 
+class _RunningCommand(click.Context):
+    """A context that tells the whole tree (its shared `meta`) which command it runs, so the root's error
+    handler, reached after the failing command's context has closed, names only flags that command has."""
+
+    def __enter__(self):
+        self.meta[RUNNING] = self.command
+        return super().__enter__()
+
+
+RUNNING = "cbmctl.running_command"
+
+
+def _recording(command: click.Command) -> click.Command:
+    command.context_class = _RunningCommand
+    for sub in getattr(command, "commands", {}).values():
+        _recording(sub)
+    return command
+
+
 class LazyGroup(click.Group):
+    context_class = _RunningCommand
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
@@ -36,7 +57,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        return _recording(getattr(importlib.import_module(module), attr))
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
@@ -57,7 +78,7 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except CbmctlError as error:
             from cbmctl.cli.common import for_the_command_line  # messages quote names from files and servers
-            click.echo(f"Error: {for_the_command_line(error)}", err=True)
+            click.echo(f"Error: {for_the_command_line(error, ctx.meta.get(RUNNING))}", err=True)
             ctx.exit(error.exit_code)
         except OSError as error:
             # the last resort for a file the commands did not expect to be unwritable or missing (a full disk, a

@@ -67,13 +67,37 @@ def flag_of(parameter: str) -> str:
     return FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))
 
 
-def for_the_command_line(error) -> str:
+def flags(command: click.Command) -> set[str]:
+    return {flag for parameter in command.params for flag in (*parameter.opts, *parameter.secondary_opts)}
+
+
+def command_with(flag: str) -> str | None:
+    """The first cbmctl command (as typed after `cbmctl`) that has the option `flag`, or None; train's own
+    first, as most library parameters are the trainer's (embed also has a --batch-size, its own)."""
+    from cbmctl.cli import COMMANDS, cli
+    with click.Context(cli) as root:
+        for name in sorted(COMMANDS, key=lambda name: name != "train"):
+            command = cli.get_command(root, name)
+            leaves = ((f"{name} {sub}", leaf) for sub, leaf in command.commands.items()) \
+                if isinstance(command, click.Group) else [(name, command)]
+            for path, leaf in leaves:
+                if flag in flags(leaf):
+                    return path
+    return None
+
+
+def for_the_command_line(error, command: click.Command | None = None) -> str:
     """A library error's message with each parameter it names (CbmctlError.options, written `name`) shown as
-    the flag a user types, escaped for the terminal: the one way every command prints an error."""
+    the flag a user types, escaped for the terminal: the one way every command prints an error. With the
+    `command` that failed, a flag it lacks is named with the command that has it (`--format of cbmctl embed`)."""
     from cbmctl.sanitize import safe_text
     message = str(error)
     for name in getattr(error, "options", ()):
-        message = message.replace(f"`{name}`", flag_of(name))
+        flag = flag_of(name)
+        if command is not None and flag.startswith("-") and flag not in flags(command):
+            owner = command_with(flag)
+            flag = f"{flag} of `cbmctl {owner}`" if owner else flag
+        message = message.replace(f"`{name}`", flag)
     return safe_text(message)
 
 
@@ -82,7 +106,9 @@ def echo_warning(line: str, foreign: bool = False) -> None:
     `name`) shown as flags, escaped for the terminal (for_the_command_line). `foreign`: the line carries
     another program's words (a server's answer, a plug-in's failure), whose backquotes are not ours."""
     from cbmctl.errors import CbmctlError
-    click.echo(for_the_command_line(CbmctlError(line, options=() if foreign else None)), err=True)
+    context = click.get_current_context(silent=True)
+    click.echo(for_the_command_line(CbmctlError(line, options=() if foreign else None),
+                                    context.command if context is not None else None), err=True)
 
 
 # what the root command says after Ctrl-C: the command that continues the interrupted work (None: nothing to say)
