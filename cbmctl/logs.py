@@ -20,11 +20,13 @@ PROGRESS_SECONDS = 10.0  # at most one progress line this often
 class Progress:
     """Lines about work that takes a while: the first after `every` seconds, then at most one per `every`
     seconds, each with the share done and an estimate of the time left — so a short job says nothing and a
-    long one is never silent for long. `log` None: silent (quiet and JSON modes pass None)."""
+    long one is never silent for long. `log` None: silent (quiet and JSON modes pass None). `cap`: `total`
+    is a limit the work may stop well short of (an iteration cap), so the estimate is a bound ("at most")."""
 
-    def __init__(self, log, total: int, what: str, unit: str = "images", every: float | None = None, clock=None):
+    def __init__(self, log, total: int, what: str, unit: str = "images", every: float | None = None, clock=None,
+                 cap: bool = False):
         import time
-        self.log, self.total, self.what, self.unit = log, max(int(total), 0), what, unit
+        self.log, self.total, self.what, self.unit, self.cap = log, max(int(total), 0), what, unit, cap
         self.every = PROGRESS_SECONDS if every is None else every
         self.clock = clock or time.monotonic
         self.started = self.last = self.clock()
@@ -39,7 +41,7 @@ class Progress:
         share = min(self.done / self.total, 1.0)
         left = (now - self.started) * (1 - share) / share if 0 < share < 1 else None
         self.log(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} ({100 * share:.0f} %)"
-                 + (f", about {_duration(left)} left" if left is not None else ""))
+                 + (f", {'at most' if self.cap else 'about'} {_duration(left)} left" if left is not None else ""))
 
     def iterate(self, chunks):
         """The chunks (arrays of rows) unchanged, advancing by each one's length."""

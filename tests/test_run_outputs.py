@@ -174,6 +174,11 @@ def test_progress_lines_come_every_few_seconds_with_an_estimate():
     assert lines == ["CMS: 300 of 1,000 images (30 %), about 28 s left",
                      "CMS: 600 of 1,000 images (60 %), about 16 s left",
                      "CMS: 900 of 1,000 images (90 %), about 4 s left"]
+    now[0] = 0.0
+    capped = Progress(lines.append, 1000, "probe", "iterations at most", every=10.0, clock=lambda: now[0], cap=True)
+    now[0] = 12.0
+    capped.advance(300)  # counted against a cap it may stop far short of: the time left is a bound
+    assert lines[-1] == "probe: 300 of 1,000 iterations at most (30 %), at most 28 s left"
     silent = Progress(None, 1000, "CMS", every=0.0)
     assert list(silent.iterate([[1, 2], [3]])) == [[1, 2], [3]] and silent.done == 3
 
