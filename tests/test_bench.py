@@ -159,6 +159,17 @@ def test_a_metric_a_world_lacks_is_not_measured():
     assert claims["f"]["contrasts"][1]["verdict"] == "not measured"
 
 
+def test_a_pooled_row_takes_a_method_label_only_when_every_world_gives_it():
+    worlds = [_world(k, 0.01 * k) for k in (1, 2, 3)]
+    for world in worlds:
+        world["labels"]["gumbel"] = "gumbel (τ=1)"
+    labels = {e["method"]: e["label"] for e in report.method_comparisons(worlds)["top1"]}
+    assert labels["gumbel"] == "gumbel (τ=1)" and labels["l1"] == "l1"
+    worlds[2]["labels"]["gumbel"] = "gumbel (τ=0.5)"  # one world trained with other settings
+    labels = {e["method"]: e["label"] for e in report.method_comparisons(worlds)["top1"]}
+    assert labels["gumbel"] == "gumbel (settings differ between worlds)"
+
+
 def test_world_seeds_are_fixed_by_base_and_index():
     assert world_seeds(1800, 3)[:2] == world_seeds(1800, 2)  # world k is the same whatever the count
     assert world_seeds(1800, 3) != world_seeds(1801, 3)

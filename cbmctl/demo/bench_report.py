@@ -165,9 +165,15 @@ ESTIMATOR = ("Each world's effect is the paired mean difference over its seeds (
              "the claims).")
 
 
+def method_label(worlds: list[dict], method: str) -> str:
+    """The method's label (its settings in words) where every world gives the same, else a name that says
+    the pooled row mixes settings."""
+    labels = {world.get("labels", {}).get(method, method) for world in worlds}
+    return labels.pop() if len(labels) == 1 else f"{method} (settings differ between worlds)"
+
+
 def method_comparisons(worlds: list[dict]) -> dict[str, list[dict]]:
     """Per metric of METHOD_METRICS, every method against the plain CBM, Holm-corrected over the methods."""
-    labels = worlds[0].get("labels", {})
     methods = [m for m in worlds[0]["values"] if m != REFERENCE]
     comparisons = {}
     for metric in METHOD_METRICS:
@@ -175,7 +181,7 @@ def method_comparisons(worlds: list[dict]) -> dict[str, list[dict]]:
         for method in methods:
             if all(metric in world["values"].get(method, {}) for world in worlds):
                 contrast = Contrast(f"{method} − none", method, REFERENCE, metric)
-                entries.append({"method": method, "label": labels.get(method, method), "metric": metric,
+                entries.append({"method": method, "label": method_label(worlds, method), "metric": metric,
                                 **pooled_contrast(worlds, contrast)})
         apply_holm(entries)
         comparisons[metric] = entries
