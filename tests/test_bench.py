@@ -147,6 +147,9 @@ def test_summary_of_constructed_worlds_gives_the_built_in_verdicts():
     assert not any("cos3 +" in sentence or "cos3 -" in sentence for sentence in summary["conclusions"][:2])
     panels = report.forest_panels({**summary, "per_world": []})
     assert len(panels) == 2 + len(summary["claims"]) and all(len(p["rows"][0]["per_world"]) == 4 for p in panels)
+    margins = {p["title"][:3]: {row["margin"] for row in p["rows"]} for p in panels}
+    # non-inferiority: a loss of 2 points of concept precision (d), 1 point from dense to NEC 5 (e); none else
+    assert margins["(d)"] == {-2.0} and margins["(e)"] == {-1.0} and margins["(b)"] == {None}
 
 
 def test_a_metric_a_world_lacks_is_not_measured():

@@ -104,6 +104,21 @@ def test_a_forest_panel_without_rows_is_drawn_empty_without_a_warning(tmp_path, 
     assert axis.get_ylim() == (0.5, -0.5) and [t.get_text() for t in axis.texts] == ["nothing to show"]
 
 
+def test_a_forest_row_draws_its_margin_and_marks_a_world_interval_running_off_the_edge(tmp_path, monkeypatch):
+    from cbmctl.render import plot_forest
+    figures = _drawn(monkeypatch)
+    row = {"label": "gumbel − none", "note": "reproduces", "margin": -2.0, "pooled": (0.5, -0.5, 1.5),
+           "per_world": [(0.4, -0.2, 1.0), (0.6, -9.0, 30.0)]}  # world 2's interval is far wider than the rest
+    plot_forest(tmp_path / "forest.png", [{"title": "claim (d)", "unit": "points", "rows": [row]}], "t")
+    axis = figures[0].axes[0]
+    low, high = axis.get_xlim()
+    assert low < -2.0 < 1.5 < high < 30.0 and low > -9.0  # the margin is in view, the wide interval is not
+    dashed = [line for line in axis.get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_xdata()) for line in dashed] == [[-2.0, -2.0]]
+    edges = {line.get_marker(): line.get_xdata()[0] for line in axis.get_lines() if line.get_marker() in "<>"}
+    assert edges == {"<": low, ">": high}
+
+
 def test_comparison_curves_show_every_method_with_a_band(unit_runs, monkeypatch):
     from cbmctl.render import plot_curves
     run = unit_runs["comparison"]

@@ -260,8 +260,11 @@ def _scaled(metric: str, cell: dict | None) -> tuple | None:
 
 
 def _forest_row(label: str, metric: str, entry: dict, note: str) -> dict:
+    """A plot row; a non-inferiority contrast's row carries the effect its margin allows (cbmctl.render)."""
+    scale = 100 if percent_metric(metric) else 1
+    margin = -entry["direction"] * entry["margin"] * scale if entry.get("kind") == "not_lower" else None
     return {"label": label, "note": note, "per_world": [_scaled(metric, d) for d in entry["per_world"]],
-            "pooled": _scaled(metric, entry["pooled"])}
+            "pooled": _scaled(metric, entry["pooled"]), "margin": margin}
 
 
 def forest_panels(report: dict) -> list[dict]:
