@@ -252,8 +252,9 @@ def test_demo_make_checks_its_target(cli, tmp_path):
 
 def test_a_world_of_two_train_images_per_species_has_a_validation_split(cli, tmp_path):
     from cbmctl.datasets import load_dataset
-    made = cli("demo", "make", tmp_path / "W", "--train-per-class", "2", "--test-per-class", "1")
+    made = cli("demo", "make", tmp_path / "W", "--train-per-class", "2", "--test-per-class", "1", "-q")
     assert made.exit_code == 0, made.output
+    assert made.stderr == "" and made.stdout.startswith(f"wrote {tmp_path / 'W'}: 30 species")  # -q: the result only
     dataset = load_dataset(str(tmp_path / "W"))
     assert {split: len(records) for split, records in dataset.splits.items()} == {"train": 30, "val": 30, "test": 30}
     # no temporary directory left beside it (only the hidden lock file every make and embed leaves)

@@ -48,7 +48,8 @@ def demo():
 @click.option("--nuisance", default=None, type=float,
               help="0 (clean images) to 1 (the cub-like calibration): how often images are hazy, cluttered, "
                    "occluded, shrunk or show a second background.")
-def make(directory, seed, preset, images_per_class, **knobs):
+@click.option("--quiet", "-q", is_flag=True, help="Only the line saying what was written (stdout).")
+def make(directory, seed, preset, images_per_class, quiet, **knobs):
     """Generate a demo world in DIRECTORY (CUB_200_2011 layout + attributes + cbmctl.yaml + world.json)."""
     from cbmctl.demo.presets import read_world_spec
     from cbmctl.demo.species import world_species
@@ -56,10 +57,11 @@ def make(directory, seed, preset, images_per_class, **knobs):
     root = make_world(directory, seed=seed, images_per_class=images_per_class, preset=preset, **knobs)
     _, spec = read_world_spec(root)
     default_set = spec.concept_sets[0]
-    click.echo(f"preset {spec.preset}: {spec.train_per_class} train + {spec.test_per_class} test images per species, "
-               f"fidelity {_fidelity_text(spec.fidelity)}, {spec.confusable} extra confusable pairs, concept sets "
-               f"{', '.join(spec.concept_sets)} (default {default_set}); all knobs in {root / 'world.json'}",
-               err=True)
+    if not quiet:
+        click.echo(f"preset {spec.preset}: {spec.train_per_class} train + {spec.test_per_class} test images per "
+                   f"species, fidelity {_fidelity_text(spec.fidelity)}, {spec.confusable} extra confusable pairs, "
+                   f"concept sets {', '.join(spec.concept_sets)} (default {default_set}); all knobs in "
+                   f"{root / 'world.json'}", err=True)
     species = len(world_species(spec.confusable, spec.species)[0])
     click.echo(f"wrote {root}: {species} species × {spec.train_per_class + spec.test_per_class} images (seed {seed}); "
                f"next: cbmctl embed {root}")
