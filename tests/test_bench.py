@@ -248,6 +248,8 @@ def test_bench_takes_every_preset_and_world_knob_demo_make_takes():
     params = {p.name: p for p in bench.params}
     knobs = {p.name for p in make.params} - {"directory", "seed", "images_per_class"}
     assert knobs <= set(params)
+    flags = [flag for p in bench.params for flag in p.opts]
+    assert len(flags) == len(set(flags))  # make's -q is its own: bench keeps one
     make_preset = next(p for p in make.params if p.name == "preset")
     assert list(params["preset"].type.choices) == list(make_preset.type.choices)
 

@@ -195,4 +195,4 @@ def _echo_err(line: str) -> None:
 
 # the world knobs are `demo make`'s own options, whichever it has: a bench world is any world make makes
 bench.params.extend(param for param in make.params if param.name not in ("directory", "seed", "preset",
-                                                                          "images_per_class"))
+                                                                          "images_per_class", "quiet"))
