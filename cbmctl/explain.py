@@ -130,10 +130,9 @@ class Explainer:
                                float(contribution[j]), float(scores[i, j]), float(inputs[i, j]))
                     for j in order[:top_k]]
             rest = order[top_k:]
-            best = probabilities[i].topk(min(top_classes, len(self.classes)))
             results.append(Explanation(
                 name, "cbm", self.classes[predicted], float(probabilities[i, predicted]),
-                [(self.classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
+                most_probable(probabilities[i], self.classes, top_classes),
                 self.classes[target], rows, float(logits[i, target]), float(bias[target]), self.model.head_kind,
                 float(contribution[rest].sum()) if rest else 0.0, len(rest)))
         return results
@@ -189,6 +188,13 @@ def open_run_cache(metadata: dict, run_dir):
     return cache
 
 
+def most_probable(probabilities: torch.Tensor, classes: list[str], count: int) -> list[tuple[str, float]]:
+    """The `count` most probable (class, p), ties in label order as argmax breaks them, so the predicted class
+    leads the list even when another class has exactly its probability (classes CLIP cannot tell apart)."""
+    order = torch.sort(probabilities, descending=True, stable=True).indices[:count].tolist()
+    return [(classes[k], float(probabilities[k])) for k in order]
+
+
 def _require_finite(**tensors: torch.Tensor) -> None:
     """The last guard against a model whose numbers overflow: a one-line error instead of NaN printed as a
     probability (model_from_tensors bounds every weight, so this fires only on what slipped past it)."""
@@ -220,9 +226,8 @@ def cms_explain(features: torch.Tensor, names: list[str], concepts: list[str], c
         order = v[i].argsort(descending=True)[:top_k]
         rows = [ConceptRow(concepts[j], float(v[i, j]), float(t[target, j]), float(contribution[j]),
                            float(logit_scale * v[i, j])) for j in order.tolist()]
-        best = probabilities[i].topk(min(top_classes, len(classes)))
         results.append(Explanation(name, "cms", classes[predicted], float(probabilities[i, predicted]),
-                                   [(classes[k], float(p)) for p, k in zip(best.values.tolist(), best.indices.tolist())],
+                                   most_probable(probabilities[i], classes, top_classes),
                                    classes[target], rows, float(similarity[i, target]), head="cms"))
     return results
 
@@ -287,14 +292,18 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
                      device="auto", top_k: int = 10, class_name: str | None = None, log=None) -> ImageExplanations:
     """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given
     (with the text embeddings the run was trained with, so its classes are prompted with its cache's
-    templates), else the named (default: demo) backbone, concept set and class list."""
+    templates; one line on `log` says so), else the named (default: demo) backbone, concept set and class list."""
     from cbmctl.backbones import load_backbone
     from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
+    from cbmctl.logs import sayer
     if run_dir is not None:
         explainer = Explainer.from_run(run_dir)
         backbone = run_backbone(explainer.metadata, run_dir, device)
         concept_list, class_list = explainer.concepts, explainer.classes
         concept_vectors, class_vectors = explainer.concept_vectors, explainer.class_vectors
+        run_name = safe_text(Path(run_dir).resolve().name)  # runs/latest: the run it points at
+        sayer(log)(f"Concept Matrix Search with run {run_name}'s backbone {safe_text(backbone.name)} "
+                   f"({safe_text(backbone.pretrained)}), its {len(concept_list)} concepts and {len(class_list)} classes")
     else:
         concept_set = load_concept_set(concepts or "demo")
         concept_list = concept_set.concepts

@@ -11,6 +11,7 @@ from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
 BAR_WIDTH = 24
+TITLE_CHARS = 28  # characters of a 9-point title above an explained image's picture
 
 
 def _bar(value: float, largest: float) -> str:
@@ -106,8 +107,10 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
             picture.imshow(to_rgb(open_image_file(explanation.image)))
         except (OSError, ValueError, BadImage):
             picture.text(0.5, 0.5, "(no image)", ha="center", va="center")
-        picture.set_title(f"{_plain(Path(explanation.image).name)}\n→ {_plain(explanation.predicted)} "
-                          f"({explanation.probability:.2f})", fontsize=9)
+        # wrapped to the picture's width: a centred title wider than it runs off the figure's left edge
+        picture.set_title(f"{fit_label(Path(explanation.image).name, TITLE_CHARS)}\n"
+                          f"→ {fit_label(explanation.predicted, TITLE_CHARS)} ({explanation.probability:.2f})",
+                          fontsize=9)
         concepts = list(reversed(explanation.concepts))
         values = [c.contribution for c in concepts]
         absent = [is_absence(explanation, c) for c in concepts]  # drawn hatched
@@ -122,6 +125,17 @@ def explanation_figure(explanations, path: Path, images: dict[str, str] | None =
                         if explanation.method == "cbm" else f"V × T for {_plain(explanation.explained_class)} (CMS)")
         bars.tick_params(axis="y", labelsize=8)
     _save(figure, path, plt, make_parent=True)
+
+
+def fit_label(text: str, width: int, lines: int = 2) -> str:
+    """Untrusted text as a figure label of at most `lines` lines of `width` characters (broken at spaces where
+    it can, inside a long file name where it must; '…' ends what does not fit), escaped as `_plain` does."""
+    import textwrap
+    wrapped = textwrap.wrap(safe_text(text), width, break_on_hyphens=False) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][:width - 1] + "…"
+    return "\n".join(line.replace("$", r"\$") for line in wrapped)  # '$' escaped after the wrap: never split
 
 
 def _plain(text: str) -> str:
@@ -427,8 +441,10 @@ def significance_sentence(rows: list[dict], key: str = "top1", what: str = "test
     if untested:
         parts.append("the same difference on every seed, so no interval and no test (more seeds would give one): "
                      + "; ".join(untested))
+    # the parts after the first start sentences of their own
     return (f"In {what} (paired over seeds; the 95 % intervals are per comparison, significance is "
-            "Holm-corrected over the methods compared), " + ". ".join(parts) + ".")
+            "Holm-corrected over the methods compared), " + ". ".join([parts[0]] + [p[0].upper() + p[1:] for p in parts[1:]])
+            + ".")
 
 
 def plot_forest(path: Path, panels: list[dict], title: str) -> None:

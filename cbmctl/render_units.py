@@ -6,6 +6,7 @@ from pathlib import Path
 from cbmctl.sanitize import safe_text
 
 PNG_UNITS = 40  # a PNG grid draws at most this many units (one row each)
+LABEL_CHARS = 22  # characters per line of a 6-point class name under a thumbnail
 
 
 def percent(value: float | None) -> str:
@@ -76,14 +77,14 @@ def units_figure(report, units, path: Path) -> None:
     """A PNG: one row per unit, its top images left to right (green frame: the image shows the concept by
     the ground truth, red: it does not), the unit's numbers above the row."""
     from cbmctl.images import thumbnail
-    from cbmctl.render import _plain, _pyplot, _save
+    from cbmctl.render import _plain, _pyplot, _save, fit_label
     plt = _pyplot()
     units = units[:PNG_UNITS]
     columns = max((len(u.top) for u in units), default=1) or 1
-    height = 1.85 * len(units) + 0.2
+    height = 1.85 * len(units) + 0.3
     figure, axes = plt.subplots(len(units), columns, figsize=(max(1.3 * columns, 7.5), height), squeeze=False)
     # placed by hand: each row's heading spans the row, which tight_layout would squeeze into its first image
-    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / height, bottom=0.5 / height, hspace=0.75,
+    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / height, bottom=0.62 / height, hspace=0.75,
                            wspace=0.08)
     for row, unit in zip(axes, units):
         for column, axis in enumerate(row):
@@ -92,17 +93,17 @@ def units_figure(report, units, path: Path) -> None:
             if column >= len(unit.top):
                 axis.axis("off")
                 continue
-            _draw_image(axis, report, unit.top[column], thumbnail, _plain)
+            _draw_image(axis, report, unit.top[column], thumbnail, fit_label)
         truth = "" if unit.truth_share is None else f" · shows it {percent(unit.truth_share)} (all: {percent(unit.truth_rate)})"
         row[0].annotate(f"{_plain(unit.concept)} — faithfulness {unit.faithfulness:.2f} · {_plain(head_use(report, unit))}"
                         f"{truth}", (0, 1.08), xycoords="axes fraction", fontsize=8, fontweight="bold",
                         annotation_clip=False)
-    figure.text(0.01, 0.12 / height, "frame: green = the image shows the concept (ground truth), red = it does not, "
+    figure.text(0.01, 0.06 / height, "frame: green = the image shows the concept (ground truth), red = it does not, "
                 "grey = not known; a = the unit's activation", fontsize=7, color="#555555")
     _save(figure, path, plt, make_parent=True, tight=False)
 
 
-def _draw_image(axis, report, image, thumbnail, plain) -> None:
+def _draw_image(axis, report, image, thumbnail, fit_label) -> None:
     picture = thumbnail(report.dataset_root, image.path)
     if picture is None:
         axis.text(0.5, 0.5, "(no image)", ha="center", va="center", fontsize=7)
@@ -112,4 +113,4 @@ def _draw_image(axis, report, image, thumbnail, plain) -> None:
     for spine in axis.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(2.5 if image.shows is not None else 0.8)
-    axis.set_xlabel(f"{plain(image.label)[:18]}\na={image.activation:.2f}", fontsize=6)
+    axis.set_xlabel(f"{fit_label(image.label, LABEL_CHARS)}\na={image.activation:.2f}", fontsize=6)

@@ -90,6 +90,18 @@ def test_demo_eval_schema(cli, small_world, tmp_path, monkeypatch):
     assert 0.7 < report["class_ceiling"]["expected"] < 0.9
     for family in report["families"].values():  # the demo CLIP sees every attribute family
         assert family["accuracy"] > 0.9
+    # the cache is there now (in the working directory, where `cbmctl embed` puts it): no embedding to announce
+    again = cli("demo", "eval", small_world, "--device", "cpu")
+    assert again.exit_code == 0 and "no cache yet" not in again.stderr and "zero-shot color" in again.stdout
+
+
+def test_demo_eval_says_it_embeds_the_world_first(cli, tmp_path, monkeypatch):
+    root = world.make_world(tmp_path / "w", seed=3, train_per_class=2, test_per_class=1)
+    monkeypatch.chdir(tmp_path)
+    result = cli("demo", "eval", root, "--device", "cpu", "--cache", tmp_path / "w.h5")
+    assert result.exit_code == 0, result.output
+    assert "no cache yet: embedding" in result.stderr and str(tmp_path / "w.h5") in result.stderr
+    assert (tmp_path / "w.h5").is_file() and "species ceiling" in result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -201,11 +201,50 @@ def test_cms_on_a_run_uses_the_class_prompts_of_its_cache(cli, tmp_path, tiny_mo
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "latest"
     images = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[:3]
-    explained = explain_with_cms(images, run, device="cpu", top_k=2)
+    said = []
+    explained = explain_with_cms(images, run, device="cpu", top_k=2, log=said.append)
     explainer = Explainer.from_run(run)
+    # what it borrowed from the run, said in one line
+    assert said == [f"Concept Matrix Search with run {run.resolve().name}'s backbone {tiny_model} (none), its 4 "
+                    f"concepts and {len(explainer.classes)} classes"]
     backbone = load_backbone(tiny_model, "none", "cpu")
     features, names, _ = embed_images(backbone, images)
     assert torch.allclose(explainer.class_vectors, backbone.encode_prompts(explainer.classes, [template]), atol=1e-5)
     expected = cms_explain(features, names, explainer.concepts, explainer.classes, explainer.concept_vectors,
                            explainer.class_vectors, backbone.logit_scale, top_k=2)
     assert [r.as_dict() for r in explained.results] == [r.as_dict() for r in expected]
+
+
+def test_predicted_class_leads_the_top_classes_when_classes_tie():
+    """Classes whose names the CLIP cannot tell apart have identical text vectors, so the same probability:
+    the top-classes list must break the tie as the prediction does, or it names another class first."""
+    concepts = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    twin = torch.nn.functional.normalize(torch.randn(8, generator=torch.Generator().manual_seed(1)), dim=0)
+    classes = torch.stack([-twin] + [twin] * 8)  # eight identical classes after a different one
+    features = twin[None]
+    (result,) = cms_explain(features, ["x.jpg"], list("abcd"), [f"class {k}" for k in range(9)], concepts, classes,
+                            100.0, top_k=2, top_classes=3)
+    assert result.predicted == "class 1"
+    assert [name for name, _ in result.top_classes] == ["class 1", "class 2", "class 3"]
+
+
+def test_explanation_png_keeps_long_names_inside_the_figure(tmp_path, monkeypatch):
+    from cbmctl import render
+    from cbmctl.explain import ConceptRow, Explanation
+    assert render.fit_label("a" * 70, 28).split("\n") == ["a" * 28, "a" * 27 + "…"]
+    assert render.fit_label("cost $5\x1b", 28) == r"cost \$5\x1b"  # escaped, as every figure label is
+    drawn = []
+    monkeypatch.setattr(render, "_save", lambda figure, *args, **kwargs: drawn.append(figure))
+    name = tmp_path / ("Black_Dotted_Square_Warbler_" * 2 + "0007.jpg")  # not there: "(no image)" is drawn
+    rows = [ConceptRow("pink", -4.2, -0.9, 3.1, -5.7, -3.3), ConceptRow("plain square on sand", -16.7, 0.9, 0.2, -7.8, 0.2)]
+    render.explanation_figure([Explanation(str(name), "cbm", "black dotted square warbler of the long name", 0.5,
+                                           [], "black dotted square warbler", rows, head="sparse")], tmp_path / "x.png")
+    (figure,) = drawn
+    renderer = figure.canvas.get_renderer()
+    figure.tight_layout()
+    frame = figure.bbox
+    for axis in figure.axes:
+        extent = axis.title.get_window_extent(renderer)
+        assert frame.x0 <= extent.x0 and extent.x1 <= frame.x1 and extent.y1 <= frame.y1, axis.title.get_text()
+    import matplotlib.pyplot as plt
+    plt.close(figure)

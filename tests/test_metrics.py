@@ -99,9 +99,9 @@ def test_the_significance_sentence_separates_significant_not_significant_and_unt
             {"method": "zero-shot", "vs_none": {"top1": {**paired_difference([0.40, 0.42, 0.41], none),
                                                           "significant": False}}}]
     sentence = significance_sentence(rows)
-    significant, rest = sentence.split("differ significantly from the plain CBM (none): ")[1].split(". not significant")
+    significant, rest = sentence.split("differ significantly from the plain CBM (none): ")[1].split(". Not significant")
     assert significant == "gumbel +10.33 points [+8.90, +11.77]"  # ±t(0.975, 2)·0.00577/√3 = ±1.43
     assert "l1 +0.33 points [" in rest and "zero-shot" not in rest.split("no test")[0]
     # 0.40 − 0.50, 0.42 − 0.52, 0.41 − 0.51: the same −10 points on every seed, not a zero-width interval
-    assert rest.endswith("the same difference on every seed, so no interval and no test (more seeds would give one): "
+    assert rest.endswith(". The same difference on every seed, so no interval and no test (more seeds would give one): "
                          "zero-shot -10.00 points.")

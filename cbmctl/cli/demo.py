@@ -89,22 +89,23 @@ def evaluate(directory, split, cache_path, device, as_json):
     """Zero-shot accuracy of the demo CLIP per attribute family and per species, a linear probe, and the
     best species accuracy the world allows, on DIRECTORY's split."""
     from cbmctl.backbones import load_backbone
-    from cbmctl.cache import open_cache
-    from cbmctl.datasets import load_dataset
     from cbmctl.demo.backbone import DEMO_MODEL
     from cbmctl.demo.evaluate import evaluate_world
-    from cbmctl.embed import default_cache_path, embed_dataset
-    dataset = load_dataset(directory)
+    from cbmctl.pipeline import resolve_cache
+    from cbmctl.preflight import plan_cache
+    plan = plan_cache(str(directory), model=DEMO_MODEL, cache_path=cache_path)
+    # as train and cms do: a missing cache is embedded first, saying so (minutes with no other line otherwise)
+    cache, _ = resolve_cache(str(directory), device=device, log=None if as_json else _echo_err, warn=echo_warning,
+                             plan=plan)
     backbone = load_backbone(DEMO_MODEL, None, device)
-    cache = cache_path or default_cache_path(dataset, DEMO_MODEL, None)
-    embed_dataset(dataset, backbone, cache, progress=not as_json)
-    report = {"world": str(dataset.root), **evaluate_world(open_cache(cache), backbone, split, dataset.root)}
+    root = plan.dataset.root
+    report = {"world": str(root), **evaluate_world(cache, backbone, split, root)}
     if as_json:
         return print_json(report)
     from rich.table import Table
 
     from cbmctl.cli.common import console
-    table = Table(title=f"demo CLIP on {dataset.root} ({split}, {report['images']} images)")
+    table = Table(title=f"demo CLIP on {root} ({split}, {report['images']} images)")
     for column in ("task", "accuracy", "chance"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for family, row in report["families"].items():

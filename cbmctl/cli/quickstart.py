@@ -29,13 +29,13 @@ def quickstart(directory, as_json):
 Done. Everything is under {root.resolve()}:
   world   {result['world']}   (images, attributes, cbmctl.yaml)
   cache   {result['cache']}
-  run     {result['run']}   (config.yaml, metrics.json, model.safetensors, curves.png, sparsity.png, train.log)
+  run     {result['run']}   (config.yaml, metrics.json, model.safetensors, curves.png, sparsity.png, activations.png, train.log)
 
 Next, try:
   cbmctl inspect {runs / 'latest'}
   cbmctl explain {result['image']} --runs-root {runs}
   cbmctl explain --unit all --runs-root {runs}
   cbmctl report {runs / 'latest'}
-  cbmctl train {result['world']} --cache {result['cache']} --compare all --seeds 0,1,2 --out {runs}
+  cbmctl train {result['world']} --cache {result['cache']} --compare all --seeds 0,1,2 --out {runs}   # 15 models: minutes
   cbmctl cms {result['cache']}
 """)
