@@ -25,3 +25,20 @@ def test_every_docs_page_the_code_cites_exists():
     cited = {match for path in (ROOT / "cbmctl").rglob("*.py")
              for match in re.findall(r"docs/[\w.-]+\.md", path.read_text(encoding="utf-8"))}
     assert cited and all((ROOT / page).is_file() for page in cited), cited
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    from cbmctl.cli import COMMANDS, cli
+    root = click.Context(cli)
+
+    def leaves(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from leaves(sub, f"{path} {name}")
+        else:
+            yield path, command
+    silent = [f"{path} {option.opts[0]}" for name in COMMANDS for path, command in leaves(cli.get_command(root, name), name)
+              for option in command.params if isinstance(option, click.Option) and not option.help]
+    assert silent == []

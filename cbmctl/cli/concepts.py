@@ -23,9 +23,10 @@ def concepts():
 
 
 @concepts.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def list_sets(as_json):
-    """Built-in concept sets with their sizes and class lists."""
+    """Built-in concept sets: how many concepts each holds and how many classes its class list has
+    (`cbmctl concepts show SET` prints the concepts)."""
     from cbmctl.concepts import builtin_classes, builtin_sets, load_concept_set
     rows = []
     for name in builtin_sets():
@@ -45,7 +46,7 @@ def list_sets(as_json):
 
 @concepts.command()
 @click.argument("concept_set")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the set as JSON.")
 def show(concept_set, as_json):
     """The concepts of a built-in set NAME or a file PATH."""
     from cbmctl.concepts import load_concept_set
@@ -70,7 +71,7 @@ def _classes_for(spec, concept_set):
 @click.option("--classes", default=None, help="Class list (file or built-in name); default: the set's own.")
 @click.option("--model", "-m", default=None, help="Whose tokenizer sets the length limit (default: ViT-L-14, "
               "the demo CLIP for the demo set).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def check(concept_set, classes, model, as_json):
     """Report control characters, duplicates, blank lines, BOM/CRLF, over-long concepts and class names
     used as concepts. Exits 1 on errors, 0 with warnings only."""
@@ -101,15 +102,19 @@ def check(concept_set, classes, model, as_json):
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the kept concepts.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @backbone_options(model_default="the --cache's backbone, else ViT-L-14 (the demo CLIP for the demo set)")
-@click.option("--max-chars", default=30, show_default=True, type=click.IntRange(1))
-@click.option("--class-similarity", default=0.85, show_default=True, type=float)
-@click.option("--duplicate-similarity", default=0.9, show_default=True, type=float)
+@click.option("--max-chars", default=30, show_default=True, type=click.IntRange(1),
+              help="Drop concepts longer than this many characters.")
+@click.option("--class-similarity", default=0.85, show_default=True, type=click.FloatRange(-1, 1),
+              help="Drop concepts at least this similar (text cosine) to a class name.")
+@click.option("--duplicate-similarity", default=0.9, show_default=True, type=click.FloatRange(-1, 1),
+              help="Of two concepts at least this similar, drop the one less similar to all others.")
 @click.option("--activation-cutoff", default=None, type=float,
               help="Drop concepts whose mean top-5 image similarity on --cache is below this.")
 @click.option("--cache", "cache_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="An embedding cache: its backbone is used, its text store reused, its images for the cutoff.")
-@click.option("--split", default="train", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="The --cache split whose images --activation-cutoff scores concepts on.")
+@click.option("--json", "as_json", is_flag=True, help="Print kept and dropped concepts as JSON.")
 def filter_command(concept_set, classes, out, force, model, pretrained, device, max_chars, class_similarity,
                    duplicate_similarity, activation_cutoff, cache_path, split, as_json):
     """Apply the Label-free CBM filters and write what survives to --out; every drop is printed with its
@@ -176,7 +181,8 @@ def embed_command(concept_set, cache_path, device):
 
 @concepts.command()
 @click.option("--classes", "classes_spec", required=True, help="Class list file (or built-in dataset name).")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the generated concepts.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. https://host/v1 "
               "[env OPENAI_BASE_URL]")

@@ -13,7 +13,8 @@ from cbmctl.cli.common import backbone_options, dataset_options, echo_warning, p
               help="HDF5 file to write (default: cache/<dataset>-<where>-<model>-<tag>.h5, or $CBMCTL_CACHE_DIR).")
 @backbone_options
 @dataset_options
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+              help="Images encoded at once (lower it when memory runs short).")
 @click.option("--workers", default=None, type=click.IntRange(0), help="Image-decoding processes (default: cores, ≤8).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with another backbone or dataset version.")
 @click.option("--template", "templates", multiple=True,
@@ -100,7 +101,7 @@ def _print_models(as_json):
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print names and tags as JSON.")
 def models(as_json):
     """List backbone names with their pretrained tags (open_clip zoo + the shipped demo CLIP)."""
     _print_models(as_json)
