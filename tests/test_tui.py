@@ -143,7 +143,8 @@ def test_matrix_screen_sparse_head(runs):
     assert f"bias {float(model.head.bias.detach()[1]):+.3f}" in " ".join(seen["side"].split())
     selected, weight_order = seen["weight_order"]
     shown = [j for j in weight_order]
-    assert shown == sorted(shown, key=lambda j: -head[selected[0], j])
+    assert shown == sorted(shown, key=lambda j: -abs(head[selected[0], j]))  # negative weights before zeros
+    assert (head[selected[0]] < 0).any() and (head[selected[0]] == 0).any()  # so the order says so
     assert seen["sort"] == "sparsity" and seen["matrix"] == "head × CBL (on ψ)"
     assert seen["toggled_columns"] == len(CONCEPTS)  # head × CBL mixes every concept in: nothing to hide
     assert seen["filtered"] == ["striped pattern"]
@@ -529,6 +530,9 @@ def test_summary_is_tables_not_python_reprs(runs):
         assert heading in text
     metrics = json.loads((runs["sparse"] / "metrics.json").read_text())
     assert f"{100 * metrics['dense']['test']['top1']:.2f} %" in text  # the dense head's test top-1
+    nec = metrics["sparse"]["nec"]
+    assert isinstance(nec, float) and nec.is_integer()  # measured, written as a float ...
+    assert f"sparse NEC {int(nec)} *" in text and f"NEC {nec}" not in text  # ... shown as the budget it is
 
 
 def snapshot_facts(name: str, data: InspectData) -> list[str]:

@@ -28,8 +28,8 @@ HELP = (
     ]),
     ("matrix", [
         ("arrows", "move; PgUp/PgDn by 20 rows, Home/End"),
-        ("s", "sort concepts: name, weight in class, most used"),
-        ("r", "sort classes: name, weight of concept, most used"),
+        ("s", "sort concepts: name, |weight| in class, most used"),
+        ("r", "sort classes: name, |weight| of concept, most used"),
         ("t", "switch the head and head × CBL (on ψ)"),
         ("z", "hide / show concepts zero in every class shown"),
         ("/", "filter concepts and classes by text"),

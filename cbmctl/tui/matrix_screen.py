@@ -17,7 +17,7 @@ from cbmctl.tui.text import plain
 
 COLUMN_SORTS = ("name", "weight", "sparsity")
 ROW_SORTS = ("name", "weight", "sparsity")
-SORT_NAMES = {"name": "name", "weight": "weight", "sparsity": "most used"}
+SORT_NAMES = {"name": "name", "weight": "|weight|", "sparsity": "most used"}
 TOP = 8           # dense rows: this many largest positive and negative weights in the side panel
 LIST_ALL = 40     # a row with at most this many non-zero weights (and some zeros) is listed whole
 
@@ -120,13 +120,14 @@ class MatrixScreen(Screen):
         if self.column_sort == "name":
             columns = columns[np.argsort([self.data.concepts[j].lower() for j in columns], kind="stable")]
         elif self.column_sort == "weight" and selected is not None:
-            columns = columns[np.argsort(-matrix[selected[0], columns], kind="stable")]
+            # by magnitude: a class's negative weights (evidence against it) come before its unused concepts
+            columns = columns[np.argsort(-np.abs(matrix[selected[0], columns]), kind="stable")]
         elif self.column_sort == "sparsity":
             columns = columns[sparsity_order(matrix[np.ix_(rows, columns)], 0)]
         if self.row_sort == "name":
             rows = rows[np.argsort([self.data.classes[i].lower() for i in rows], kind="stable")]
         elif self.row_sort == "weight" and selected is not None:
-            rows = rows[np.argsort(-matrix[rows, selected[1]], kind="stable")]
+            rows = rows[np.argsort(-np.abs(matrix[rows, selected[1]]), kind="stable")]
         elif self.row_sort == "sparsity":
             rows = rows[sparsity_order(matrix[np.ix_(rows, columns)], 1)]
         self.view.set_orders(rows, columns)

@@ -17,7 +17,6 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from cbmctl.sanitize import safe_text
 from cbmctl.tui.text import plain
 
 BOX = box.SIMPLE_HEAD  # no vertical rules: narrower, and easier to read
@@ -111,7 +110,7 @@ def heads_table(metrics: dict, head: str) -> Table | None:
         table.add_column(HEAD_HEADERS[key], justify="right")
     sparse = _section(metrics, "sparse")
     for kind, record in (("dense", _section(metrics, "dense")), ("sparse", sparse)):
-        name = "dense" if kind == "dense" else f"sparse NEC {safe_text(sparse.get('nec', '?'))}"
+        name = "dense" if kind == "dense" else f"sparse NEC {number(sparse.get('nec'), False).plain}"
         for split in ("val", "test"):
             values = _section(record, split)
             if values:
