@@ -104,10 +104,11 @@ def check(concept_set, classes, model, as_json):
 @backbone_options(model_default="the --cache's backbone, else ViT-L-14 (the demo CLIP for the demo set)")
 @click.option("--max-chars", default=30, show_default=True, type=click.IntRange(1),
               help="Drop concepts longer than this many characters.")
-@click.option("--class-similarity", default=0.85, show_default=True, type=click.FloatRange(-1, 1),
-              help="Drop concepts at least this similar (text cosine) to a class name.")
-@click.option("--duplicate-similarity", default=0.9, show_default=True, type=click.FloatRange(-1, 1),
-              help="Of two concepts at least this similar, drop the one less similar to all others.")
+@click.option("--class-similarity", default=0.85, show_default=True, type=float,
+              help="Drop concepts at least this similar (text cosine) to a class name (above 1: never).")
+@click.option("--duplicate-similarity", default=0.9, show_default=True, type=float,
+              help="Of two concepts at least this similar, drop the one less similar to all others (above 1: "
+                   "never).")
 @click.option("--activation-cutoff", default=None, type=float,
               help="Drop concepts whose mean top-5 image similarity on --cache is below this.")
 @click.option("--cache", "cache_path", default=None, type=click.Path(exists=True, dir_okay=False),
