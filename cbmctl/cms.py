@@ -230,6 +230,8 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
             f"CMS with {len(concept_set.concepts):,} concepts × {len(classes):,} classes", device,
             "use fewer concepts (`cbmctl concepts filter`)")
     data = cache.split(split)
+    if len(data.labels) == 0:  # an accuracy over no image is no result (and zero-shot has nothing to concatenate)
+        raise CbmctlError(f"{cache.path}: the {split} split is empty; evaluate another --split")
     concept_embeddings = concept_vectors(cache, concept_set, device)
     class_embeddings = cache.class_embeddings()
     features = torch.from_numpy(data.embeddings.astype(np.float32))

@@ -253,15 +253,16 @@ def _concept_issues(concepts: list[str], line_of: dict[str, int], classes, token
     class_keys = {normalise(c): c for c in classes or []}
     for concept in concepts:
         number = line_of.get(concept)
+        if len(concept) > MAX_NAME_CHARS:  # an error already: neither tokenised nor echoed whole (it may be megabytes)
+            issues.append(FileIssue(number, "error", f"{concept[:40]!r}... is {len(concept)} characters, over the "
+                                                     f"{MAX_NAME_CHARS} a name may hold"))
+            continue
         if tokenizer is not None:
             count = _token_count(tokenizer, concept)
             if count > context_length:
                 issues.append(FileIssue(number, "error", f"{concept!r} is {count} tokens, over the text "
                                                          f"encoder's context of {context_length}"))
-        if len(concept) > MAX_NAME_CHARS:
-            issues.append(FileIssue(number, "error", f"{concept[:40]!r}... is {len(concept)} characters, over the "
-                                                     f"{MAX_NAME_CHARS} a name may hold"))
-        elif len(concept) > MAX_CONCEPT_CHARS:
+        if len(concept) > MAX_CONCEPT_CHARS:
             issues.append(FileIssue(number, "warning", f"{concept!r} is over {MAX_CONCEPT_CHARS} characters "
                                                        "(`concepts filter` drops it)"))
         if normalise(concept) in class_keys:
