@@ -231,7 +231,7 @@ def cms_report(cache, concept_set, split: str = "test", per_class: bool = False,
             "use fewer concepts (`cbmctl concepts filter`)")
     data = cache.split(split)
     if len(data.labels) == 0:  # an accuracy over no image is no result (and zero-shot has nothing to concatenate)
-        raise CbmctlError(f"{cache.path}: the {split} split is empty; evaluate another --split")
+        raise CbmctlError(f"{cache.path}: the {split} split is empty; evaluate another `split`")
     concept_embeddings = concept_vectors(cache, concept_set, device)
     class_embeddings = cache.class_embeddings()
     features = torch.from_numpy(data.embeddings.astype(np.float32))
@@ -306,9 +306,9 @@ def negative_sum_notes(features, concept_embeddings, class_embeddings, chunk: in
     if not negative:
         return []
     return [f"the normalised variants divide by sums below zero in {', '.join(negative)}: an image's negative row "
-            "sum turns its best class into its worst, a class's reverses that class's scores, a column's reverses "
-            "its concept (this backbone's image-text cosines are not all positive, as CLIP's are on real data, "
-            "where these divisions change no ranking)"]
+            "sum turns its best class into its worst, a class's negative row sum reverses that class's scores, a "
+            "column's negative sum reverses its concept (this backbone's image-text cosines are not all positive, "
+            "as CLIP's are on real data, where these divisions change no ranking)"]
 
 
 def _control_rows(add_row, cache, concept_set, classes: list[str], features, concept_embeddings, class_embeddings,

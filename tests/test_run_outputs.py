@@ -134,14 +134,20 @@ def test_comparison_curves_show_every_method_with_a_band(unit_runs, monkeypatch)
     assert mean[0] == pytest.approx(sum(first) / 2) and (low[0], high[0]) == (min(first), max(first))
 
 
+def _run_concepts_file(unit_runs, tmp_path):
+    """The single run's concepts as a concept file (the cache alone names no concept set)."""
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("\n".join(json.loads((unit_runs["single"] / "model.json").read_text())["concepts"]) + "\n")
+    return concepts
+
+
 def test_ctrl_c_names_the_command_that_continues(cli, unit_runs, tmp_path, monkeypatch):
     import cbmctl.training.trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(cbmctl.training.trainer, "train_stack", interrupted)
-    concepts = tmp_path / "concepts.txt"
-    concepts.write_text("\n".join(json.loads((unit_runs["single"] / "model.json").read_text())["concepts"]) + "\n")
+    concepts = _run_concepts_file(unit_runs, tmp_path)
     result = cli("train", unit_runs["cache"], "--concepts", concepts, "--out", tmp_path / "runs", "--epochs", "2",
                  "--device", "cpu", "-q")
     assert result.exit_code == 130
@@ -151,6 +157,19 @@ def test_ctrl_c_names_the_command_that_continues(cli, unit_runs, tmp_path, monke
     resumed = cli("train", "--resume", run, "-q")  # and it does
     assert resumed.exit_code == 0, resumed.output
     assert runs.is_finished(run)
+
+
+def test_ctrl_c_before_a_run_starts_on_a_cache_says_there_is_nothing_to_resume(cli, unit_runs, tmp_path, monkeypatch):
+    import cbmctl.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cbmctl.pipeline, "run_train", interrupted)
+    concepts = _run_concepts_file(unit_runs, tmp_path)
+    result = cli("train", unit_runs["cache"], "--concepts", concepts, "--out", tmp_path / "runs", "-q")
+    assert result.exit_code == 130, result.output
+    # the cache was given: no embedding to resume, no run directory yet
+    assert result.stderr.splitlines()[-1] == "Interrupted; no run had started; rerun the same command"
 
 
 def test_a_run_locked_by_a_live_process_is_never_called_interrupted(cli, unit_runs, tmp_path):
@@ -163,8 +182,7 @@ def test_a_run_locked_by_a_live_process_is_never_called_interrupted(cli, unit_ru
     (live / runs.METRICS_FILE).unlink()
     (live / "checkpoint.json").write_text("{}")  # what a run still training holds
     assert runs.is_interrupted(live)
-    concepts = tmp_path / "concepts.txt"
-    concepts.write_text("\n".join(json.loads((live / "model.json").read_text())["concepts"]) + "\n")
+    concepts = _run_concepts_file(unit_runs, tmp_path)  # the copied run's own
     with FileLock(str(lock_path(live))):  # as the process training it holds it
         assert not runs.is_interrupted(live)
         with pytest.raises(CbmctlError, match="not interrupted"):

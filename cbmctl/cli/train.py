@@ -118,7 +118,8 @@ def train(data, config_file, resume, evaluate_run_dir, as_json, quiet, **options
     from cbmctl.cli.common import on_interrupt
     from cbmctl.pipeline import run_train
     from cbmctl.sanitize import safe_text
-    on_interrupt("rerun the same command to continue (an embedding resumes from its last finished shard)")
+    on_interrupt("rerun the same command to continue (an embedding resumes from its last finished shard)"
+                 if plan.state == "missing" else "no run had started; rerun the same command")
     result = run_train(spec, log=None if quiet or as_json else _echo_err, resume=Path(resume) if resume else None,
                        plan=plan, warn=echo_warning,
                        started=lambda run: on_interrupt(f"`cbmctl train --resume {safe_text(run)}` continues it"))

@@ -136,7 +136,7 @@ def load_cache(path: Path, split: str = "test", concepts: str | None = None) -> 
     from cbmctl.cms import ConceptMatrixSearch
     images = cache.split(split)
     if len(images.labels) == 0:  # as `cbmctl cms`: no accuracy (nor mean) over no image
-        raise CbmctlError(f"{path}: the {split} split is empty; open another --split")
+        raise CbmctlError(f"{path}: the {split} split is empty; open another `split`")
     cms = ConceptMatrixSearch(np.asarray(stored[1], np.float32), cache.class_embeddings()).score(
         images.embeddings.astype(np.float32))  # the default CMS rule (cos), as `cbmctl cms` and `explain --cms`
     t, v, similarity = cms.t.numpy(), cms.v, cms.scores
