@@ -213,6 +213,14 @@ def test_cms_on_a_run_uses_the_class_prompts_of_its_cache(cli, tmp_path, tiny_mo
     expected = cms_explain(features, names, explainer.concepts, explainer.classes, explainer.concept_vectors,
                            explainer.class_vectors, backbone.logit_scale, top_k=2)
     assert [r.as_dict() for r in explained.results] == [r.as_dict() for r in expected]
+    # CMS options never silently lose to a run: on --run they are refused, beside a run they make a CMS of their own
+    refused = cli("explain", images[0], "--cms", "--run", run, "--classes", "/nonexistent.txt")
+    assert refused.exit_code == 2 and "drop --classes, or --run" in refused.output
+    without_cms = cli("explain", images[0], "--runs-root", tmp_path / "runs", "--concepts", concepts)
+    assert without_cms.exit_code == 2 and "--concepts choose what --cms explains with" in without_cms.output
+    own = cli("explain", images[0], "--cms", "--runs-root", tmp_path / "runs", "--model", tiny_model, "--pretrained",
+              "none", "--concepts", concepts, "--classes", cub / "classes.txt", "--device", "cpu", "--json")
+    assert own.exit_code == 0 and json.loads(own.stdout)["run"] is None, own.output
 
 
 def test_predicted_class_leads_the_top_classes_when_classes_tie():

@@ -78,8 +78,13 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     if not images and not save_edited:
         raise click.UsageError("give at least one IMAGE")
     run_dir = None
-    if not use_cms or not (model or concepts):
-        # --cms alone borrows the run's backbone and concepts when there is one
+    own_cms = [flag for flag, value in (("--model", model), ("--pretrained", pretrained), ("--concepts", concepts),
+                                        ("--classes", classes)) if value]
+    if use_cms and own_cms and run_spec:
+        raise click.UsageError(f"--cms on --run uses the run's backbone, concepts and classes: drop "
+                               f"{', '.join(own_cms)}, or --run for a CMS of your own")
+    if not use_cms or not own_cms:
+        # --cms alone borrows the run's backbone, concepts and classes when there is one
         try:
             run_dir = resolve_run(run_spec, Path(runs_root))
         except CbmctlError:
@@ -90,6 +95,9 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
                 click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search, the shipped demo "
                            "CLIP and the demo world's concepts and species (pass --run, or --model/--concepts/"
                            "--classes for your own)", err=True)
+    if run_dir is not None and not use_cms and own_cms:
+        raise click.UsageError(f"{', '.join(own_cms)} choose what --cms explains with: add --cms, or drop them to "
+                               "explain with the run")
     if save_edited:
         if run_dir is None or not zero:
             raise click.UsageError("--save-edited needs a run and at least one --zero CONCEPT")
