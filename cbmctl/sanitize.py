@@ -15,6 +15,7 @@ BEL, BS, VT, FF and CR, and pass ESC, OSC, NUL, C1 and bidi/zero-width character
     strip_control(text) -> str   the same characters removed, terminal escape sequences (CSI such as
                                  ESC[2J, OSC such as ESC]0;title BEL) as a whole (for repairing text).
     first_control(text) -> str | None   the first one, escaped, for an error message ("holds \\x1b").
+    require_plain_folder(path, what)   a one-line error when a folder the user names for output holds one.
 
 "Control character" here means Unicode categories Cc (C0 incl. NUL, TAB, LF, ESC; DEL; C1), Cf (format:
 bidi embeddings/overrides/isolates, zero-width space/joiners, soft hyphen, BOM), Zl and Zp (line and
@@ -81,3 +82,12 @@ def strip_control(text: str) -> str:
 def first_control(text: str) -> str | None:
     """The first control character of `text`, escaped for a message (`\\x1b`), or None."""
     return next((_escape(c) for c in _controls(text)), None)
+
+
+def require_plain_folder(path, what: str) -> None:
+    """Refuse an output folder whose name holds a control character (`what` names the option, `out`): the
+    files made under it would carry the character into every listing and shell that shows them."""
+    from cbmctl.errors import CbmctlError
+    found = first_control(str(path))
+    if found is not None:
+        raise CbmctlError(f"{what} holds a control character ({found}); choose a plain directory name")

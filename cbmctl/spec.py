@@ -9,7 +9,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from cbmctl.errors import CbmctlError
-from cbmctl.sanitize import first_control, has_control
+from cbmctl.sanitize import require_plain_folder
 from cbmctl.suggest import did_you_mean
 
 LOSSES = ("gumbel", "contrastive", "l1", "cos3", "none")
@@ -236,9 +236,8 @@ class ExperimentSpec:
                             option_label(where, "seeds"))
         data = {k: _convert(values.pop(k), kind, option_label(where, k)) for k, kind in DATA_OPTIONS.items()
                 if k in values}
-        if data.get("out") is not None and has_control(data["out"]):
-            raise CbmctlError(f"{option_label(where, 'out')} holds a control character ({first_control(data['out'])}); "
-                              "choose a plain directory name")
+        if data.get("out") is not None:
+            require_plain_folder(data["out"], option_label(where, "out"))
         train = TrainConfig.from_mapping({**values, "loss": methods[0], "seed": seeds[0]}, where)
         for method in methods:
             train.for_method(method).validate()

@@ -44,3 +44,12 @@ def test_inspect_refuses_an_empty_split_of_a_cache_instead_of_showing_nan(no_val
     with pytest.raises(CbmctlError, match="the val split is empty"):
         load_cache(cache, "val", str(concepts))
     assert load_cache(cache, "test", str(concepts)).labels.size == 20
+
+
+@pytest.mark.parametrize("command", [["demo", "bench", "--worlds", "2", "--seeds", "2"], ["train", "x.h5"]])
+def test_an_output_folder_with_a_control_character_is_refused_by_every_command_that_writes_one(cli, tmp_path,
+                                                                                               command):
+    out = tmp_path / "x\x1b[31my\n2"
+    line = one_line_error(cli(*command, "--out", out))
+    assert "holds a control character (\\x1b)" in line and "\x1b" not in line
+    assert list(tmp_path.iterdir()) == []  # nothing made under such a name

@@ -25,6 +25,7 @@ from pathlib import Path
 from cbmctl import runs
 from cbmctl.demo.bench_report import RANDOM_INIT
 from cbmctl.errors import CbmctlError
+from cbmctl.sanitize import require_plain_folder
 from cbmctl.spec import BASELINES, MAX_SEEDS, METHODS, TrainConfig
 
 FORMAT, VERSION = "cbmctl-bench", 1
@@ -334,6 +335,7 @@ def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = F
     warn = note or say
     world_spec, config = check_spec(spec)
     out = Path(out) if out is not None else default_out(spec)
+    require_plain_folder(out, "`out`")
     from cbmctl.backbones import resolve_device
     device = str(resolve_device(config.device))  # an unusable --device is an error before any world is made
     runs.check_writable(out, "the bench")
