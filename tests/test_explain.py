@@ -137,6 +137,9 @@ def test_explain_command_json_and_bad_images(cli, trained_run, tmp_path):
     assert {e["image"]: e["error"] for e in payload["errors"]} == {
         str(tmp_path / "missing.jpg"): "file not found", str(tmp_path / "notes.jpg"): "not an image"}
     assert png.is_file() and png.stat().st_size > 5000
+    for empty in ("", "  "):  # an empty --class is a mistake, not a request for the predicted class
+        refused = cli("explain", images[0], "--runs-root", runs, "--class", empty)
+        assert refused.exit_code == 2 and "--class needs a class name" in refused.output
 
 
 def test_explain_interventions_and_edited_runs(cli, trained_run, tmp_path):

@@ -133,9 +133,11 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
 
 
 def _check_first(images, run_dir, concepts, class_name, png) -> None:
-    """Every mistake findable without torch, found before it loads (seconds): a --png that cannot be written,
-    images none of which exists, concept and class names the run does not have."""
+    """Every mistake findable without torch, found before it loads (seconds): an empty --class, a --png that
+    cannot be written, images none of which exists, concept and class names the run does not have."""
     from cbmctl.preflight import check_images_exist, check_run_names
+    if class_name is not None and not class_name.strip():
+        raise click.UsageError("--class needs a class name (without it the predicted class is explained)")
     if png:
         from cbmctl.render import check_figure_path
         check_figure_path(png)
