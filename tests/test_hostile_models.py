@@ -127,6 +127,7 @@ def test_model_descriptions_must_keep_their_hash_and_distinct_classes(cli, image
 @pytest.mark.parametrize("args, fragment", [
     (["--set", "long beak=1", "--set", "long beak=2"], "set the same concept twice"),
     (["--set", "long beak=1", "--zero", "Long Beak"], "name the same concept"),
+    (["--set", "long beak=1e400"], "'1e400' is not a finite number"),  # what was typed, not 'inf'
 ])
 def test_conflicting_interventions_are_refused(cli, image_run, args, fragment):
     run_dir, image = image_run

@@ -1,6 +1,7 @@
 """`cbmctl explain`: why a trained CBM (or CMS) classifies an image as it does; interventions."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -13,9 +14,12 @@ def _assignment(text):
     if not sep or not concept.strip():
         raise click.BadParameter(f"{text!r}: expected CONCEPT=VALUE")
     try:
-        return concept.strip(), float(value)
+        number = float(value)
     except ValueError:
         raise click.BadParameter(f"{text!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):  # 1e400 reads as inf: say what was typed, not what float made of it
+        raise click.BadParameter(f"{text!r}: {value!r} is not a finite number")
+    return concept.strip(), number
 
 
 def _assignments(texts) -> dict[str, float]:
