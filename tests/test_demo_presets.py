@@ -79,6 +79,10 @@ def test_knob_flags_override_the_preset_and_keep_its_other_knobs(cli, tmp_path):
     assert "preset hard: 3 train + 2 test" in result.output  # the decided knobs, said on stderr
     one_value = presets.resolve_spec("fewshot", fidelity="0.9")
     assert one_value.fidelity == {family: 0.9 for family in vocabulary.FAMILIES}
+    for given, named in (("2", "`fidelity` 2.0:"), ("color=1.5", "`fidelity` color=1.5:")):
+        with pytest.raises(CbmctlError) as refused:  # one number is every family's: named as given
+            presets.resolve_spec("fewshot", fidelity=given)
+        assert str(refused.value).startswith(named)
 
 
 def test_fewshot_has_the_requested_counts(cli, tmp_path):

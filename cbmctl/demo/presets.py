@@ -115,7 +115,10 @@ def _fidelity(preset: dict[str, float], given) -> dict[str, float]:
             fidelity = {family: value for family in FAMILIES}
     for family, value in fidelity.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise CbmctlError(f"`fidelity` {family}={value!r}: must be between 0 and 1")
+            # a single number is every family's: named as given, not as the first family it reached
+            named = f"{value!r}" if given is not None and not isinstance(parse_fidelity(given), dict) \
+                else f"{family}={value!r}"
+            raise CbmctlError(f"`fidelity` {named}: must be between 0 and 1")
     if set(fidelity) != set(FAMILIES):
         raise CbmctlError(f"fidelity must give every family ({', '.join(FAMILIES)})")
     return fidelity
