@@ -20,13 +20,14 @@ PROGRESS_SECONDS = 10.0  # at most one progress line this often
 class Progress:
     """Lines about work that takes a while: the first after `every` seconds, then at most one per `every`
     seconds, each with the share done and an estimate of the time left — so a short job says nothing and a
-    long one is never silent for long. `log` None: silent (quiet and JSON modes pass None). `cap`: `total`
-    is a limit the work may stop well short of (an iteration cap), so the estimate is a bound ("at most")."""
+    long one is never silent for long. `log` None: silent (quiet and JSON modes pass None). `estimate` words
+    the time left: "about" (the work goes at a steady pace), "at most" (`total` is a limit the work may stop
+    well short of, an iteration cap), or None where the pace changes too much for a guess to help."""
 
     def __init__(self, log, total: int, what: str, unit: str = "images", every: float | None = None, clock=None,
-                 cap: bool = False):
+                 estimate: str | None = "about"):
         import time
-        self.log, self.total, self.what, self.unit, self.cap = log, max(int(total), 0), what, unit, cap
+        self.log, self.total, self.what, self.unit, self.estimate = log, max(int(total), 0), what, unit, estimate
         self.every = PROGRESS_SECONDS if every is None else every
         self.clock = clock or time.monotonic
         self.started = self.last = self.clock()
@@ -39,9 +40,9 @@ class Progress:
             return
         self.last = now
         share = min(self.done / self.total, 1.0)
-        left = (now - self.started) * (1 - share) / share if 0 < share < 1 else None
+        left = (now - self.started) * (1 - share) / share if 0 < share < 1 and self.estimate else None
         self.log(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} ({100 * share:.0f} %)"
-                 + (f", {'at most' if self.cap else 'about'} {_duration(left)} left" if left is not None else ""))
+                 + (f", {self.estimate} {_duration(left)} left" if left is not None else ""))
 
     def iterate(self, chunks):
         """The chunks (arrays of rows) unchanged, advancing by each one's length."""

@@ -50,7 +50,7 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid=D
     train = Design(lambda start, stop: x[None, start:stop].expand(s, -1, -1), y, 1 << 16, materialise=False)
     val = Design(lambda start, stop: vx[None, start:stop].expand(s, -1, -1), vy, 1 << 16, materialise=False)
     solving = Progress(log, MAX_ITERATIONS, f"linear probe ({s} L2 strengths together)",
-                       "iterations at most (it stops once every strength is solved)", cap=True)
+                       "iterations at most (it stops once every strength is solved)", estimate="at most")
     strengths = torch.tensor(grid) * 2  # the solver's penalty is ½·l2'·‖W‖²
     weight, bias, *_ = proximal_gradient(cross_entropy(train), torch.zeros(s, num_classes, x.shape[1]),
                                          torch.zeros(s, num_classes), lipschitz_estimate(train) + strengths,

@@ -227,15 +227,15 @@ def fit_path(train: Design, num_classes: int, levels: list[int], config: SparseC
     """The elastic-net path of every model, then for every NEC level the budgeted head (exactly
     level·K non-zero weights, or all C·K when level ≥ C). `log` gets a progress line at most every
     `progress_every` seconds (cbmctl.logs.Progress; None: its default): the weights per class that the slowest
-    model still on the path holds, of the largest budget, then the NEC budgets refitted, each with an
-    estimate of the time left."""
+    model still on the path holds, of the largest budget (no time estimate: the path's dense end takes far
+    longer per weight than its start), then the NEC budgets refitted, with an estimate of the time left."""
     from cbmctl.logs import Progress
     config.validate()
     first = next(train.chunks())[0]
     s, c = first.shape[0], first.shape[-1]
     levels = sorted({min(int(level), c) for level in levels})
     walked = Progress(log, max(max(levels), min(config.max_nec, c)), f"sparse path of {s} model{'s' * (s > 1)}",
-                      "weights per class reached by the slowest model", progress_every)
+                      "weights per class reached by the slowest model", progress_every, estimate=None)
     points, snapshots, lipschitz, (weight, bias) = _path(train, num_classes, levels, config, val, test, walked)
     path, k = SparsePath(points), num_classes
     refits = Progress(log, len(levels), "sparse heads refitted to their NEC budgets", "budgets", progress_every)

@@ -208,7 +208,8 @@ def test_progress_lines_come_every_few_seconds_with_an_estimate():
                      "CMS: 600 of 1,000 images (60 %), about 16 s left",
                      "CMS: 900 of 1,000 images (90 %), about 4 s left"]
     now[0] = 0.0
-    capped = Progress(lines.append, 1000, "probe", "iterations at most", every=10.0, clock=lambda: now[0], cap=True)
+    capped = Progress(lines.append, 1000, "probe", "iterations at most", every=10.0, clock=lambda: now[0],
+                      estimate="at most")
     now[0] = 12.0
     capped.advance(300)  # counted against a cap it may stop far short of: the time left is a bound
     assert lines[-1] == "probe: 300 of 1,000 iterations at most (30 %), at most 28 s left"
