@@ -292,7 +292,8 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
                      device="auto", top_k: int = 10, class_name: str | None = None, log=None) -> ImageExplanations:
     """Explain image files with Concept Matrix Search: a run's backbone, concepts and classes when given
     (with the text embeddings the run was trained with, so its classes are prompted with its cache's
-    templates; one line on `log` says so), else the named (default: demo) backbone, concept set and class list."""
+    templates), else the named (default: demo) backbone, concept set and class list; one line on `log` says
+    which."""
     from cbmctl.backbones import load_backbone
     from cbmctl.concepts import builtin_classes, load_class_list, load_concept_set
     from cbmctl.logs import sayer
@@ -312,6 +313,10 @@ def explain_with_cms(images: list[str], run_dir: Path | None = None, model: str 
             raise CbmctlError(f"`classes` is needed: no built-in class list goes with {concept_set.name!r}")
         from cbmctl.embed import DEFAULT_TEMPLATES
         backbone = load_backbone(model or "demo", pretrained, device)
+        source = safe_text(classes) if classes else "the set's own"
+        sayer(log)(f"Concept Matrix Search with backbone {safe_text(backbone.name)} ({safe_text(backbone.pretrained)}), "
+                   f"concept set {safe_text(concept_set.name)} ({len(concept_list)} concepts) and {len(class_list)} "
+                   f"classes ({source})")
         concept_vectors = backbone.encode_texts(concept_list)
         class_vectors = backbone.encode_prompts(class_list, DEFAULT_TEMPLATES)
     features, names, errors = embed_images(backbone, list(images))

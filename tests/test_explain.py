@@ -185,7 +185,9 @@ def test_explain_without_a_run_says_what_it_explains_with(cli, tmp_path):
     image = sorted(str(p) for p in (cub / "images").rglob("*.jpg"))[0]
     result = cli("explain", image, "--runs-root", tmp_path / "no-runs", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "no run under" in result.stderr and "demo CLIP" in result.stderr
+    assert "no run under" in result.stderr
+    assert "Concept Matrix Search with backbone demo (shipped), concept set demo (33 concepts) and 30 classes (the " \
+           "set's own)" in result.stderr  # what it explains with, said by the library that decided it
     assert json.loads(result.stdout)["method"] == "cms"
 
 
@@ -224,6 +226,7 @@ def test_cms_on_a_run_uses_the_class_prompts_of_its_cache(cli, tmp_path, tiny_mo
     own = cli("explain", images[0], "--cms", "--runs-root", tmp_path / "runs", "--model", tiny_model, "--pretrained",
               "none", "--concepts", concepts, "--classes", cub / "classes.txt", "--device", "cpu", "--json")
     assert own.exit_code == 0 and json.loads(own.stdout)["run"] is None, own.output
+    assert f"Concept Matrix Search with backbone {tiny_model} (none), concept set concepts (4 concepts)" in own.stderr
 
 
 def test_predicted_class_leads_the_top_classes_when_classes_tie():

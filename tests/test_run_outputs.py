@@ -95,7 +95,7 @@ def test_sparsity_plot_spans_the_path_and_labels_every_method(unit_runs, monkeyp
 def test_a_forest_panel_without_rows_is_drawn_empty_without_a_warning(tmp_path, monkeypatch):
     import warnings
 
-    from cbmctl.render import plot_forest
+    from cbmctl.render_forest import plot_forest
     figures = _drawn(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib's identical-limits warning would fail here
@@ -105,7 +105,7 @@ def test_a_forest_panel_without_rows_is_drawn_empty_without_a_warning(tmp_path, 
 
 
 def test_a_forest_row_draws_its_margin_and_marks_a_world_interval_running_off_the_edge(tmp_path, monkeypatch):
-    from cbmctl.render import plot_forest
+    from cbmctl.render_forest import plot_forest
     figures = _drawn(monkeypatch)
     row = {"label": "gumbel − none", "note": "reproduces", "margin": -2.0, "pooled": (0.5, -0.5, 1.5),
            "per_world": [(0.4, -0.2, 1.0), (0.6, -9.0, 30.0)]}  # world 2's interval is far wider than the rest

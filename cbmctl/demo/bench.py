@@ -351,7 +351,7 @@ def run_bench(spec: BenchSpec, out=None, say=None, note=None, progress: bool = F
         report = assemble(wanted, results, out, device)
         runs.write_json(out / REPORT_FILE, report)
         from cbmctl.demo.bench_report import forest_panels
-        from cbmctl.render import plot_forest
+        from cbmctl.render_forest import plot_forest
         plot_forest(out / FOREST_FILE, forest_panels(report),
                     f"cbmctl demo bench: preset {spec.preset}, {spec.worlds} worlds × {spec.seeds} seeds")
     return report

@@ -1,5 +1,5 @@
 """The rich tables of a `cbmctl demo bench` report (cbmctl.demo.bench_report); its forest plot is
-cbmctl.render.plot_forest."""
+cbmctl.render_forest.plot_forest."""
 from __future__ import annotations
 
 from cbmctl.demo.bench_report import METHOD_METRICS, effect_text

@@ -268,7 +268,7 @@ def _forest_row(label: str, metric: str, entry: dict, note: str) -> dict:
 
 
 def forest_panels(report: dict) -> list[dict]:
-    """The forest plot's content (cbmctl.render.plot_forest): per method and per claim contrast, each
+    """The forest plot's content (cbmctl.render_forest.plot_forest): per method and per claim contrast, each
     world's effect with its interval and the pooled effect with its interval, in points for shares."""
     panels = []
     for metric, entries in report["methods"].items():
