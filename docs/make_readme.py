@@ -251,7 +251,8 @@ class Blocks:
                   "or Hoyer value, with its pooled 95 % interval.\n\n"
                 + claims_markdown(report) + "\n"
                 + methods + "\n\n" + f"Estimator: {report['estimator']}\n\n"
-                + f"![forest plot: every method's and every claim's effect per world and pooled]({FOREST.relative_to(ROOT).as_posix()})\n")
+                + "![forest plot: every method's and every claim's effect per world and pooled]"
+                + f"({FOREST.relative_to(ROOT).as_posix()})\n")
 
     def explain(self) -> str:
         # quickstart (run by its own block, or here) leaves a trained run and names a test image it explains

@@ -74,34 +74,19 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     explanation is Concept Matrix Search's. Unreadable images are reported and skipped.
 
     With --unit CONCEPT, explain a concept unit instead: the images of the run's cache that activate it most."""
-    from cbmctl.errors import CbmctlError
-    from cbmctl.runs import resolve_run
+    own_cms = [flag for flag, value in (("--model", model), ("--pretrained", pretrained), ("--concepts", concepts),
+                                        ("--classes", classes)) if value]
     if units:
+        unused = [flag for flag, value in (("--cms", use_cms), *((flag, True) for flag in own_cms),
+                                           ("--class", class_name is not None), ("--set", set_values),
+                                           ("--zero", zero), ("--save-edited", save_edited)) if value]
+        if unused:  # they choose how images are explained: with --unit they would change nothing, silently
+            raise click.UsageError(f"--unit shows the concept units of a run; drop {', '.join(unused)}")
         return _explain_units(list(units), images, run_spec, runs_root, split, top_k, png, as_json)
     assignments = _assignments(set_values)
     if not images and not save_edited:
         raise click.UsageError("give at least one IMAGE")
-    run_dir = None
-    own_cms = [flag for flag, value in (("--model", model), ("--pretrained", pretrained), ("--concepts", concepts),
-                                        ("--classes", classes)) if value]
-    if use_cms and own_cms and run_spec:
-        raise click.UsageError(f"--cms on --run uses the run's backbone, concepts and classes: drop "
-                               f"{', '.join(own_cms)}, or --run for a CMS of your own")
-    if not use_cms or not own_cms:
-        # --cms alone borrows the run's backbone, concepts and classes when there is one
-        try:
-            run_dir = resolve_run(run_spec, Path(runs_root))
-        except CbmctlError:
-            if run_spec:
-                raise
-            use_cms = True  # no run yet: CMS needs no training
-            if not (model or concepts):
-                click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search, the shipped demo "
-                           "CLIP and the demo world's concepts and species (pass --run, or --model/--concepts/"
-                           "--classes for your own)", err=True)
-    if run_dir is not None and not use_cms and own_cms:
-        raise click.UsageError(f"{', '.join(own_cms)} choose what --cms explains with: add --cms, or drop them to "
-                               "explain with the run")
+    run_dir, use_cms = _choose_run(run_spec, runs_root, use_cms, own_cms)
     if save_edited:
         if run_dir is None or not zero:
             raise click.UsageError("--save-edited needs a run and at least one --zero CONCEPT")
@@ -134,6 +119,32 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
             click.echo(f"wrote {png}")
     if explained.errors:
         raise SystemExit(1)
+
+
+def _choose_run(run_spec, runs_root, use_cms: bool, own_cms: list[str]):
+    """(the run to explain with or borrow for --cms, or None; whether CMS explains): the CMS options given
+    (`own_cms`, as flags) never silently lose to a run, and falling back to CMS for want of a run is said."""
+    from cbmctl.errors import CbmctlError
+    from cbmctl.runs import resolve_run
+    if use_cms and own_cms and run_spec:
+        raise click.UsageError(f"--cms on --run uses the run's backbone, concepts and classes: drop "
+                               f"{', '.join(own_cms)}, or --run for a CMS of your own")
+    if use_cms and own_cms:
+        return None, True
+    try:  # --cms alone borrows the run's backbone, concepts and classes when there is one
+        run_dir = resolve_run(run_spec, Path(runs_root))
+    except CbmctlError:
+        if run_spec:
+            raise
+        what = (f"your {', '.join(own_cms)} and the demo's for the rest" if own_cms else
+                "the shipped demo CLIP and the demo world's concepts and species (pass --run, or "
+                "--model/--concepts/--classes for your own)")
+        click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search, {what}", err=True)
+        return None, True  # no run yet: CMS needs no training
+    if not use_cms and own_cms:
+        raise click.UsageError(f"{', '.join(own_cms)} {'choose' if len(own_cms) > 1 else 'chooses'} what --cms "
+                               "explains with: add --cms, or drop them to explain with the run")
+    return run_dir, use_cms
 
 
 def _check_first(images, run_dir, concepts, class_name, png) -> None:
