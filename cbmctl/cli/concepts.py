@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cbmctl.cli.common import backbone_options, echo_warning, print_json
+from cbmctl.cli.common import Choice, backbone_options, echo_warning, print_json
 from cbmctl.errors import CbmctlError
 from cbmctl.sanitize import safe_text
 
@@ -113,7 +113,7 @@ def check(concept_set, classes, model, as_json):
               help="Drop concepts whose mean top-5 image similarity on --cache is below this.")
 @click.option("--cache", "cache_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="An embedding cache: its backbone is used, its text store reused, its images for the cutoff.")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="train", show_default=True, type=Choice(["train", "val", "test"]),
               help="The --cache split whose images --activation-cutoff scores concepts on.")
 @click.option("--json", "as_json", is_flag=True, help="Print kept and dropped concepts as JSON.")
 def filter_command(concept_set, classes, out, force, model, pretrained, device, max_chars, class_similarity,

@@ -74,14 +74,19 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
     explanation is Concept Matrix Search's. Unreadable images are reported and skipped.
 
     With --unit CONCEPT, explain a concept unit instead: the images of the run's cache that activate it most."""
+    own_cms = [flag for flag, value in (("--model", model), ("--pretrained", pretrained), ("--concepts", concepts),
+                                        ("--classes", classes)) if value]
     if units:
+        unused = [flag for flag, value in (("--cms", use_cms), *((flag, True) for flag in own_cms),
+                                           ("--class", class_name is not None), ("--set", set_values),
+                                           ("--zero", zero), ("--save-edited", save_edited)) if value]
+        if unused:  # they choose how images are explained: with --unit they would change nothing, silently
+            raise click.UsageError(f"--unit shows the concept units of a run; drop {', '.join(unused)}")
         return _explain_units(list(units), images, run_spec, runs_root, split, top_k, png, as_json)
     assignments = _assignments(set_values)
     if not images and not save_edited:
         raise click.UsageError("give at least one IMAGE")
-    own_cms = [flag for flag, value in (("--model", model), ("--pretrained", pretrained), ("--concepts", concepts),
-                                        ("--classes", classes)) if value]
-    run_dir, use_cms = _explained_with(run_spec, runs_root, use_cms, own_cms)
+    run_dir, use_cms = _choose_run(run_spec, runs_root, use_cms, own_cms)
     if save_edited:
         if run_dir is None or not zero:
             raise click.UsageError("--save-edited needs a run and at least one --zero CONCEPT")
@@ -116,10 +121,9 @@ def explain(images, run_spec, runs_root, use_cms, top_k, class_name, set_values,
         raise SystemExit(1)
 
 
-def _explained_with(run_spec, runs_root, use_cms: bool, own_cms: list[str]):
-    """(the run to explain with or borrow from, or None; whether CMS explains): --cms alone borrows the run's
-    backbone, concepts and classes when there is one; CMS options of one's own make a CMS of one's own, and
-    are refused where a run would otherwise silently win over them."""
+def _choose_run(run_spec, runs_root, use_cms: bool, own_cms: list[str]):
+    """(the run to explain with or borrow for --cms, or None; whether CMS explains): the CMS options given
+    (`own_cms`, as flags) never silently lose to a run, and falling back to CMS for want of a run is said."""
     from cbmctl.errors import CbmctlError
     from cbmctl.runs import resolve_run
     if use_cms and own_cms and run_spec:
@@ -127,18 +131,18 @@ def _explained_with(run_spec, runs_root, use_cms: bool, own_cms: list[str]):
                                f"{', '.join(own_cms)}, or --run for a CMS of your own")
     if use_cms and own_cms:
         return None, True
-    try:
+    try:  # --cms alone borrows the run's backbone, concepts and classes when there is one
         run_dir = resolve_run(run_spec, Path(runs_root))
     except CbmctlError:
         if run_spec:
             raise
-        if not own_cms:
-            click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search (pass --run, or "
-                       "--model/--concepts/--classes for your own)", err=True)
+        # falling back to CMS is said here; which backbone, concepts and classes, by the library that picks them
+        click.echo(f"note: no run under {runs_root}: explaining with Concept Matrix Search"
+                   + ("" if own_cms else " (pass --run, or --model/--concepts/--classes for your own)"), err=True)
         return None, True  # no run yet: CMS needs no training
     if not use_cms and own_cms:
-        raise click.UsageError(f"{', '.join(own_cms)} choose what --cms explains with: add --cms, or drop them to "
-                               "explain with the run")
+        raise click.UsageError(f"{', '.join(own_cms)} {'choose' if len(own_cms) > 1 else 'chooses'} what --cms "
+                               "explains with: add --cms, or drop them to explain with the run")
     return run_dir, use_cms
 
 
