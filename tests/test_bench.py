@@ -168,6 +168,9 @@ def test_a_pooled_row_takes_a_method_label_only_when_every_world_gives_it():
         world["labels"]["gumbel"] = "gumbel (τ=1)"
     labels = {e["method"]: e["label"] for e in report.method_comparisons(worlds)["top1"]}
     assert labels["gumbel"] == "gumbel (τ=1)" and labels["l1"] == "l1"
+    del worlds[1]["labels"]  # a world without labels says nothing against the others'
+    labels = {e["method"]: e["label"] for e in report.method_comparisons(worlds)["top1"]}
+    assert labels["gumbel"] == "gumbel (τ=1)"
     worlds[2]["labels"]["gumbel"] = "gumbel (τ=0.5)"  # one world trained with other settings
     labels = {e["method"]: e["label"] for e in report.method_comparisons(worlds)["top1"]}
     assert labels["gumbel"] == "gumbel (settings differ between worlds)"

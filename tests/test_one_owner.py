@@ -138,7 +138,7 @@ def test_library_errors_name_parameters_and_the_command_line_shows_flags(cli, tm
 def test_a_flag_the_failing_command_lacks_is_named_with_the_command_that_has_it(cli, tmp_path):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "notes.txt").write_text("not a dataset")
-    for command, hint in (("embed", "see --format"), ("cms", "see --format of `cbmctl embed`")):
+    for command, hint in (("embed", "see --format"), ("cms", "see `cbmctl embed --format`")):
         result = cli(command, tmp_path / "odd")
         assert result.exit_code == 1 and result.output.strip().endswith(hint), result.output
     # a warning printed while a command runs is translated for that command too
@@ -147,7 +147,7 @@ def test_a_flag_the_failing_command_lacks_is_named_with_the_command_that_has_it(
 
     from cbmctl.cli import cli as root
     from cbmctl.cli.common import echo_warning
-    for command, shown in (("cms", "lower --batch-size of `cbmctl train`"), ("train", "lower --batch-size")):
+    for command, shown in (("cms", "lower `cbmctl train --batch-size`"), ("train", "lower --batch-size")):
         with click.Context(root.get_command(click.Context(root), command)), CliRunner().isolation() as (_, err, *_):
             echo_warning("lower `batch_size`")
         assert err.getvalue().decode().strip() == shown

@@ -71,32 +71,39 @@ def flags(command: click.Command) -> set[str]:
     return {flag for parameter in command.params for flag in (*parameter.opts, *parameter.secondary_opts)}
 
 
-def command_with(flag: str) -> str | None:
-    """The first cbmctl command (as typed after `cbmctl`) that has the option `flag`, or None; train's own
-    first, as most library parameters are the trainer's (embed also has a --batch-size, its own)."""
+def every_command():
+    """(the command as typed after `cbmctl`, the click command) of every command, subcommands of groups
+    included, train's first (cbmctl.cli.COMMANDS order otherwise)."""
     from cbmctl.cli import COMMANDS, cli
+
+    def leaves(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from leaves(sub, f"{path} {name}")
+        else:
+            yield path, command
     with click.Context(cli) as root:
         for name in sorted(COMMANDS, key=lambda name: name != "train"):
-            command = cli.get_command(root, name)
-            leaves = ((f"{name} {sub}", leaf) for sub, leaf in command.commands.items()) \
-                if isinstance(command, click.Group) else [(name, command)]
-            for path, leaf in leaves:
-                if flag in flags(leaf):
-                    return path
-    return None
+            yield from leaves(cli.get_command(root, name), name)
+
+
+def command_with(flag: str) -> str | None:
+    """The first command (every_command's order: most library parameters are the trainer's, and embed's
+    --batch-size is its own) that has the option `flag`, or None."""
+    return next((path for path, command in every_command() if flag in flags(command)), None)
 
 
 def for_the_command_line(error, command: click.Command | None = None) -> str:
     """A library error's message with each parameter it names (CbmctlError.options, written `name`) shown as
     the flag a user types, escaped for the terminal: the one way every command prints an error. With the
-    `command` that failed, a flag it lacks is named with the command that has it (`--format of cbmctl embed`)."""
+    `command` that failed, a flag it lacks is named with the command that has it (`cbmctl embed --format`)."""
     from cbmctl.sanitize import safe_text
     message = str(error)
     for name in getattr(error, "options", ()):
         flag = flag_of(name)
         if command is not None and flag.startswith("-") and flag not in flags(command):
-            owner = command_with(flag)
-            flag = f"{flag} of `cbmctl {owner}`" if owner else flag
+            owner = command_with(flag)  # as a whole command, which reads right even where a value follows
+            flag = f"`cbmctl {owner} {flag}`" if owner else flag
         message = message.replace(f"`{name}`", flag)
     return safe_text(message)
 

@@ -166,9 +166,11 @@ ESTIMATOR = ("Each world's effect is the paired mean difference over its seeds (
 
 
 def method_label(worlds: list[dict], method: str) -> str:
-    """The method's label (its settings in words) where every world gives the same, else a name that says
-    the pooled row mixes settings."""
-    labels = {world.get("labels", {}).get(method, method) for world in worlds}
+    """The method's label (its settings in words) where every world that labels it gives the same (a world
+    without labels says nothing against it), else a name that says the pooled row mixes settings."""
+    labels = {world["labels"][method] for world in worlds if method in world.get("labels", {})}
+    if not labels:
+        return method
     return labels.pop() if len(labels) == 1 else f"{method} (settings differ between worlds)"
 
 
