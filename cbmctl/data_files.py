@@ -29,6 +29,18 @@ class NotRegularFile(OSError):
     """The path names a directory, a pipe, a socket or a device; the message says which."""
 
 
+def special_kind(path) -> str | None:
+    """What `path` is when it exists as neither a regular file nor a symbolic link ("a named pipe", "a
+    character device", ...), else None: the things a writer must never replace."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
 def open_regular(path) -> int:
     """A read-only descriptor of `path`, which must be a regular file: opened non-blocking (opening a named
     pipe would otherwise wait for a writer) and checked through the descriptor itself, so that no window

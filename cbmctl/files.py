@@ -78,12 +78,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
+def require_replaceable(path) -> None:
+    """A one-line error when `path` is a pipe, device, socket or directory: what atomic_path may replace is a
+    file (or a link) or nothing; checked where a file is written and, earlier, where a command plans to."""
+    from cbmctl.data_files import special_kind
+    kind = special_kind(path)
+    if kind is not None:
+        from cbmctl.sanitize import safe_text
+        raise CbmctlError(f"{safe_text(path)} is {kind}, not a file: cbmctl never replaces it; choose another path")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; when the block ends normally the file written there is fsynced
     and renamed over `path` in one step. On an exception (or a kill) `path` keeps its previous content and
-    the temporary file is removed (or, after a kill, left as a hidden `.NAME.PID.XXXX.tmp`)."""
+    the temporary file is removed (or, after a kill, left as a hidden `.NAME.PID.XXXX.tmp`). A pipe, device,
+    socket or directory at `path` is refused, never replaced (as root, `--cache /dev/zero --overwrite` would
+    otherwise rename a file over the device node)."""
     path = Path(path)
+    require_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_beside(path)
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbmctl.errors import CbmctlError
+from cbmctl.files import require_replaceable
 
 CACHE_SUFFIXES = (".h5", ".hdf5")
 
@@ -178,6 +179,7 @@ def plan_cache(spec, *, model=None, pretrained=None, templates=None, cache_path=
                      dataset, model, pretrained, list(templates or config.templates or DEFAULT_TEMPLATES), request)
     plan.explicit_cache = bool(cache_path)
     plan.warnings = _backbone_warning(model, request.pretrained or pretrained, dataset.classes, dataset.name)
+    require_replaceable(plan.cache)  # found before torch, and never a rebuild hint for a pipe or device
     if plan.cache.exists() and not overwrite:
         check_existing(plan, spec, overwrite)
     if plan.state == "missing":

@@ -1,7 +1,10 @@
 """Hostile pass seven: explain's CMS options and --unit, and `concepts filter --split`. Each through the real
 click app; the refusals come before any backbone or run is loaded."""
 import json
+import os
+import stat
 
+import pytest
 from makers import make_cub
 
 
@@ -35,3 +38,21 @@ def test_concepts_filter_split_suggests_the_split_meant(cli, tmp_path):
     result = cli("concepts", "filter", "demo", "--out", tmp_path / "kept.txt", "--split", "tset")
     assert result.exit_code == 2 and "did you mean 'test'" in result.output.lower(), result.output
     assert not (tmp_path / "kept.txt").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_overwrite_never_replaces_a_pipe_or_device_with_a_cache(cli, tmp_path, tiny_model):
+    """`embed --cache PIPE --overwrite` renamed the new cache over the pipe (as root, over /dev/zero's node)."""
+    from cbmctl.errors import CbmctlError
+    from cbmctl.files import atomic_write
+    cub = make_cub(tmp_path / "data")
+    pipe = tmp_path / "pipe.h5"
+    os.mkfifo(pipe)
+    for extra in (["--overwrite"], []):
+        result = cli("embed", cub, "--model", tiny_model, "--pretrained", "none", "--cache", pipe, "-q", *extra)
+        assert result.exit_code == 1 and "pipe.h5 is a named pipe, not a file" in result.output, result.output
+        assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # still the pipe
+    with pytest.raises(CbmctlError, match="is a named pipe"):  # every atomic writer, not only embed
+        with atomic_write(pipe, "w") as handle:
+            handle.write("x")
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and not list(tmp_path.glob(".pipe.h5*.tmp"))
