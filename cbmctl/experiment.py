@@ -288,7 +288,7 @@ def evaluate_run(run_dir, device="auto", precision_k: int = 5, warn=None) -> dic
     metrics["evaluated"] = {"edited": meta.get("edited"), "head": model.head_kind, "versions": runs.versions()}
     try:
         runs.write_json(run_dir / runs.EVALUATION_FILE, metrics)
-    except OSError as error:
+    except (OSError, CbmctlError) as error:  # a read-only run, or a directory or pipe where the file belongs
         sayer(warn)(f"warning: nothing written: cannot write {run_dir / runs.EVALUATION_FILE} "
-                    f"({error.strerror or error})")
+                    f"({getattr(error, 'strerror', None) or error})")
     return metrics

@@ -34,7 +34,7 @@ def sha256_file(path: Path) -> str:
     memo[key] = digest.hexdigest()
     try:
         write_text_atomic(memo_file, json.dumps(memo))
-    except OSError:
+    except (OSError, CbmctlError):  # a memo only: unwritable, or something not a file in its place
         pass
     return memo[key]
 
