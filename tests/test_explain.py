@@ -222,7 +222,8 @@ def test_cms_on_a_run_uses_the_class_prompts_of_its_cache(cli, tmp_path, tiny_mo
     refused = cli("explain", images[0], "--cms", "--run", run, "--classes", "/nonexistent.txt")
     assert refused.exit_code == 2 and "drop --classes, or --run" in refused.output
     without_cms = cli("explain", images[0], "--runs-root", tmp_path / "runs", "--concepts", concepts)
-    assert without_cms.exit_code == 2 and "--concepts chooses what --cms explains with" in without_cms.output
+    assert without_cms.exit_code == 2 and "--concepts chooses what --cms explains with: add --cms, or drop it " \
+        "to explain with the run" in without_cms.output
     own = cli("explain", images[0], "--cms", "--runs-root", tmp_path / "runs", "--model", tiny_model, "--pretrained",
               "none", "--concepts", concepts, "--classes", cub / "classes.txt", "--device", "cpu", "--json")
     assert own.exit_code == 0 and json.loads(own.stdout)["run"] is None, own.output

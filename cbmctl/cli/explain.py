@@ -141,8 +141,9 @@ def _choose_run(run_spec, runs_root, use_cms: bool, own_cms: list[str]):
                    + ("" if own_cms else " (pass --run, or --model/--concepts/--classes for your own)"), err=True)
         return None, True  # no run yet: CMS needs no training
     if not use_cms and own_cms:
-        raise click.UsageError(f"{', '.join(own_cms)} {'choose' if len(own_cms) > 1 else 'chooses'} what --cms "
-                               "explains with: add --cms, or drop them to explain with the run")
+        several = len(own_cms) > 1
+        raise click.UsageError(f"{', '.join(own_cms)} {'choose' if several else 'chooses'} what --cms explains with: "
+                               f"add --cms, or drop {'them' if several else 'it'} to explain with the run")
     return run_dir, use_cms
 
 
