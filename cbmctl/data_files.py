@@ -38,6 +38,10 @@ def special_kind(path) -> str | None:
         return None
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return None
+    return _kind(mode)
+
+
+def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
@@ -49,8 +53,7 @@ def open_regular(path) -> int:
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
-            raise NotRegularFile(f"is {kind}, not a regular file")
+            raise NotRegularFile(f"is {_kind(mode)}, not a regular file")
     except BaseException:
         os.close(descriptor)
         raise
